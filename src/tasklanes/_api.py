@@ -1,0 +1,394 @@
+"""The public batch API: module-level functions on the default (or a given) Scheduler."""
+
+from __future__ import annotations
+
+import functools
+import threading
+from collections.abc import AsyncIterable, Awaitable, Callable, Coroutine, Iterable
+from typing import Any, Literal, TypeVar, overload
+
+import anyio
+
+from ._backend import LoopHandle, current_backend
+from ._batch import BatchIterator
+from ._lanes._inbox import Inbox
+from ._progress import ProgressArg
+from ._scheduler import Scheduler, get_scheduler
+
+__all__ = ["amap", "as_completed", "run_all", "run_all_sync"]
+
+T = TypeVar("T")
+A = TypeVar("A")
+
+IoTask = Awaitable[T] | Callable[[], Awaitable[T]]
+Tasks = Iterable[T] | AsyncIterable[T]
+
+
+# -- run_all ------------------------------------------------------------------------
+
+
+@overload
+async def run_all(
+    tasks: Tasks[IoTask[T]],
+    kind: Literal["io"] = "io",
+    limit: int | None = None,
+    timeout: float | None = None,
+    return_exceptions: Literal[False] = False,
+    scheduler: Scheduler | None = None,
+    progress: ProgressArg = False,
+) -> list[T]: ...
+@overload
+async def run_all(
+    tasks: Tasks[IoTask[T]],
+    kind: Literal["io"] = "io",
+    limit: int | None = None,
+    timeout: float | None = None,
+    *,
+    return_exceptions: Literal[True],
+    scheduler: Scheduler | None = None,
+    progress: ProgressArg = False,
+) -> list[T | BaseException]: ...
+@overload
+async def run_all(
+    tasks: Tasks[Callable[[], T]],
+    kind: Literal["blocking", "cpu"],
+    limit: int | None = None,
+    timeout: float | None = None,
+    return_exceptions: Literal[False] = False,
+    scheduler: Scheduler | None = None,
+    progress: ProgressArg = False,
+) -> list[T]: ...
+@overload
+async def run_all(
+    tasks: Tasks[Callable[[], T]],
+    kind: Literal["blocking", "cpu"],
+    limit: int | None = None,
+    timeout: float | None = None,
+    *,
+    return_exceptions: Literal[True],
+    scheduler: Scheduler | None = None,
+    progress: ProgressArg = False,
+) -> list[T | BaseException]: ...
+@overload
+async def run_all(
+    tasks: Tasks[Any],
+    kind: str = "io",
+    limit: int | None = None,
+    timeout: float | None = None,
+    return_exceptions: bool = False,
+    scheduler: Scheduler | None = None,
+    progress: ProgressArg = False,
+) -> list[Any]: ...
+async def run_all(
+    tasks: Tasks[Any],
+    kind: str = "io",
+    limit: int | None = None,
+    timeout: float | None = None,
+    return_exceptions: bool = False,
+    scheduler: Scheduler | None = None,
+    progress: ProgressArg = False,
+) -> list[Any]:
+    """Run every task of one kind concurrently; return their results in input order.
+
+    Example::
+
+        pages = await run_all([call(fetch, url) for url in urls], limit=20, timeout=10)
+        sizes = await run_all([call(os.path.getsize, p) for p in paths], kind="blocking")
+        frames = await run_all([call(render, f) for f in scene], kind="cpu")
+
+    ``tasks`` is any iterable or async iterable, consumed lazily. ``kind`` says where
+    they run: ``"io"`` (coroutines, awaitables or zero-argument callables returning
+    one, on this event loop), ``"blocking"`` (zero-argument sync callables, on the
+    shared worker threads), ``"cpu"`` (picklable zero-argument sync callables, on the
+    shared worker processes). ``limit`` bounds how many of this call's tasks run at
+    once (default: the lane's capacity); ``timeout`` bounds each task, in seconds: an
+    overrun fails that task with :class:`TaskTimeout`.
+
+    The first failure cancels the rest and is raised as itself, with a note naming
+    the task's index; with ``return_exceptions=True`` every task runs and a failed
+    slot holds its exception. ``progress=True`` draws a bar on stderr; a callable
+    receives :class:`ProgressUpdate` objects.
+
+    Cancellation: when the caller is cancelled (or the batch fails fast), tasks not
+    yet started never start, running io tasks are cancelled, running cpu tasks'
+    worker processes are killed, and running blocking tasks are asked to stop
+    (:func:`check_cancelled` raises in them); ``run_all`` returns or raises only once
+    their threads have returned, so no work of the batch outlives the call.
+    """
+    sched = scheduler if scheduler is not None else get_scheduler()
+    return await sched.run_all(tasks, kind, limit, timeout, return_exceptions, progress)
+
+
+# -- as_completed -------------------------------------------------------------------
+
+
+@overload
+def as_completed(
+    tasks: Tasks[IoTask[T]],
+    kind: Literal["io"] = "io",
+    limit: int | None = None,
+    timeout: float | None = None,
+    return_exceptions: Literal[False] = False,
+    scheduler: Scheduler | None = None,
+    progress: ProgressArg = False,
+) -> BatchIterator[tuple[int, T]]: ...
+@overload
+def as_completed(
+    tasks: Tasks[IoTask[T]],
+    kind: Literal["io"] = "io",
+    limit: int | None = None,
+    timeout: float | None = None,
+    *,
+    return_exceptions: Literal[True],
+    scheduler: Scheduler | None = None,
+    progress: ProgressArg = False,
+) -> BatchIterator[tuple[int, T | BaseException]]: ...
+@overload
+def as_completed(
+    tasks: Tasks[Callable[[], T]],
+    kind: Literal["blocking", "cpu"],
+    limit: int | None = None,
+    timeout: float | None = None,
+    return_exceptions: Literal[False] = False,
+    scheduler: Scheduler | None = None,
+    progress: ProgressArg = False,
+) -> BatchIterator[tuple[int, T]]: ...
+@overload
+def as_completed(
+    tasks: Tasks[Callable[[], T]],
+    kind: Literal["blocking", "cpu"],
+    limit: int | None = None,
+    timeout: float | None = None,
+    *,
+    return_exceptions: Literal[True],
+    scheduler: Scheduler | None = None,
+    progress: ProgressArg = False,
+) -> BatchIterator[tuple[int, T | BaseException]]: ...
+@overload
+def as_completed(
+    tasks: Tasks[Any],
+    kind: str = "io",
+    limit: int | None = None,
+    timeout: float | None = None,
+    return_exceptions: bool = False,
+    scheduler: Scheduler | None = None,
+    progress: ProgressArg = False,
+) -> BatchIterator[tuple[int, Any]]: ...
+def as_completed(
+    tasks: Tasks[Any],
+    kind: str = "io",
+    limit: int | None = None,
+    timeout: float | None = None,
+    return_exceptions: bool = False,
+    scheduler: Scheduler | None = None,
+    progress: ProgressArg = False,
+) -> BatchIterator[tuple[int, Any]]:
+    """Run tasks like :func:`run_all`, yielding ``(index, result)`` as each finishes.
+
+    Example::
+
+        async for index, page in as_completed(call(fetch, u) for u in urls):
+            print(urls[index], len(page))
+
+    Bad arguments raise here, before the loop starts. With
+    ``return_exceptions=False`` the first failure is raised from the loop (after the
+    results that finished before it); with ``True`` failures are yielded.
+
+    Cancellation: leaving the loop early (``break``, an exception, cancellation)
+    stops the batch exactly as a cancelled :func:`run_all` does. A cancelled loop
+    waits for that cleanup; after a ``break`` it happens in the background, unless
+    the loop was written ``async with as_completed(...) as results: async for ...``,
+    which waits for it on exit.
+    """
+    sched = scheduler if scheduler is not None else get_scheduler()
+    return sched.as_completed(tasks, kind, limit, timeout, return_exceptions, progress)
+
+
+# -- amap -------------------------------------------------------------------------
+
+
+@overload
+def amap(
+    fn: Callable[[A], Awaitable[T]],
+    items: Tasks[A],
+    kind: Literal["io"] = "io",
+    limit: int | None = None,
+    timeout: float | None = None,
+    ordered: bool = True,
+    return_exceptions: Literal[False] = False,
+    scheduler: Scheduler | None = None,
+    progress: ProgressArg = False,
+) -> BatchIterator[T]: ...
+@overload
+def amap(
+    fn: Callable[[A], T],
+    items: Tasks[A],
+    kind: Literal["blocking", "cpu"],
+    limit: int | None = None,
+    timeout: float | None = None,
+    ordered: bool = True,
+    return_exceptions: Literal[False] = False,
+    scheduler: Scheduler | None = None,
+    progress: ProgressArg = False,
+) -> BatchIterator[T]: ...
+@overload
+def amap(
+    fn: Callable[[A], Any],
+    items: Tasks[A],
+    kind: str = "io",
+    limit: int | None = None,
+    timeout: float | None = None,
+    ordered: bool = True,
+    return_exceptions: bool = False,
+    scheduler: Scheduler | None = None,
+    progress: ProgressArg = False,
+) -> BatchIterator[Any]: ...
+def amap(
+    fn: Callable[[A], Any],
+    items: Tasks[A],
+    kind: str = "io",
+    limit: int | None = None,
+    timeout: float | None = None,
+    ordered: bool = True,
+    return_exceptions: bool = False,
+    scheduler: Scheduler | None = None,
+    progress: ProgressArg = False,
+) -> BatchIterator[Any]:
+    """Run ``fn(item)`` for each item, yielding the results (in input order by default).
+
+    Example::
+
+        async for thumb in amap(make_thumbnail, paths, kind="cpu", limit=4):
+            save(thumb)
+
+    ``items`` may be endless or an async iterable: memory is bounded by ``limit``,
+    not by the number of items, because items are pulled only as results are
+    consumed. ``ordered=False`` yields results as they finish.
+
+    Cancellation: as for :func:`as_completed`.
+    """
+    sched = scheduler if scheduler is not None else get_scheduler()
+    return sched.amap(fn, items, kind, limit, timeout, ordered, return_exceptions, progress)
+
+
+# -- from sync code ------------------------------------------------------------------
+
+
+def _in_event_loop() -> bool:
+    try:
+        current_backend()
+    except RuntimeError:
+        return False
+    return True
+
+
+def run_sync(async_fn: Callable[..., Coroutine[Any, Any, T]], *args: Any) -> T:
+    if _in_event_loop():
+        raise RuntimeError(
+            "run_all_sync() cannot be called from inside a running event loop: "
+            "use 'await run_all(...)' there"
+        )
+    return anyio.run(functools.partial(async_fn, *args))
+
+
+@overload
+def run_all_sync(
+    tasks: Iterable[IoTask[T]],
+    kind: Literal["io"] = "io",
+    limit: int | None = None,
+    timeout: float | None = None,
+    return_exceptions: Literal[False] = False,
+    scheduler: Scheduler | None = None,
+    progress: ProgressArg = False,
+) -> list[T]: ...
+@overload
+def run_all_sync(
+    tasks: Iterable[IoTask[T]],
+    kind: Literal["io"] = "io",
+    limit: int | None = None,
+    timeout: float | None = None,
+    *,
+    return_exceptions: Literal[True],
+    scheduler: Scheduler | None = None,
+    progress: ProgressArg = False,
+) -> list[T | BaseException]: ...
+@overload
+def run_all_sync(
+    tasks: Iterable[Callable[[], T]],
+    kind: Literal["blocking", "cpu"],
+    limit: int | None = None,
+    timeout: float | None = None,
+    return_exceptions: Literal[False] = False,
+    scheduler: Scheduler | None = None,
+    progress: ProgressArg = False,
+) -> list[T]: ...
+@overload
+def run_all_sync(
+    tasks: Iterable[Callable[[], T]],
+    kind: Literal["blocking", "cpu"],
+    limit: int | None = None,
+    timeout: float | None = None,
+    *,
+    return_exceptions: Literal[True],
+    scheduler: Scheduler | None = None,
+    progress: ProgressArg = False,
+) -> list[T | BaseException]: ...
+@overload
+def run_all_sync(
+    tasks: Iterable[Any],
+    kind: str = "io",
+    limit: int | None = None,
+    timeout: float | None = None,
+    return_exceptions: bool = False,
+    scheduler: Scheduler | None = None,
+    progress: ProgressArg = False,
+) -> list[Any]: ...
+def run_all_sync(
+    tasks: Iterable[Any],
+    kind: str = "io",
+    limit: int | None = None,
+    timeout: float | None = None,
+    return_exceptions: bool = False,
+    scheduler: Scheduler | None = None,
+    progress: ProgressArg = False,
+) -> list[Any]:
+    """:func:`run_all` for plain scripts: runs its own event loop and returns the list.
+
+    Example::
+
+        results = run_all_sync([call(crunch, chunk) for chunk in chunks], kind="cpu")
+
+    Raises ``RuntimeError`` when called inside a running event loop (await
+    :func:`run_all` there). Ctrl-C stops the batch as a cancellation does and raises
+    ``KeyboardInterrupt``.
+    """
+    sched = scheduler if scheduler is not None else get_scheduler()
+    return sched.run_all_sync(tasks, kind, limit, timeout, return_exceptions, progress)
+
+
+async def run_in_fresh_thread(fn: Callable[[], T]) -> T:
+    """Run ``fn`` on a new thread and await it without blocking the loop.
+
+    For rare, slow housekeeping (closing a Scheduler joins threads and processes);
+    a fresh thread is joined before returning, so nothing is left behind.
+    """
+    inbox = Inbox(LoopHandle())
+    outcome: list[Any] = []
+
+    def target() -> None:
+        try:
+            outcome.append((True, fn()))
+        except BaseException as exc:
+            outcome.append((False, exc))
+        inbox.put(None)
+
+    thread = threading.Thread(target=target, name="tasklanes-close", daemon=True)
+    thread.start()
+    with anyio.CancelScope(shield=True):
+        await inbox.get()
+    thread.join()
+    ok, value = outcome[0]
+    if not ok:
+        raise value
+    result: T = value
+    return result

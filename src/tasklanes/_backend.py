@@ -1,0 +1,107 @@
+"""The little that tasklanes needs to know about the running event loop.
+
+anyio hides the difference between asyncio and trio for almost everything; what it
+does not offer cheaply is handing a callback to a loop from a foreign thread, a
+clock that costs one C call, and a task that outlives the caller's task group. This
+module is that shim, in anyio's style: one function per need, a branch per backend.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+__all__ = [
+    "LoopHandle",
+    "current_backend",
+    "current_loop",
+]
+
+
+def current_backend() -> str:
+    """``"trio"`` or ``"asyncio"`` (uvloop counts as asyncio); raise outside a loop."""
+    if "trio" in sys.modules:
+        import trio
+
+        try:
+            trio.lowlevel.current_task()
+        except RuntimeError:
+            pass
+        else:
+            return "trio"
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        raise RuntimeError(
+            "this tasklanes call must run inside an event loop (asyncio or trio); "
+            "from synchronous code use run_all_sync()"
+        ) from None
+    return "asyncio"
+
+
+class LoopHandle:
+    """The running loop, seen from the three angles tasklanes needs.
+
+    ``key`` identifies the loop (io capacity is per loop), ``clock`` reads the loop's
+    own monotonic clock, ``call_soon_threadsafe`` runs a callback on the loop from any
+    thread (a no-op once the loop has closed: nobody is left to tell).
+    """
+
+    __slots__ = ("backend", "call_soon_threadsafe", "clock", "key", "_spawn")
+
+    def __init__(self) -> None:
+        self.backend = current_backend()
+        if self.backend == "trio":
+            import trio
+
+            token = trio.lowlevel.current_trio_token()
+            self.key: object = token
+            self.clock: Callable[[], float] = trio.current_time
+
+            def call_soon_threadsafe(fn: Callable[[], object]) -> None:
+                try:
+                    token.run_sync_soon(fn)
+                except trio.RunFinishedError:
+                    pass
+
+            def spawn(fn: Callable[[], Coroutine[Any, Any, None]]) -> None:
+                trio.lowlevel.spawn_system_task(fn)
+
+        else:
+            loop = asyncio.get_running_loop()
+            self.key = loop
+            self.clock = loop.time
+
+            def call_soon_threadsafe(fn: Callable[[], object]) -> None:
+                try:
+                    loop.call_soon_threadsafe(fn)
+                except RuntimeError:  # the loop is closed
+                    pass
+
+            def spawn(fn: Callable[[], Coroutine[Any, Any, None]]) -> None:
+                task = loop.create_task(fn())
+                # asyncio keeps only weak references to tasks: hold it until it ends.
+                _background.add(task)
+                task.add_done_callback(_background.discard)
+
+        self.call_soon_threadsafe = call_soon_threadsafe
+        self._spawn = spawn
+
+    def spawn_background(self, fn: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        """Start ``fn()`` as a task that no task group owns.
+
+        Used only by the iterator APIs (``as_completed``, ``amap``): an ``async for``
+        loop cannot own a task group across its ``yield`` points, so the batch runs
+        beside it and the iterator stops it when the loop is left. ``fn`` must not
+        raise: it hands every outcome to its consumer.
+        """
+        self._spawn(fn)
+
+
+_background: set[asyncio.Task[None]] = set()
+
+
+def current_loop() -> LoopHandle:
+    return LoopHandle()

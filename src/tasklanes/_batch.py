@@ -1,0 +1,339 @@
+"""One batch of tasks on one lane, and the three ways to consume it.
+
+A *lane* runs a :class:`Batch`: it pulls ``(index, task)`` pairs from ``batch.source``
+as it has room, and hands every outcome to ``batch.emit(index, ok, value)`` on the
+caller's event loop. The lane knows how to run a task; the batch knows what the
+caller wants done with the outcomes:
+
+* ``run_all`` collects them into a list in input order (:func:`collect`);
+* ``as_completed`` and ``amap`` hand them to an ``async for`` loop
+  (:class:`BatchIterator`).
+
+Fail-fast is the same for every lane: the first failure calls ``batch.fail``, which
+cancels the batch's cancel scope; the lane then stops its work exactly as it would
+for a cancelled caller, and the failure is raised once the lane has cleaned up.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import AsyncIterable, Callable, Iterable
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
+
+import anyio
+
+from ._backend import LoopHandle
+from ._stats import LaneStats
+from ._tasks import Source
+
+if TYPE_CHECKING:
+    from ._progress import Progress
+
+__all__ = ["Batch", "BatchIterator", "Lane", "collect", "run_batch"]
+
+INF = math.inf
+T_co = TypeVar("T_co", covariant=True)
+
+
+class Lane(Protocol):
+    """What the Scheduler needs of a lane: a kind, a capacity, a way to check a task
+    before anything starts, a way to run a batch, and a way to stop."""
+
+    kind: str
+    capacity: int
+    stats: LaneStats
+
+    def check_task(self, task: object, index: int) -> None: ...
+
+    async def run(self, batch: Batch) -> None:
+        """Run every task of ``batch``, at most ``batch.limit`` at once.
+
+        Return when the source is exhausted and every pulled task has an outcome.
+        When cancelled (the caller's scope, or ``batch.fail``), stop pulling, stop or
+        kill what runs, wait until none of the batch's work is left, then re-raise.
+        """
+        ...
+
+    def close(self) -> None: ...
+
+
+class Batch:
+    """The shared state of one batch: its input, its options, and where outcomes go."""
+
+    __slots__ = (
+        "emit",
+        "error",
+        "limit",
+        "loop",
+        "progress",
+        "scope",
+        "source",
+        "stopping",
+        "timeout",
+    )
+
+    def __init__(
+        self,
+        source: Source,
+        limit: int,
+        timeout: float | None,
+        emit: Callable[[int, bool, Any], None],
+        loop: LoopHandle,
+        progress: Progress | None = None,
+    ) -> None:
+        self.source = source
+        self.limit = limit
+        self.timeout = timeout
+        self.emit = emit
+        self.loop = loop
+        self.progress = progress
+        self.error: BaseException | None = None
+        #: Set once the batch wants no more tasks started: lanes check it before pulling.
+        self.stopping = False
+        self.scope: anyio.CancelScope | None = None
+
+    def fail(self, exc: BaseException) -> None:
+        """Stop the batch and raise ``exc`` from ``run_batch`` once it has stopped."""
+        if self.error is None:
+            self.error = exc
+        self.stop()
+
+    def stop(self) -> None:
+        self.stopping = True
+        if self.scope is not None:
+            self.scope.cancel()
+
+
+async def run_batch(lane: Lane, batch: Batch) -> None:
+    """Run ``batch`` on ``lane``; raise the batch's failure, if any, after cleanup."""
+    try:
+        with anyio.CancelScope() as scope:
+            batch.scope = scope
+            if batch.stopping:  # failed before it started (e.g. by its input)
+                scope.cancel()
+            await lane.run(batch)
+    finally:
+        batch.stopping = True
+        batch.source.close()
+        if batch.progress is not None:
+            batch.progress.close()
+    if batch.error is not None:
+        raise batch.error
+
+
+def annotate(exc: BaseException, index: int) -> BaseException:
+    """Name the task in the traceback, once, without changing the exception's type."""
+    note = f"(tasklanes: raised by task {index} of the batch)"
+    notes = getattr(exc, "__notes__", ())
+    if note not in notes:
+        exc.add_note(note)
+    return exc
+
+
+async def collect(
+    lane: Lane,
+    tasks: Iterable[Any] | AsyncIterable[Any],
+    limit: int,
+    timeout: float | None,
+    return_exceptions: bool,
+    progress: Progress | None,
+) -> list[Any]:
+    """``run_all``: every outcome, in input order."""
+    source = Source(tasks, lane.check_task)
+    size = source.size
+    results: list[Any] = [None] * size if size is not None else []
+    delivered = 0
+    if progress is not None:
+        progress.start(size)
+
+    def emit(index: int, ok: bool, value: Any) -> None:
+        nonlocal delivered
+        if not ok:
+            annotate(value, index)
+            if not return_exceptions:
+                batch.fail(value)
+                return
+        if index >= len(results):  # lazy input: grow as indexes arrive
+            results.extend([None] * (index + 1 - len(results)))
+        results[index] = value
+        delivered += 1
+        if progress is not None:
+            progress.advance(ok)
+
+    batch = Batch(source, limit, timeout, emit, LoopHandle(), progress)
+    await run_batch(lane, batch)
+    if delivered != source.pulled:  # pragma: no cover - a bug in a lane, never silent
+        raise RuntimeError(
+            f"tasklanes lost results: {source.pulled} tasks started, {delivered} outcomes"
+        )
+    return results
+
+
+class BatchIterator(Generic[T_co]):
+    """The ``async for`` side of ``as_completed`` and ``amap``.
+
+    An ``async for`` loop cannot own a task group across its iterations, so the batch
+    runs in a background task and hands outcomes over through a small buffer. The
+    buffer is bounded: when the loop body is slower than the tasks, the batch stops
+    pulling new tasks until the loop catches up, so memory stays O(limit).
+
+    Leaving the loop early (``break``, an exception, cancellation) stops the batch:
+    cancellation of ``__anext__`` and ``aclose()`` wait for its cleanup; a ``break``
+    cannot wait (nothing awaits after it), so the batch is cancelled at once and
+    cleans up in the background. Use ``async with`` (or ``contextlib.aclosing``) to
+    wait for the cleanup after a ``break``.
+    """
+
+    def __init__(
+        self,
+        lane: Lane,
+        tasks: Iterable[Any] | AsyncIterable[Any],
+        limit: int,
+        timeout: float | None,
+        return_exceptions: bool,
+        *,
+        ordered: bool,
+        with_index: bool,
+        progress: Progress | None = None,
+    ) -> None:
+        self._lane = lane
+        self._source = Source(tasks, lane.check_task)  # checks a list before anything runs
+        self._limit = limit
+        self._timeout = timeout
+        self._return_exceptions = return_exceptions
+        self._ordered = ordered
+        self._with_index = with_index
+        self._progress = progress
+        self._ready: deque[tuple[int, bool, Any]] = deque()
+        self._reorder: dict[int, tuple[bool, Any]] = {}
+        self._next_index = 0  # ordered: the next index to hand out
+        self._window = max(2 * limit, 16)
+        self._event: anyio.Event | None = None
+        self._finished: anyio.Event | None = None
+        self._batch: Batch | None = None
+        self._outcome: BaseException | None = None
+        self._done = False
+        self._closed = False
+
+    def __aiter__(self) -> BatchIterator[T_co]:
+        return self
+
+    async def __aenter__(self) -> BatchIterator[T_co]:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    # -- background ------------------------------------------------------------
+
+    def _start(self) -> None:
+        loop = LoopHandle()
+        self._event = anyio.Event()
+        self._finished = anyio.Event()
+        source = self._source
+        window = self._window
+        if self._ordered:
+            # Bound both the reorder buffer and the distance from the oldest result the
+            # loop still waits for: a slow first task must not let the rest run away.
+            source.set_gate(
+                lambda index: len(self._ready) + len(self._reorder) < window
+                and index < self._next_index + window
+            )
+        else:
+            source.set_gate(lambda index: len(self._ready) < window)
+        if self._progress is not None:
+            self._progress.start(source.size)
+        self._batch = Batch(source, self._limit, self._timeout, self._emit, loop, self._progress)
+        loop.spawn_background(self._run)
+
+    async def _run(self) -> None:
+        assert self._batch is not None and self._finished is not None
+        try:
+            await run_batch(self._lane, self._batch)
+        except BaseException as exc:
+            self._outcome = exc
+            if isinstance(exc, anyio.get_cancelled_exc_class()):
+                raise  # the loop itself is shutting down
+        finally:
+            self._done = True
+            self._wake()
+            self._finished.set()
+
+    def _emit(self, index: int, ok: bool, value: Any) -> None:
+        if not ok:
+            annotate(value, index)
+            if not self._return_exceptions:
+                assert self._batch is not None
+                # Outcomes already buffered are still handed out; then this raises.
+                self._batch.fail(value)
+                return
+        if self._progress is not None:
+            self._progress.advance(ok)
+        if self._ordered:
+            self._reorder[index] = (ok, value)
+            while self._next_index in self._reorder:
+                ok2, value2 = self._reorder.pop(self._next_index)
+                self._ready.append((self._next_index, ok2, value2))
+                self._next_index += 1
+        else:
+            self._ready.append((index, ok, value))
+        self._wake()
+
+    def _wake(self) -> None:
+        if self._event is not None:
+            self._event.set()
+
+    # -- consumer --------------------------------------------------------------
+
+    async def __anext__(self) -> T_co:
+        if self._closed:
+            raise StopAsyncIteration
+        if self._batch is None:
+            self._start()
+        try:
+            while not self._ready:
+                if self._done:
+                    self._closed = True
+                    outcome = self._outcome
+                    if outcome is not None and not isinstance(
+                        outcome, anyio.get_cancelled_exc_class()
+                    ):
+                        raise outcome
+                    raise StopAsyncIteration
+                assert self._event is not None
+                await self._event.wait()
+                self._event = anyio.Event()
+        except BaseException:
+            if not self._done:
+                # Our caller was cancelled while waiting: stop the batch and wait for
+                # its cleanup, so none of its work outlives this loop.
+                with anyio.CancelScope(shield=True):
+                    await self.aclose()
+            raise
+        index, ok, value = self._ready.popleft()
+        self._source.release()
+        if self._with_index:
+            return (index, value)  # type: ignore[return-value]
+        return value  # type: ignore[no-any-return]
+
+    async def aclose(self) -> None:
+        """Stop the batch and wait until its work has stopped."""
+        self._closed = True
+        if self._batch is not None and self._finished is not None:
+            self._batch.stop()
+            self._source.release()
+            with anyio.CancelScope(shield=True):
+                await self._finished.wait()
+        else:
+            self._source.close()
+
+    def __del__(self) -> None:
+        # ``break`` drops the iterator without awaiting anything: cancel the batch now
+        # (on its loop, whichever thread the garbage collector runs in).
+        batch = self._batch
+        if batch is not None and not self._done:
+            batch.stopping = True
+            batch.loop.call_soon_threadsafe(batch.stop)
+        elif batch is None:
+            self._source.close()

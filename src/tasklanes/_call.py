@@ -1,0 +1,73 @@
+"""``call``: a typed, picklable zero-argument task."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Generic, TypeVar
+
+from typing_extensions import ParamSpec
+
+__all__ = ["Call", "call", "unwrap_callable"]
+
+T = TypeVar("T")
+P = ParamSpec("P")
+
+
+class Call(Generic[T]):
+    """A function bound to its arguments, run later by a lane: ``call(fn, *args, **kwargs)``.
+
+    Calling it runs ``fn(*args, **kwargs)``. It pickles when ``fn`` and the arguments
+    do, so it is the usual way to build cpu tasks; for an ``async def`` function it
+    makes an io task, and nothing runs until the lane starts it.
+    """
+
+    __slots__ = ("args", "fn", "kwargs")
+
+    def __init__(self, fn: Callable[..., T], args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        self.fn = fn
+        self.args = args
+        self.kwargs = kwargs
+
+    def __call__(self) -> T:
+        return self.fn(*self.args, **self.kwargs)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (Call, (self.fn, self.args, self.kwargs))
+
+    def __repr__(self) -> str:
+        name = getattr(self.fn, "__qualname__", repr(self.fn))
+        parts = [repr(a) for a in self.args] + [f"{k}={v!r}" for k, v in self.kwargs.items()]
+        text = ", ".join(parts)
+        if len(text) > 60:
+            text = text[:57] + "..."
+        return f"call({name}{', ' if text else ''}{text})"
+
+
+def call(fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> Call[T]:
+    """Bind ``fn`` to its arguments, to run later as a task of any kind.
+
+    Example::
+
+        await run_all([call(fetch, url) for url in urls])                 # io: fetch is async
+        await run_all([call(render, f) for f in frames], kind="cpu")      # picklable
+    """
+    if not callable(fn):
+        raise TypeError(f"call() needs a callable first, got {type(fn).__name__}")
+    return Call(fn, args, kwargs)
+
+
+def unwrap_callable(obj: object) -> object:
+    """The function a task finally calls: through ``Call``, ``functools.partial`` and
+    ``offload`` wrappers. Used only to check a task against its kind."""
+    import functools
+
+    for _ in range(20):  # a cycle of wrappers is absurd, but never loop forever
+        if isinstance(obj, Call):
+            obj = obj.fn
+        elif isinstance(obj, functools.partial):
+            obj = obj.func
+        elif hasattr(obj, "__tasklanes_wrapped__"):
+            obj = obj.__tasklanes_wrapped__
+        else:
+            break
+    return obj

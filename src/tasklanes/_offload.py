@@ -1,0 +1,263 @@
+"""``@offload``: a function turned into an awaitable one that runs on a lane."""
+
+from __future__ import annotations
+
+import functools
+import threading
+from collections import deque
+from collections.abc import AsyncIterable, Awaitable, Callable, Coroutine, Iterable
+from typing import Any, Generic, Literal, TypeVar, overload
+
+import anyio
+
+from ._backend import LoopHandle
+from ._call import Call
+from ._scheduler import Scheduler, get_scheduler
+from ._tasks import check_kind, check_limit, check_timeout
+
+from typing_extensions import ParamSpec
+
+__all__ = ["Offloaded", "offload"]
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+class _ProcessLimiter:
+    """A counting semaphore that works across event loops and threads.
+
+    ``@offload(limit=N)`` bounds a function's concurrent calls across the whole
+    process, whatever loop they come from; anyio's limiters belong to one loop.
+    A waiter is woken on its own loop through ``call_soon_threadsafe``.
+    """
+
+    def __init__(self, total: int) -> None:
+        self._lock = threading.Lock()
+        self._free = total
+        self._waiters: deque[list[Any]] = deque()
+
+    async def acquire(self) -> None:
+        with self._lock:
+            if self._free > 0 and not self._waiters:
+                self._free -= 1
+                return
+            waiter: list[Any] = [False, anyio.Event(), LoopHandle().call_soon_threadsafe]
+            self._waiters.append(waiter)
+        try:
+            await waiter[1].wait()
+        except BaseException:
+            with self._lock:
+                granted = waiter[0]
+                if not granted:
+                    self._waiters.remove(waiter)
+            if granted:
+                self.release()  # handed to us as we were cancelled: pass it on
+            raise
+
+    def release(self) -> None:
+        with self._lock:
+            if self._waiters:
+                waiter = self._waiters.popleft()
+                waiter[0] = True
+                waiter[2](waiter[1].set)
+                return
+            self._free += 1
+
+
+def _invoke(fn: Offloaded[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """Run the original of a decorated function (in a worker process, typically)."""
+    return fn.__wrapped__(*args, **kwargs)
+
+
+class Offloaded(Generic[P, R]):
+    """A function decorated with :func:`offload`. Awaiting a call runs it on its lane."""
+
+    def __init__(
+        self,
+        fn: Callable[P, Any],
+        kind: str,
+        limit: int | None,
+        timeout: float | None,
+        scheduler: Scheduler | None,
+    ) -> None:
+        functools.update_wrapper(self, fn)
+        self.__wrapped__ = fn
+        self.__tasklanes_wrapped__ = fn
+        self.kind = kind
+        self.limit = limit
+        self.timeout = timeout
+        self._scheduler = scheduler
+        self._limiters: dict[object, _ProcessLimiter] = {}
+        self._lock = threading.Lock()
+
+    def _limiter(self) -> _ProcessLimiter | None:
+        if self.limit is None:
+            return None
+        key = LoopHandle().key if self.kind == "io" else None  # io: per event loop
+        with self._lock:
+            limiter = self._limiters.get(key)
+            if limiter is None:
+                limiter = self._limiters[key] = _ProcessLimiter(self.limit)
+            return limiter
+
+    def _task(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Call[Any]:
+        if self.kind == "cpu":
+            # Sent by reference: the module attribute is this object, whose
+            # __reduce__ names it, and the worker calls the original.
+            return Call(_invoke, (self, args, kwargs), {})
+        return Call(self.__wrapped__, args, kwargs)
+
+    def __reduce__(self) -> str:
+        return self.__qualname__
+
+    async def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        sched = self._scheduler if self._scheduler is not None else get_scheduler()
+        limiter = self._limiter()
+        if limiter is not None:
+            await limiter.acquire()
+        try:
+            results = await sched.run_all(
+                [self._task(args, kwargs)], self.kind, 1, self.timeout
+            )
+        except BaseException as exc:
+            _drop_batch_note(exc)
+            raise
+        finally:
+            if limiter is not None:
+                limiter.release()
+        result: R = results[0]
+        return result
+
+    async def map(
+        self,
+        items: Iterable[Any] | AsyncIterable[Any],
+        limit: int | None = None,
+        timeout: float | None = None,
+        return_exceptions: bool = False,
+    ) -> list[R]:
+        """Call the function on each item, as one :func:`run_all` batch.
+
+        ``many = await render.map(frames, limit=4)``. The decorator's ``limit`` still
+        bounds the function's calls across the process: the batch runs at most that
+        many at once, on top of its own ``limit``.
+        """
+        sched = self._scheduler if self._scheduler is not None else get_scheduler()
+        check_limit(limit)
+        seconds = self.timeout if timeout is None else check_timeout(timeout)
+        if isinstance(items, AsyncIterable):
+
+            async def agen() -> Any:
+                async for item in items:
+                    yield self._task((item,), {})
+
+            tasks: Any = agen()
+        else:
+            tasks = [self._task((item,), {}) for item in items]
+        limiter = self._limiter()
+        if limiter is None:
+            return await sched.run_all(tasks, self.kind, limit, seconds, return_exceptions)
+        # Hold that many of the function's permits for the whole batch.
+        width = self.limit if limit is None else min(limit, self.limit or limit)
+        assert width is not None
+        held = 0
+        try:
+            for _ in range(width):
+                await limiter.acquire()
+                held += 1
+            return await sched.run_all(tasks, self.kind, width, seconds, return_exceptions)
+        finally:
+            for _ in range(held):
+                limiter.release()
+
+    def __repr__(self) -> str:
+        return f"<offloaded {self.__qualname__} kind={self.kind!r}>"
+
+
+def _drop_batch_note(exc: BaseException) -> None:
+    # A single call is no batch: the "task 0 of the batch" note would only confuse.
+    notes = getattr(exc, "__notes__", None)
+    if notes:
+        exc.__notes__ = [n for n in notes if not n.startswith("(tasklanes: raised by task")]
+
+
+@overload
+def offload(fn: Callable[P, R], /) -> Offloaded[P, R]: ...
+@overload
+def offload(
+    *,
+    kind: Literal["blocking", "cpu"] = "blocking",
+    limit: int | None = None,
+    timeout: float | None = None,
+    scheduler: Scheduler | None = None,
+) -> Callable[[Callable[P, R]], Offloaded[P, R]]: ...
+@overload
+def offload(
+    *,
+    kind: Literal["io"],
+    limit: int | None = None,
+    timeout: float | None = None,
+    scheduler: Scheduler | None = None,
+) -> Callable[[Callable[P, Awaitable[R]]], Offloaded[P, R]]: ...
+def offload(
+    fn: Callable[..., Any] | None = None,
+    /,
+    *,
+    kind: str = "blocking",
+    limit: int | None = None,
+    timeout: float | None = None,
+    scheduler: Scheduler | None = None,
+) -> Any:
+    """Turn a function into an awaitable one that runs on a lane.
+
+    Example::
+
+        @offload                          # kind="blocking": on the worker threads
+        def read_config(path: str) -> dict: ...
+
+        @offload(kind="cpu", timeout=30)  # on the worker processes
+        def render(frame: Frame) -> bytes: ...
+
+        @offload(kind="io", limit=10)     # an async function, at most 10 calls at once
+        async def fetch(url: str) -> bytes: ...
+
+        data = await render(frame)
+        many = await render.map(frames, limit=4)
+        render.__wrapped__(frame)         # the original, in this thread
+
+    ``limit`` bounds the function's concurrent calls across the process (per event
+    loop for ``"io"``), on top of the lane's capacity; ``timeout`` bounds each call.
+    A decorated module-level function works in the cpu lane: it pickles by reference.
+
+    Cancellation: as for :func:`run_all` with one task: a cancelled caller's io call is
+    cancelled, its cpu worker killed, its blocking thread asked to stop and awaited.
+    """
+    kind = check_kind(kind)
+    check_limit(limit)
+    seconds = check_timeout(timeout)
+    if scheduler is not None and not isinstance(scheduler, Scheduler):
+        raise TypeError(f"scheduler must be a Scheduler, got {type(scheduler).__name__}")
+
+    def decorate(func: Callable[..., Any]) -> Offloaded[Any, Any]:
+        if not callable(func):
+            raise TypeError(f"@offload decorates a function, got {type(func).__name__}")
+        from ._call import unwrap_callable
+        from ._tasks import _is_async_function
+
+        is_async = _is_async_function(unwrap_callable(func))
+        if kind == "io" and not is_async:
+            raise TypeError(
+                f"@offload(kind='io') needs an async def function; {func.__qualname__} is "
+                "sync: use kind='blocking' (code that waits) or kind='cpu' (code that computes)"
+            )
+        if kind != "io" and is_async:
+            raise TypeError(
+                f"@offload(kind={kind!r}) needs a sync function; {func.__qualname__} is "
+                "async def: use kind='io'"
+            )
+        return Offloaded(func, kind, limit, seconds, scheduler)
+
+    if fn is not None:
+        return decorate(fn)
+    return decorate
+
+

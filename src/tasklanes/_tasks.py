@@ -1,0 +1,264 @@
+"""Checking arguments and tasks, and pulling tasks lazily from the caller's input.
+
+Everything here runs before or between tasks, never inside one. The rule it serves:
+bad input fails with a clear ``ValueError``/``TypeError`` before any task starts.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator
+from typing import Any, Final
+
+import anyio
+
+from ._call import unwrap_callable
+
+__all__ = [
+    "END",
+    "KINDS",
+    "WAIT",
+    "Source",
+    "check_kind",
+    "check_limit",
+    "check_timeout",
+    "describe",
+]
+
+KINDS: Final = ("io", "blocking", "cpu")
+
+
+class _Marker:
+    __slots__ = ("name",)
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __repr__(self) -> str:
+        return self.name
+
+
+#: ``Source.next_nowait`` results: no more tasks / ask again with ``await next()``.
+END: Final = _Marker("END")
+WAIT: Final = _Marker("WAIT")
+
+
+def check_kind(kind: object) -> str:
+    if kind not in KINDS:
+        raise ValueError(
+            f"unknown kind {kind!r}: use one of 'io' (coroutines on the event loop), "
+            "'blocking' (sync code that waits, on threads) or 'cpu' (sync code that "
+            "computes, on processes)"
+        )
+    return kind  # type: ignore[return-value]
+
+
+def check_limit(limit: object) -> int | None:
+    if limit is None:
+        return None
+    if isinstance(limit, bool) or not isinstance(limit, int):
+        raise TypeError(f"limit must be an int >= 1 or None, got {type(limit).__name__}")
+    if limit < 1:
+        raise ValueError(f"limit must be >= 1 (or None for the lane's capacity), got {limit}")
+    return limit
+
+
+def check_timeout(timeout: object) -> float | None:
+    if timeout is None:
+        return None
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+        raise TypeError(f"timeout must be a number of seconds or None, got {type(timeout).__name__}")
+    if not timeout > 0 or math.isnan(timeout):
+        raise ValueError(f"timeout must be > 0 seconds (or None for no timeout), got {timeout}")
+    return float(timeout)
+
+
+def describe(task: object) -> str:
+    text = repr(task)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _is_async_function(fn: object) -> bool:
+    return inspect.iscoroutinefunction(fn) or inspect.isasyncgenfunction(fn)
+
+
+def check_io_task(task: object, index: int) -> None:
+    if inspect.isawaitable(task):
+        return
+    if not callable(task):
+        raise TypeError(
+            f"task {index} ({describe(task)}) is not a task for kind='io': give a coroutine, "
+            "an awaitable, or a zero-argument callable that returns one (e.g. call(fetch, url))"
+        )
+    fn = unwrap_callable(task)
+    if _is_async_function(fn):
+        return
+    # A named plain function, a builtin or a class is sync code: awaiting it is
+    # impossible and running it on the loop would freeze every other task. A lambda
+    # or a callable object may return an awaitable, so those are checked when they
+    # run instead.
+    if (
+        inspect.isbuiltin(fn)
+        or inspect.isclass(fn)
+        or (inspect.isfunction(fn) and fn.__name__ != "<lambda>")
+        or (inspect.ismethod(fn) and not _is_async_function(fn.__func__))
+    ):
+        raise TypeError(
+            f"task {index} ({describe(task)}) is a sync callable, which kind='io' cannot await: "
+            "use kind='blocking' for sync code that waits (I/O, sleeps, old drivers) or "
+            "kind='cpu' for sync code that computes"
+        )
+
+
+def check_sync_task(task: object, index: int, kind: str) -> None:
+    if inspect.isawaitable(task):
+        raise TypeError(
+            f"task {index} ({describe(task)}) is a coroutine or awaitable, which kind={kind!r} "
+            "cannot run: use kind='io' for async code"
+        )
+    if not callable(task):
+        raise TypeError(
+            f"task {index} ({describe(task)}) is not a task for kind={kind!r}: give a "
+            "zero-argument callable, e.g. call(fn, *args) or functools.partial(fn, *args)"
+        )
+    if _is_async_function(unwrap_callable(task)):
+        raise TypeError(
+            f"task {index} ({describe(task)}) calls an async function, which kind={kind!r} "
+            "cannot await: use kind='io' for async code"
+        )
+
+
+def close_if_coroutine(task: object) -> None:
+    """Close a coroutine object that will never run, so Python does not warn that it
+    was never awaited: it was ours to run, and we chose not to."""
+    close = getattr(task, "close", None)
+    if close is not None and inspect.iscoroutine(task):
+        close()
+
+
+class Source:
+    """The tasks of one batch, pulled one at a time as workers become free.
+
+    A list or tuple is checked whole before anything starts; any other iterable or
+    async iterable is consumed lazily and each task is checked as it is pulled, so at
+    most the running tasks plus a small buffer are ever materialised.
+
+    ``gate`` (optional) is asked before each pull whether the consumer can take more;
+    when it says no, pullers wait until ``release()`` is called. The iterator APIs use
+    it to bound memory when their consumer is slower than the tasks.
+    """
+
+    def __init__(
+        self,
+        tasks: Iterable[Any] | AsyncIterable[Any],
+        check: Callable[[object, int], None],
+    ) -> None:
+        self._check = check
+        self._index = 0
+        self._ended = False
+        self._sequence: list[Any] | tuple[Any, ...] | None = None
+        self._iterator: Iterator[Any] | None = None
+        self._aiterator: AsyncIterator[Any] | None = None
+        self._alock: anyio.Lock | None = None
+        self._gate: Callable[[int], bool] | None = None
+        self._gate_event: anyio.Event | None = None
+        self.size: int | None = None
+        if isinstance(tasks, (list, tuple)):
+            for index, task in enumerate(tasks):
+                try:
+                    check(task, index)
+                except BaseException:
+                    for other in tasks:
+                        close_if_coroutine(other)
+                    raise
+            self._sequence = tasks
+            self.size = len(tasks)
+            self._iterator = iter(tasks)
+        elif isinstance(tasks, AsyncIterable):
+            self._aiterator = aiter(tasks)
+            self._alock = anyio.Lock()
+        elif isinstance(tasks, Iterable) and not isinstance(tasks, (str, bytes)):
+            self._iterator = iter(tasks)
+            try:
+                self.size = len(tasks)  # type: ignore[arg-type]
+            except TypeError:
+                pass
+        else:
+            raise TypeError(
+                f"tasks must be an iterable or async iterable of tasks, got {type(tasks).__name__}"
+            )
+
+    @property
+    def pulled(self) -> int:
+        """How many tasks have been taken so far (the next task's index)."""
+        return self._index
+
+    @property
+    def exhausted(self) -> bool:
+        return self._ended
+
+    def set_gate(self, gate: Callable[[int], bool]) -> None:
+        self._gate = gate
+
+    def release(self) -> None:
+        """The gate may say yes now: wake the pullers waiting on it."""
+        if self._gate_event is not None:
+            self._gate_event.set()
+            self._gate_event = None
+
+    def next_nowait(self) -> Any:
+        """``(index, task)``, or ``END``, or ``WAIT`` (call ``await next()``)."""
+        if self._ended:
+            return END
+        if self._gate is not None and not self._gate(self._index):
+            return WAIT
+        it = self._iterator
+        if it is None:
+            return WAIT
+        try:
+            task = next(it)
+        except StopIteration:
+            self._ended = True
+            return END
+        index = self._index
+        self._index = index + 1
+        if self._sequence is None:
+            self._check(task, index)
+        return (index, task)
+
+    async def next(self) -> Any:
+        """``(index, task)`` or ``END``, waiting for the gate or an async iterator."""
+        while True:
+            if self._ended:
+                return END
+            if self._gate is not None and not self._gate(self._index):
+                if self._gate_event is None:
+                    self._gate_event = anyio.Event()
+                await self._gate_event.wait()
+                continue
+            if self._aiterator is None:
+                return self.next_nowait()
+            assert self._alock is not None
+            async with self._alock:
+                if self._ended:
+                    return END
+                if self._gate is not None and not self._gate(self._index):
+                    continue
+                try:
+                    task = await anext(self._aiterator)
+                except StopAsyncIteration:
+                    self._ended = True
+                    return END
+                index = self._index
+                self._index = index + 1
+            self._check(task, index)
+            return (index, task)
+
+    def close(self) -> None:
+        """Stop pulling. Coroutines of a list input that never started are closed."""
+        self._ended = True
+        if self._sequence is not None and self._iterator is not None:
+            for task in self._iterator:
+                close_if_coroutine(task)
+        self._iterator = None
