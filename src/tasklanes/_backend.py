@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from collections.abc import Callable, Coroutine
+import time
+from collections.abc import AsyncIterator, Callable, Coroutine
+from contextlib import asynccontextmanager
 from typing import Any
 
 __all__ = [
     "LoopHandle",
     "current_backend",
     "current_loop",
+    "worker_group",
 ]
 
 
@@ -45,7 +48,7 @@ class LoopHandle:
     """The running loop, seen from the three angles tasklanes needs.
 
     ``key`` identifies the loop (io capacity is per loop), ``clock`` reads the loop's
-    own monotonic clock, ``call_soon_threadsafe`` runs a callback on the loop from any
+    monotonic clock, ``call_soon_threadsafe`` runs a callback on the loop from any
     thread (a no-op once the loop has closed: nobody is left to tell).
     """
 
@@ -58,7 +61,6 @@ class LoopHandle:
 
             token = trio.lowlevel.current_trio_token()
             self.key: object = token
-            self.clock: Callable[[], float] = trio.current_time
 
             def call_soon_threadsafe(fn: Callable[[], object]) -> None:
                 try:
@@ -72,7 +74,6 @@ class LoopHandle:
         else:
             loop = asyncio.get_running_loop()
             self.key = loop
-            self.clock = loop.time
 
             def call_soon_threadsafe(fn: Callable[[], object]) -> None:
                 try:
@@ -86,6 +87,10 @@ class LoopHandle:
                 _background.add(task)
                 task.add_done_callback(_background.discard)
 
+        # Deadlines are only ever compared with each other and slept on relatively,
+        # so one process-wide monotonic clock serves every loop and every thread,
+        # and costs one C call (``loop.time`` is a Python method; uvloop's is coarse).
+        self.clock: Callable[[], float] = time.monotonic
         self.call_soon_threadsafe = call_soon_threadsafe
         self._spawn = spawn
 
@@ -101,6 +106,35 @@ class LoopHandle:
 
 
 _background: set[asyncio.Task[None]] = set()
+
+
+@asynccontextmanager
+async def worker_group(backend: str) -> AsyncIterator[Callable[[Callable[[], Coroutine[Any, Any, None]]], None]]:
+    """A task group with the cheapest ``spawn`` the backend has.
+
+    The io lane starts up to ``limit`` workers per batch, and anyio's ``start_soon``
+    costs ~35 us a task here against ~7 us for ``asyncio.TaskGroup.create_task``:
+    for a batch of 1000 short coroutines that difference is the whole overhead.
+    The native groups keep the same structure: a cancelled host cancels the
+    children and waits for them. Workers must not raise (they report outcomes),
+    so the native ``ExceptionGroup`` wrapping never shows.
+    """
+    if backend == "trio":
+        import trio
+
+        async with trio.open_nursery() as nursery:
+
+            def spawn_trio(fn: Callable[[], Coroutine[Any, Any, None]]) -> None:
+                nursery.start_soon(fn)
+
+            yield spawn_trio
+    else:
+        async with asyncio.TaskGroup() as tg:
+
+            def spawn_asyncio(fn: Callable[[], Coroutine[Any, Any, None]]) -> None:
+                tg.create_task(fn())
+
+            yield spawn_asyncio
 
 
 def current_loop() -> LoopHandle:

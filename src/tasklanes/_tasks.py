@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import inspect
 import math
+from types import CoroutineType
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator
 from typing import Any, Final
 
@@ -84,7 +85,7 @@ def _is_async_function(fn: object) -> bool:
 
 
 def check_io_task(task: object, index: int) -> None:
-    if inspect.isawaitable(task):
+    if type(task) is CoroutineType or inspect.isawaitable(task):
         return
     if not callable(task):
         raise TypeError(

@@ -20,6 +20,7 @@ from typing import Any
 
 import anyio
 
+from .._backend import worker_group
 from .._batch import Batch
 from .._errors import TaskTimeout
 from .._stats import LaneStats, Tally
@@ -31,13 +32,27 @@ INF = math.inf
 _FLUSH_EVERY = 512  # completions between merges of a batch's tally into the lane's stats
 
 
+class _NoScope:
+    """Stands in for a cancel scope when a batch has no timeout."""
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc_info: object) -> None:
+        return None
+
+
+_NO_SCOPE = _NoScope()
+
+
 class _Worker:
-    __slots__ = ("deadline", "index", "scope")
+    __slots__ = ("deadline", "index", "scope", "timed_out")
 
     def __init__(self) -> None:
         self.deadline = INF
         self.index = -1
         self.scope: anyio.CancelScope | None = None
+        self.timed_out = False
 
 
 class IoLane:
@@ -93,7 +108,7 @@ class _IoBatch:
             target = min(target, batch.source.size)
         self.target = max(target, 1)
         self.tally = Tally()
-        self.tg: Any = None
+        self.spawn: Any = None
 
     async def run(self) -> None:
         stats = self.lane.stats
@@ -101,8 +116,8 @@ class _IoBatch:
             async with anyio.create_task_group() as outer:
                 if self.batch.timeout is not None:
                     outer.start_soon(self._watchdog, self.batch.timeout)
-                async with anyio.create_task_group() as tg:
-                    self.tg = tg
+                async with worker_group(self.batch.loop.backend) as spawn:
+                    self.spawn = spawn
                     self._spawn()
                 outer.cancel_scope.cancel()
         finally:
@@ -110,7 +125,7 @@ class _IoBatch:
 
     def _spawn(self) -> None:
         self.nworkers += 1
-        self.tg.start_soon(self._worker)
+        self.spawn(self._worker)
 
     async def _worker(self) -> None:
         batch = self.batch
@@ -131,115 +146,152 @@ class _IoBatch:
             return
         if self.nworkers < self.target:
             self._spawn()
-        clock = batch.loop.clock
         token = object()
-        t0 = clock()
-        stats.adjust(waiting=1)
         try:
-            await self.limiter.acquire_on_behalf_of(token)
-        except BaseException:
-            close_if_coroutine(item[1])
-            self.tally.cancelled += 1
-            raise
-        finally:
-            stats.adjust(waiting=-1)
-        self.tally.wait(clock() - t0)
+            self.limiter.acquire_on_behalf_of_nowait(token)
+        except anyio.WouldBlock:
+            # The loop's io capacity is taken by other batches: wait for a slot.
+            clock = batch.loop.clock
+            t0 = clock()
+            stats.adjust(waiting=1)
+            try:
+                await self.limiter.acquire_on_behalf_of(token)
+            except BaseException:
+                close_if_coroutine(item[1])
+                self.tally.cancelled += 1
+                raise
+            finally:
+                stats.adjust(waiting=-1)
+            self.tally.wait(clock() - t0)
         stats.adjust(running=1)
         worker = _Worker()
         self.workers.add(worker)
         try:
-            while item is not END:
-                with anyio.CancelScope() as scope:
-                    worker.scope = scope
-                    item = await self._work(worker, item)
-                if scope.cancel_called:
-                    # The watchdog cancelled this worker: its task overran its timeout.
-                    # A fresh scope takes over; the worker is cheap to keep.
-                    worker.deadline = INF
-                    self._finish(worker.index, False, TaskTimeout(worker.index, batch.timeout))
-                    self.tally.timed_out += 1
-                    item = None
+            await self._work(worker, item)
         finally:
             self.workers.discard(worker)
             stats.adjust(running=-1)
             self.limiter.release_on_behalf_of(token)
 
     def _finish(self, index: int, ok: bool, value: Any) -> None:
-        tally = self.tally
+        """Hand one outcome over (off the hot path: failures and timeouts)."""
         if ok:
-            tally.completed += 1
+            self.tally.completed += 1
         elif not isinstance(value, TaskTimeout):
-            tally.failed += 1
+            self.tally.failed += 1
         self.batch.emit(index, ok, value)
-        if tally.run_count >= _FLUSH_EVERY:
-            self.lane.stats.merge(tally)
 
-    async def _work(self, worker: _Worker, item: Any) -> Any:
-        """Run tasks until the input ends (return ``END``) or a timeout (cancelled).
+    async def _work(self, worker: _Worker, item: Any) -> None:
+        """Run tasks until the input ends; ``item`` is a first task already pulled.
 
-        ``item`` is a task already pulled, or ``None``. This is the hot loop: every
-        attribute it needs is a local, and a task costs one clock read at each end.
+        This is the hot loop: what it needs is held in locals, a task costs two clock
+        reads, and the run-time figures are summed locally and merged into the tally
+        now and then. Each pass of the outer loop is one long-lived cancel scope; the
+        watchdog cancels it when the running task overruns, and the next pass starts
+        a fresh one.
         """
         batch = self.batch
         source = batch.source
         next_nowait = source.next_nowait
         clock = batch.loop.clock
         timeout = batch.timeout
+        emit = batch.emit
         tally = self.tally
-        finish = self._finish
-        scope = worker.scope
-        assert scope is not None
-        while True:
-            if item is None:
-                if batch.stopping:
-                    return END
-                try:
-                    item = next_nowait()
-                    if item is WAIT:
-                        item = await source.next()
-                except Exception as exc:
-                    batch.fail(exc)
-                    return END
-                if item is END:
-                    return END
-                if self.nworkers < self.target:
-                    self._spawn()
-            index, task = item
-            item = None
-            worker.index = index
-            start = clock()
-            if timeout is not None:
-                worker.deadline = start + timeout
-            try:
-                if type(task) is CoroutineType:
-                    value = await task
-                elif callable(task):
-                    awaitable = task()
-                    if type(awaitable) is not CoroutineType and not hasattr(awaitable, "__await__"):
-                        raise TypeError(
-                            f"task {index} ({describe(task)}) returned {describe(awaitable)}, "
-                            "not an awaitable: kind='io' runs async code; use kind='blocking' "
-                            "or kind='cpu' for sync code"
-                        )
-                    value = await awaitable
-                else:
-                    value = await task
-            except Exception as exc:
-                worker.deadline = INF
-                tally.run(clock() - start)
-                if scope.cancel_called:
-                    return None  # overran, then raised on its way out: a timeout
-                finish(index, False, exc)
-            except BaseException:
-                if not scope.cancel_called:  # the batch or its caller was cancelled
-                    tally.cancelled += 1
-                raise
-            else:
-                worker.deadline = INF
-                tally.run(clock() - start)
-                if scope.cancel_called:
-                    return None  # overran, swallowed the cancellation: still a timeout
-                finish(index, True, value)
+        completed = 0
+        run_count = 0
+        run_total = 0.0
+        run_max = 0.0
+        index = -1
+        try:
+            while item is not END:
+                # A cancel scope costs ~14 us to create: only workers that may time out
+                # get one, and then one per worker (per timeout), not one per task.
+                with anyio.CancelScope() if timeout is not None else _NO_SCOPE as scope:
+                    worker.scope = scope
+                    while True:
+                        if item is None:
+                            if batch.stopping:
+                                item = END
+                                break
+                            try:
+                                item = next_nowait()
+                                if item is WAIT:
+                                    item = await source.next()
+                            except Exception as exc:
+                                batch.fail(exc)
+                                item = END
+                                break
+                            if item is END:
+                                break
+                            if self.nworkers < self.target:
+                                self._spawn()
+                        index, task = item
+                        item = None
+                        worker.index = index
+                        start = clock()
+                        if timeout is not None:
+                            worker.deadline = start + timeout
+                        try:
+                            if type(task) is CoroutineType:
+                                value = await task
+                            elif callable(task):
+                                awaitable = task()
+                                if type(awaitable) is not CoroutineType and not hasattr(
+                                    awaitable, "__await__"
+                                ):
+                                    raise TypeError(
+                                        f"task {index} ({describe(task)}) returned "
+                                        f"{describe(awaitable)}, not an awaitable: kind='io' "
+                                        "runs async code; use kind='blocking' or kind='cpu' "
+                                        "for sync code"
+                                    )
+                                value = await awaitable
+                            else:
+                                value = await task
+                        except Exception as exc:
+                            worker.deadline = INF
+                            elapsed = clock() - start
+                            run_count += 1
+                            run_total += elapsed
+                            if elapsed > run_max:
+                                run_max = elapsed
+                            if worker.timed_out:
+                                break  # overran, then raised on its way out: a timeout
+                            self._finish(index, False, exc)
+                        except BaseException:
+                            if not worker.timed_out:  # the batch or its caller was cancelled
+                                tally.cancelled += 1
+                            raise
+                        else:
+                            worker.deadline = INF
+                            elapsed = clock() - start
+                            run_count += 1
+                            run_total += elapsed
+                            if elapsed > run_max:
+                                run_max = elapsed
+                            if worker.timed_out:
+                                break  # overran, swallowed the cancellation: a timeout
+                            completed += 1
+                            emit(index, True, value)
+                            if completed >= _FLUSH_EVERY:
+                                tally.completed += completed
+                                tally.run_count += run_count
+                                tally.run_total += run_total
+                                tally.run_max = max(tally.run_max, run_max)
+                                completed = run_count = 0
+                                run_total = run_max = 0.0
+                                self.lane.stats.merge(tally)
+                if worker.timed_out:
+                    # The watchdog cancelled this worker's scope: the task overran.
+                    worker.timed_out = False
+                    worker.deadline = INF
+                    tally.timed_out += 1
+                    self._finish(index, False, TaskTimeout(index, timeout))
+        finally:
+            tally.completed += completed
+            tally.run_count += run_count
+            tally.run_total += run_total
+            tally.run_max = max(tally.run_max, run_max)
 
     async def _watchdog(self, timeout: float) -> None:
         """Cancel the worker whose task overruns, and only that one.
@@ -255,6 +307,7 @@ class _IoBatch:
                 deadline = worker.deadline
                 if deadline <= now:
                     worker.deadline = INF
+                    worker.timed_out = True
                     if worker.scope is not None:
                         worker.scope.cancel()
                 elif deadline < soonest:

@@ -29,6 +29,7 @@ early, and costs no extra message.
 from __future__ import annotations
 
 import atexit
+import functools
 import multiprocessing
 import multiprocessing.connection
 import os
@@ -44,17 +45,16 @@ from multiprocessing.context import BaseContext
 from time import monotonic
 from typing import Any
 
+from .._call import Call
 from .._errors import TaskTimeout, WorkerCrashed
 from . import _worker
 from ._protocol import (
     CHUNK_HEADER,
-    ERROR,
     FRAME_HEADER,
     FRAME_HEADER_LONG,
-    OK,
-    READY,
-    RETURNED,
-    UNLOADABLE,
+    SECONDS,
+    TAG_OK,
+    TAG_OTHER,
     frame,
 )
 
@@ -68,9 +68,6 @@ TARGET_CHUNK_SECONDS = 0.004
 
 CHUNK_BUDGET_SECONDS = 0.02
 """A worker that has spent this long on a chunk gives back the tasks it has not started."""
-
-PER_TASK_OVERHEAD = 4e-6
-"""Worker-side cost of one task beyond its own run time (unpickle, pickle, write)."""
 
 MAX_CHUNK = 2048
 PIPELINE_BELOW_SECONDS = 0.002
@@ -88,6 +85,8 @@ _loads = pickle.loads
 _PROTOCOL = pickle.HIGHEST_PROTOCOL
 _unpack_len = FRAME_HEADER.unpack_from
 _unpack_long = FRAME_HEADER_LONG.unpack_from
+_unpack_seconds = SECONDS.unpack_from
+_partial = functools.partial
 
 
 def default_context() -> BaseContext:
@@ -208,18 +207,44 @@ class PoolJob:
 
 
 def _size_for(ewma: float) -> int:
-    return max(1, min(MAX_CHUNK, int(TARGET_CHUNK_SECONDS / (ewma + PER_TASK_OVERHEAD))))
+    # The measured time includes the worker's per-task overhead (it is the chunk's
+    # run time divided by its tasks), so no separate allowance is needed.
+    return max(1, min(MAX_CHUNK, int(TARGET_CHUNK_SECONDS / max(ewma, 1e-7))))
+
+
+def _encode(items: list[tuple[int, Callable[[], object]]]) -> bytes:
+    """Pickle a chunk's tasks as ``(fn, seq)`` (see ``_protocol``)."""
+    first = items[0][1]
+    kind = type(first)
+    args: list[tuple[Any, ...]] = []
+    append = args.append
+    if kind is _partial:
+        fn = first.func  # type: ignore[attr-defined]
+        for _, t in items:
+            if type(t) is not _partial or t.func is not fn or t.keywords:  # type: ignore[attr-defined]
+                break
+            append(t.args)  # type: ignore[attr-defined]
+        else:
+            return _dumps((fn, args), _PROTOCOL)
+    elif kind is Call:
+        fn = first.fn  # type: ignore[attr-defined]
+        for _, t in items:
+            if type(t) is not Call or t.fn is not fn or t.kwargs:
+                break
+            append(t.args)
+        else:
+            return _dumps((fn, args), _PROTOCOL)
+    return _dumps((None, [t for _, t in items]), _PROTOCOL)
 
 
 class _Chunk:
-    __slots__ = ("done", "dsum", "id", "items", "job")
+    __slots__ = ("done", "id", "items", "job")
 
     def __init__(self, chunk_id: int, job: PoolJob, items: list[tuple[int, Callable[[], object]]]):
         self.id = chunk_id
         self.job = job
         self.items = items
         self.done = 0  # outcomes received so far; items[done] is running (or next)
-        self.dsum = 0.0  # sum of the reported run times
 
 
 class _Worker:
@@ -616,6 +641,7 @@ class ProcessPool:
         pos = 0
         loads = _loads
         unpack_len = _unpack_len
+        unpack_seconds = _unpack_seconds
         inflight = w.inflight
         while n - pos >= 4:
             size = unpack_len(data, pos)[0]
@@ -629,44 +655,87 @@ class ProcessPool:
             if end > n:
                 break
             pos = end
-            try:
-                msg = loads(mv[start:end])
-            except BaseException as exc:
-                # Only task results carry user data, so this is the outcome of the
-                # worker's current task, whose result does not unpickle here.
-                self._unloadable_result(w, exc, now)
+            tag = data[start]
+            if tag == TAG_OTHER:
+                try:
+                    msg = loads(mv[start + 1 : end])
+                except BaseException as exc:
+                    # An exception that was rebuilt in the worker but not here (its
+                    # class is not importable in this process, say).
+                    self._outcome(w, False, None, None, now, f"could not be unpickled: {exc!r}")
+                    continue
+                self._other(w, msg, now)
                 continue
-            tag = msg[0]
-            if tag <= ERROR:
-                # The hot path: the outcome of the current task of this worker.
-                chunk = inflight[0]
-                k = chunk.done
-                chunk.done = k + 1
-                chunk.dsum += msg[1]
-                job = chunk.job
-                if w.doomed and w.timed_out is not None and w.timed_out == (chunk, k):
-                    pass  # already failed with TaskTimeout
-                elif not job._cancelled:
-                    if tag == OK:
-                        job._out.append((chunk.items[k][0], True, msg[2]))
-                    else:
-                        job._out.append(
-                            (chunk.items[k][0], False, self._remote_exc(w, msg[2], msg[3]))
-                        )
-                if k + 1 == len(chunk.items):
-                    self._chunk_done(w, chunk)
-                w.task_start = now
-            elif tag == READY:
-                w.ready = True
-                w.pid = msg[1]
-                self._update_counts()
-            elif tag == RETURNED:
-                self._returned(w, msg[1], msg[2], now)
-            elif tag == UNLOADABLE:
-                self._unloadable_chunk(w, msg[1], self._remote_exc(w, msg[2], msg[3]), now)
+            # The hot path: the outcome of the current task of this worker.
+            seconds = None
+            ok = True
+            try:
+                if tag == TAG_OK:
+                    value = loads(mv[start + 1 : end])
+                else:
+                    seconds = unpack_seconds(data, start + 1)[0]
+                    value = loads(mv[start + 9 : end])
+            except BaseException as exc:
+                ok = False
+                value = exc
+            chunk = inflight[0]
+            k = chunk.done
+            chunk.done = k + 1
+            job = chunk.job
+            if not ok:
+                index = chunk.items[k][0]
+                error = TypeError(f"result of task {index} could not be unpickled: {value!r}")
+                value = error
+            if w.timed_out is not None and w.timed_out == (chunk, k):
+                pass  # already failed with TaskTimeout
+            elif not job._cancelled:
+                job._out.append((chunk.items[k][0], ok, value))
+            if k + 1 == len(chunk.items):
+                self._chunk_done(w, chunk, seconds, k + 1)
+            w.task_start = now
         if pos < n:
             w.rbuf = bytes(mv[pos:])
         mv.release()
+
+    def _other(self, w: _Worker, msg: tuple[Any, ...], now: float) -> None:
+        kind = msg[0]
+        if kind == "error":
+            self._outcome(w, False, self._remote_exc(w, msg[2], msg[3]), msg[1], now)
+        elif kind == "bad_result":
+            self._outcome(w, False, None, msg[1], now, f"could not be pickled: {msg[2]}")
+        elif kind == "ready":
+            w.ready = True
+            w.pid = msg[1]
+            self._update_counts()
+        elif kind == "returned":
+            self._returned(w, msg[1], msg[2], msg[3], now)
+        elif kind == "unloadable":
+            self._unloadable_chunk(w, msg[1], self._remote_exc(w, msg[2], msg[3]), now)
+
+    def _outcome(
+        self,
+        w: _Worker,
+        ok: bool,
+        value: object,
+        seconds: float | None,
+        now: float,
+        bad_result: str | None = None,
+    ) -> None:
+        """The outcome of the current task of ``w`` (the slow path of ``_parse``)."""
+        chunk = w.inflight[0]
+        k = chunk.done
+        chunk.done = k + 1
+        index = chunk.items[k][0]
+        job = chunk.job
+        if bad_result is not None:
+            value = TypeError(f"result of task {index} {bad_result}")
+        if w.timed_out is not None and w.timed_out == (chunk, k):
+            pass  # already failed with TaskTimeout
+        elif not job._cancelled:
+            job._out.append((index, ok, value))
+        if k + 1 == len(chunk.items):
+            self._chunk_done(w, chunk, seconds, k + 1)
+        w.task_start = now
 
     def _remote_exc(self, w: _Worker, exc: BaseException, text: str) -> BaseException:
         try:
@@ -675,17 +744,19 @@ class ProcessPool:
             pass
         return exc
 
-    def _chunk_done(self, w: _Worker, chunk: _Chunk) -> None:
+    def _chunk_done(self, w: _Worker, chunk: _Chunk, seconds: float | None, count: int) -> None:
         w.inflight.popleft()
         job = chunk.job
-        if chunk.done:
-            mean = chunk.dsum / chunk.done
+        if seconds is not None and count:
+            mean = seconds / count
             job._ewma = mean if job._ewma is None else 0.5 * job._ewma + 0.5 * mean
         if not w.inflight:
             job._holders -= 1
             w.job = None
 
-    def _returned(self, w: _Worker, chunk_id: int, position: int, now: float) -> None:
+    def _returned(
+        self, w: _Worker, chunk_id: int, position: int, seconds: float, now: float
+    ) -> None:
         chunk = w.inflight[0]
         assert chunk.id == chunk_id, (chunk.id, chunk_id)
         self._stats["returned"] += 1
@@ -693,7 +764,7 @@ class ProcessPool:
         if not job._cancelled:
             job._requeue.extend(chunk.items[position:])
         chunk.items = chunk.items[:position]
-        self._chunk_done(w, chunk)
+        self._chunk_done(w, chunk, seconds if position else None, position)
         w.task_start = now
 
     def _unloadable_chunk(self, w: _Worker, chunk_id: int, exc: BaseException, now: float) -> None:
@@ -708,19 +779,7 @@ class ProcessPool:
                 job._requeue.extend(chunk.items)
                 job._singles += len(chunk.items)
         chunk.items = []
-        self._chunk_done(w, chunk)
-        w.task_start = now
-
-    def _unloadable_result(self, w: _Worker, exc: BaseException, now: float) -> None:
-        chunk = w.inflight[0]
-        k = chunk.done
-        chunk.done = k + 1
-        index = chunk.items[k][0]
-        if not chunk.job._cancelled:
-            error = TypeError(f"result of task {index} could not be unpickled: {exc!r}")
-            chunk.job._out.append((index, False, error))
-        if k + 1 == len(chunk.items):
-            self._chunk_done(w, chunk)
+        self._chunk_done(w, chunk, None, 0)
         w.task_start = now
 
     # -------------------------------------------------------------- writing chunks
@@ -853,7 +912,7 @@ class ProcessPool:
         if no task is left.
         """
         try:
-            return _dumps(items, _PROTOCOL)
+            return _encode(items)
         except Exception:  # noqa: BLE001 - any failure: find which task it was
             pass
         good = []
@@ -870,7 +929,7 @@ class ProcessPool:
         if not good:
             return None
         try:
-            return _dumps(items, _PROTOCOL)
+            return _encode(items)
         except Exception as exc:  # noqa: BLE001 - fine alone, not together: fail them all
             for index, _ in items:
                 job._out.append((index, False, TypeError(f"task {index} could not be pickled: {exc!r}")))

@@ -9,20 +9,36 @@ and parses frames itself.
 Parent -> worker:
 
 * a *chunk*: ``CHUNK_HEADER`` (chunk id, time budget in seconds) followed by the pickle
-  of a list of ``(index, task)`` pairs. The header is outside the pickle so that a worker
-  can hand back a chunk it has not started without unpickling it.
-* ``STOP`` (an empty payload): finish the current task, then exit.
+  of ``(fn, seq)``. When every task of the chunk calls the same function with
+  positional arguments only (``call(f, x)``, ``functools.partial(f, x)``: the common
+  case of a batch), ``fn`` is that function and ``seq`` the list of argument tuples:
+  the function is pickled once and the worker calls ``fn(*args)``. Otherwise ``fn`` is
+  None and ``seq`` the list of tasks. Pickling one list is several times cheaper per
+  task than pickling tasks one by one, and this form cheaper again. No indices travel:
+  the parent knows which tasks it put in which chunk. The header is outside the pickle
+  so that a worker can hand back a chunk it has not started without unpickling it.
+* ``STOP`` (an empty payload): exit.
 
-Worker -> parent, each payload a pickled tuple whose first item is a tag:
+Worker -> parent, one message per event, told apart by their first byte:
 
-* ``(OK, seconds, value)`` and ``(ERROR, seconds, exception, traceback_text)``: the
-  outcome of the next task of the worker's stream. Outcomes carry no index: a worker
-  runs its chunks strictly in order, and the parent knows the order.
-* ``(READY, pid)``: sent once, when the worker is ready for its first chunk.
-* ``(RETURNED, chunk_id, position)``: the worker gave back the tasks of a chunk from
-  ``position`` on, unstarted (the chunk overran its time budget).
-* ``(UNLOADABLE, chunk_id, exception, traceback_text)``: the chunk could not be
-  unpickled in the worker; none of its tasks ran.
+* ``TAG_OK`` + pickle(value): the next task of the worker's stream returned ``value``.
+* ``TAG_OK_LAST`` + 8-byte float + pickle(value): the same, for the last task of a chunk;
+  the float is the chunk's run time in the worker (the parent learns task durations
+  per chunk; cheaper than per task).
+* ``TAG_OTHER`` + pickle(tuple), the tuple one of:
+
+  - ``("error", chunk_seconds_or_None, exception, traceback_text)``: the next task
+    raised (``chunk_seconds`` is set when it was the last task of its chunk);
+  - ``("bad_result", chunk_seconds_or_None, message)``: the next task returned a value
+    that could not be pickled;
+  - ``("ready", pid)``: sent once, when the worker is ready for its first chunk;
+  - ``("returned", chunk_id, position, chunk_seconds)``: the worker gave back the tasks
+    of a chunk from ``position`` on, unstarted (the chunk overran its time budget);
+  - ``("unloadable", chunk_id, exception, traceback_text)``: the chunk could not be
+    unpickled in the worker; none of its tasks ran.
+
+Outcomes carry no index: a worker runs its chunks strictly in order, and writes each
+outcome before it starts the next task.
 
 This module is imported by worker processes: keep it free of heavy imports.
 """
@@ -33,14 +49,13 @@ import struct
 
 __all__ = [
     "CHUNK_HEADER",
-    "ERROR",
     "FRAME_HEADER",
     "FRAME_HEADER_LONG",
-    "OK",
-    "READY",
-    "RETURNED",
+    "SECONDS",
     "STOP",
-    "UNLOADABLE",
+    "TAG_OK",
+    "TAG_OK_LAST",
+    "TAG_OTHER",
     "RemoteError",
     "frame",
 ]
@@ -51,11 +66,11 @@ CHUNK_HEADER = struct.Struct("<qd")
 
 STOP = b""
 
-OK = 0
-ERROR = 1
-READY = 2
-RETURNED = 3
-UNLOADABLE = 4
+SECONDS = struct.Struct("<d")
+
+TAG_OK = 0
+TAG_OK_LAST = 1
+TAG_OTHER = 2
 
 
 def frame(payload: bytes) -> bytes:

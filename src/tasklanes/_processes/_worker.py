@@ -25,11 +25,11 @@ from time import perf_counter
 
 from ._protocol import (
     CHUNK_HEADER,
-    ERROR,
-    OK,
-    READY,
-    RETURNED,
-    UNLOADABLE,
+    FRAME_HEADER,
+    SECONDS,
+    TAG_OK,
+    TAG_OK_LAST,
+    TAG_OTHER,
     RemoteError,
     frame,
 )
@@ -39,6 +39,9 @@ __all__ = ["main"]
 _dumps = pickle.dumps
 _loads = pickle.loads
 _PROTOCOL = pickle.HIGHEST_PROTOCOL
+_OK = bytes([TAG_OK])
+_OK_LAST = bytes([TAG_OK_LAST])
+_OTHER = bytes([TAG_OTHER])
 
 
 def main(tasks: Connection, results: Connection, alive: Connection) -> None:
@@ -62,8 +65,13 @@ def main(tasks: Connection, results: Connection, alive: Connection) -> None:
     header_size = CHUNK_HEADER.size
     unpack_header = CHUNK_HEADER.unpack_from
     dumps = _dumps
+    write = os.write
+    pack_len = FRAME_HEADER.pack
+    pack_seconds = SECONDS.pack
+    clock = perf_counter
+    getpid = os.getpid
 
-    _send(out, dumps((READY, pid), _PROTOCOL))
+    _send_other(out, ("ready", pid))
     while True:
         try:
             raw = recv()
@@ -73,67 +81,100 @@ def main(tasks: Connection, results: Connection, alive: Connection) -> None:
             return
         chunk_id, budget = unpack_header(raw)
         try:
-            items = _loads(memoryview(raw)[header_size:])
+            fn, seq = _loads(memoryview(raw)[header_size:])
         except BaseException as exc:
-            _send(out, _error_payload(UNLOADABLE, chunk_id, exc))
+            _send_other(out, _with_traceback(("unloadable", chunk_id), exc))
             continue
         del raw
-        started = perf_counter()
-        n = len(items)
-        for k in range(n):
-            index, fn = items[k]
+        started = clock()
+        last = len(seq) - 1
+        for k in range(last + 1):
+            task = seq[k]
             # Drop our reference so that a big task is freed as soon as it is done.
-            items[k] = None
-            t0 = perf_counter()
+            seq[k] = None
             try:
-                value = fn()
+                value = task() if fn is None else fn(*task)
             except BaseException as exc:
-                t1 = perf_counter()
-                payload = _error_payload(ERROR, t1 - t0, exc)
+                now = clock()
+                seconds = now - started if k == last else None
+                payload = _OTHER + _other_payload(_with_traceback(("error", seconds), exc))
             else:
-                t1 = perf_counter()
+                now = clock()
                 try:
-                    payload = dumps((OK, t1 - t0, value), _PROTOCOL)
+                    if k == last:
+                        payload = _OK_LAST + pack_seconds(now - started) + dumps(value, _PROTOCOL)
+                    else:
+                        payload = _OK + dumps(value, _PROTOCOL)
                 except BaseException as exc:
-                    error = TypeError(f"result of task {index} could not be pickled: {exc!r}")
-                    payload = _error_payload(ERROR, t1 - t0, error)
+                    seconds = now - started if k == last else None
+                    payload = _OTHER + _other_payload(("bad_result", seconds, _describe(exc)))
                 value = None
-            del fn
-            if os.getpid() != pid:
+            task = None
+            if getpid() != pid:
                 # The task forked and the child returned into our loop: it must not
                 # act as the worker (write to our pipes, run our tasks).
                 os._exit(0)
-            _send(out, payload)
-            if t1 - started > budget and (k + 1 < n or poll(0)):
-                # Over budget: give back what we have not started, so that idle
-                # workers can take it, then go back to reading.
-                if k + 1 < n:
-                    _send(out, dumps((RETURNED, chunk_id, k + 1), _PROTOCOL))
-                if _return_queued(recv, poll, out):
+            give_back = now - started > budget and (k < last or poll(0))
+            queued: list[int] = []
+            stop = False
+            if give_back:
+                # Over budget: hand back what we have not started, so that idle
+                # workers can take it. Chunks already queued in our pipe go back too;
+                # we read them *before* sending this outcome, because once the parent
+                # has it, it may send us a fresh chunk that we must keep.
+                queued, stop = _read_queued(recv, poll)
+            n = len(payload)
+            if n < 0x10000:
+                # The common case, inlined: one write of header and payload together.
+                data = pack_len(n) + payload
+                try:
+                    written = write(out, data)
+                except OSError:
+                    os._exit(1)  # the parent is gone
+                if written != len(data):
+                    _write_all(out, memoryview(data)[written:])
+            else:
+                _write_all(out, memoryview(frame(payload)))
+            if give_back:
+                if k < last:
+                    _send_other(out, ("returned", chunk_id, k + 1, now - started))
+                for other in queued:
+                    _send_other(out, ("returned", other, 0, 0.0))
+                if stop:
                     return
                 break
-        del items
+        del seq, fn
 
 
-def _return_queued(recv: Callable[[], bytes], poll: Callable[[float], bool], out: int) -> bool:
-    """Hand back every chunk already waiting in the task pipe, unstarted. True if a
-    ``STOP`` was among them."""
+def _read_queued(
+    recv: Callable[[], bytes], poll: Callable[[float], bool]
+) -> tuple[list[int], bool]:
+    """The ids of the chunks already waiting in the task pipe (read, so consumed), and
+    whether a ``STOP`` was among them."""
+    ids: list[int] = []
     stop = False
     try:
         while poll(0):
             raw = recv()
-            if not raw:
+            if raw:
+                ids.append(CHUNK_HEADER.unpack_from(raw)[0])
+            else:
                 stop = True
-                continue
-            chunk_id, _ = CHUNK_HEADER.unpack_from(raw)
-            _send(out, _dumps((RETURNED, chunk_id, 0), _PROTOCOL))
     except (EOFError, OSError):
-        return True
-    return stop
+        stop = True
+    return ids, stop
 
 
-def _error_payload(tag: int, first: object, exc: BaseException) -> bytes:
-    """A message carrying ``exc`` and its formatted traceback.
+def _describe(exc: BaseException) -> str:
+    try:
+        return repr(exc)
+    except BaseException:
+        return type(exc).__name__
+
+
+def _with_traceback(head: tuple[object, ...], exc: BaseException) -> tuple[object, ...]:
+    """``head + (exc, traceback_text)``, with ``exc`` replaced by a stand-in if it does
+    not survive a pickle round trip.
 
     Some exceptions pickle but cannot be rebuilt (an ``__init__`` with extra required
     arguments), so we try the round trip here, where a failure is cheap to handle,
@@ -149,9 +190,8 @@ def _error_payload(tag: int, first: object, exc: BaseException) -> bytes:
     except BaseException:
         text = f"{type(exc).__name__} (traceback could not be formatted)\n"
     try:
-        payload = _dumps((tag, first, exc, text), _PROTOCOL)
-        _loads(payload)
-        return payload
+        _loads(_dumps(exc, _PROTOCOL))
+        return (*head, exc, text)
     except BaseException:
         pass
     cls = type(exc)
@@ -160,14 +200,19 @@ def _error_payload(tag: int, first: object, exc: BaseException) -> bytes:
     except BaseException:
         message = "<str() failed>"
     stand_in = RemoteError(f"{cls.__module__}.{cls.__qualname__}", message)
-    return _dumps((tag, first, stand_in, text), _PROTOCOL)
+    return (*head, stand_in, text)
 
 
-def _send(fd: int, payload: bytes) -> None:
-    """Write one framed message, all of it, or exit if the parent is gone."""
-    data: bytes | memoryview = frame(payload) if len(payload) < 65536 else memoryview(
-        frame(payload)
-    )
+def _other_payload(message: tuple[object, ...]) -> bytes:
+    return _dumps(message, _PROTOCOL)
+
+
+def _send_other(fd: int, message: tuple[object, ...]) -> None:
+    _write_all(fd, memoryview(frame(_OTHER + _other_payload(message))))
+
+
+def _write_all(fd: int, data: memoryview) -> None:
+    """Write all of ``data``, or exit if the parent is gone."""
     try:
         while data:
             written = os.write(fd, data)

@@ -1,0 +1,487 @@
+"""Tests of the process pool engine (``tasklanes._processes._pool``), driven directly
+from sync code: real worker processes, no mocks."""
+
+from __future__ import annotations
+
+import functools
+import multiprocessing
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import _pool_tasks as T
+import pytest
+
+from tasklanes._errors import TaskTimeout, WorkerCrashed
+from tasklanes._processes._pool import Outcome, PoolJob, ProcessPool
+from tasklanes._processes._protocol import RemoteError
+
+try:
+    import pytest_timeout  # noqa: F401
+except ImportError:  # pragma: no cover
+    pytestmark: list[pytest.MarkDecorator] = []
+else:
+    pytestmark = [pytest.mark.timeout(60)]
+
+P = functools.partial
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def _proc_table() -> dict[int, tuple[int, str, str]]:
+    """pid -> (ppid, state, cmdline) for every process we can see."""
+    table = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                stat = f.read()
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                cmdline = f.read().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        rest = stat.rpartition(")")[2].split()
+        table[int(entry)] = (int(rest[1]), rest[0], cmdline)
+    return table
+
+
+def leftover_processes() -> list[str]:
+    """Our descendants, except the forkserver itself (a process-wide singleton that
+    multiprocessing keeps until exit); its children (our workers) do count."""
+    table = _proc_table()
+    found = []
+    stack = [os.getpid()]
+    while stack:
+        parent = stack.pop()
+        for pid, (ppid, state, cmdline) in table.items():
+            if ppid != parent:
+                continue
+            stack.append(pid)
+            if "forkserver" in cmdline and "main(" in cmdline:
+                continue
+            if "resource_tracker" in cmdline:
+                continue
+            found.append(f"{pid} [{state}] {cmdline[:100]}")
+    return found
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie still answers kill(pid, 0); it is dead for our purposes only if reaped,
+    # so report it as alive.
+    return True
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.01)
+    return predicate()
+
+
+class Collector:
+    """Gathers a job's outcomes; checks that no index is delivered twice."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.outcomes: dict[int, tuple[bool, object]] = {}
+        self.arrival: dict[int, float] = {}
+        self.deliveries = 0
+        self.settled = threading.Event()
+        self.first = threading.Event()
+
+    def deliver(self, batch: list[Outcome]) -> None:
+        now = time.monotonic()
+        with self.lock:
+            self.deliveries += 1
+            for index, ok, value in batch:
+                assert index not in self.outcomes, f"index {index} delivered twice"
+                self.outcomes[index] = (ok, value)
+                self.arrival[index] = now
+        self.first.set()
+
+    def values(self) -> list[object]:
+        return [self.outcomes[i][1] for i in sorted(self.outcomes)]
+
+
+def start(
+    pool: ProcessPool,
+    tasks: list[Callable[[], object]],
+    *,
+    limit: int = 2,
+    timeout: float | None = None,
+    close: bool = True,
+) -> tuple[PoolJob, Collector]:
+    c = Collector()
+    job = pool.open_job(limit=limit, timeout=timeout, deliver=c.deliver, on_settled=c.settled.set)
+    job.put(list(enumerate(tasks)))
+    if close:
+        job.close_input()
+    return job, c
+
+
+def run(pool: ProcessPool, tasks: list[Callable[[], object]], **kw: object) -> Collector:
+    job, c = start(pool, tasks, **kw)  # type: ignore[arg-type]
+    assert c.settled.wait(30), "job did not settle"
+    assert job.unfinished == 0
+    return c
+
+
+@pytest.fixture(autouse=True)
+def no_leftover_children() -> Iterator[None]:
+    yield
+    assert wait_for(lambda: not leftover_processes(), 3.0), leftover_processes()
+    assert multiprocessing.active_children() == []
+
+
+@pytest.fixture
+def pool() -> Iterator[ProcessPool]:
+    p = ProcessPool(2)
+    try:
+        yield p
+    finally:
+        p.close()
+
+
+def wait_pid_file(path: Path, timeout: float = 10.0) -> int:
+    assert wait_for(path.exists, timeout), "the task never started"
+    return int(path.read_text())
+
+
+# ---------------------------------------------------------------- results
+
+
+def test_results_correct_and_batched(pool: ProcessPool) -> None:
+    c = run(pool, [P(T.inc, i) for i in range(3000)])
+    assert c.outcomes == {i: (True, i + 1) for i in range(3000)}
+    # Outcomes come in batches, not one callback per task.
+    assert c.deliveries < 3000 / 4
+    heal(pool)
+    assert pool.stats()["started"] == 2
+
+
+def test_call_objects_and_plain_callables(pool: ProcessPool) -> None:
+    from tasklanes._call import Call
+
+    tasks: list[Callable[[], object]] = [Call(T.identity, (i,), {}) for i in range(50)]
+    tasks += [Call(T.sleep_then, (0,), {"value": "kw"}), P(T.inc, 1), T.system_exit]
+    c = run(pool, tasks)
+    assert c.values()[:50] == list(range(50))
+    assert c.values()[50:52] == ["kw", 2]
+    ok, exc = c.outcomes[52]
+    assert not ok and isinstance(exc, SystemExit) and exc.code == 3
+
+
+def test_jobs_run_concurrently_within_their_limits() -> None:
+    pool = ProcessPool(3)
+    try:
+        a, ca = start(pool, [P(T.timed_sleep, 0.1) for _ in range(6)], limit=1)
+        b, cb = start(pool, [P(T.timed_sleep, 0.1) for _ in range(6)], limit=2)
+        assert ca.settled.wait(20) and cb.settled.wait(20)
+
+        def max_overlap(c: Collector) -> int:
+            spans = [v for ok, v in c.outcomes.values() if ok]
+            assert len(spans) == 6
+            events = sorted([(s, 1) for s, _, _ in spans] + [(e, -1) for _, e, _ in spans])  # type: ignore[misc]
+            running = peak = 0
+            for _, delta in events:
+                running += delta
+                peak = max(peak, running)
+            return peak
+
+        assert max_overlap(ca) == 1
+        assert max_overlap(cb) == 2
+        # Both made progress at the same time: job a did not wait for job b.
+        a_start = min(v[0] for _, v in ca.outcomes.values())  # type: ignore[index]
+        b_end = max(v[1] for _, v in cb.outcomes.values())  # type: ignore[index]
+        assert a_start < b_end
+    finally:
+        pool.close()
+
+
+def test_put_in_pieces(pool: ProcessPool) -> None:
+    c = Collector()
+    job = pool.open_job(limit=2, timeout=None, deliver=c.deliver, on_settled=c.settled.set)
+    for base in range(0, 1000, 100):
+        job.put([(i, P(T.inc, i)) for i in range(base, base + 100)])
+        time.sleep(0.002)
+    assert not c.settled.is_set()
+    job.close_input()
+    assert c.settled.wait(20)
+    assert c.values() == [i + 1 for i in range(1000)]
+    assert job.unfinished == 0
+
+
+# ---------------------------------------------------------------- chunking
+
+
+def test_tiny_tasks_are_chunked(pool: ProcessPool) -> None:
+    run(pool, [P(T.inc, 0)] * 10)  # warm up the workers
+    before = pool.stats()
+    c = run(pool, [P(T.inc, i) for i in range(20000)])
+    assert c.values() == [i + 1 for i in range(20000)]
+    after = pool.stats()
+    assert after["tasks"] - before["tasks"] == 20000
+    assert after["chunks"] - before["chunks"] < 20000 / 50
+
+
+def test_long_tasks_are_not_serialized(pool: ProcessPool) -> None:
+    run(pool, [P(T.inc, 0)] * 4)  # warm up: this test times the tasks, not the start
+    t0 = time.monotonic()
+    c = run(pool, [P(T.sleep_then, 0.2, i) for i in range(8)])
+    elapsed = time.monotonic() - t0
+    assert c.values() == list(range(8))
+    assert elapsed < 1.2
+
+
+def test_tiny_and_long_jobs_at_once(pool: ProcessPool) -> None:
+    run(pool, [P(T.inc, 0)] * 4)
+    t0 = time.monotonic()
+    _, long = start(pool, [P(T.sleep_then, 0.3, i) for i in range(4)], limit=1)
+    _, tiny = start(pool, [P(T.inc, i) for i in range(5000)])
+    assert tiny.settled.wait(20) and long.settled.wait(20)
+    tiny_done = max(tiny.arrival.values()) - t0
+    long_done = max(long.arrival.values()) - t0
+    # The tiny tasks ran on the other worker, alongside, not after the long ones...
+    assert tiny_done < 0.9, tiny_done
+    # ...and the long ones were not starved by the tiny ones.
+    assert long_done < 2.0, long_done
+    assert tiny.values() == [i + 1 for i in range(5000)]
+
+
+def test_over_budget_chunk_hands_back_its_rest(pool: ProcessPool) -> None:
+    # Tasks of ~0.3 ms make chunks of several tasks; one in the middle sleeps 0.3 s.
+    # The rest of its chunk is handed back and runs on the other worker meanwhile.
+    tasks: list[Callable[[], object]] = [P(T.spin, 0.0003) for _ in range(3000)]
+    tasks[1500] = P(T.sleep_then, 0.3, "long")
+    c = run(pool, tasks)
+    assert c.outcomes[1500] == (True, "long")
+    assert all(ok for ok, _ in c.outcomes.values())
+    assert pool.stats()["returned"] >= 1
+
+
+# ---------------------------------------------------------------- crashes
+
+
+def heal(pool: ProcessPool, n: int = 2) -> None:
+    assert wait_for(lambda: pool.stats()["workers"] == n, 10), pool.stats()
+    assert len(pool.worker_pids()) == n
+
+
+def test_crash_by_exit_costs_one_task(pool: ProcessPool) -> None:
+    c = run(pool, [P(T.exit_if, i, 10) for i in range(40)])
+    for i in range(40):
+        ok, value = c.outcomes[i]
+        if i == 10:
+            assert not ok and isinstance(value, WorkerCrashed)
+            assert value.index == 10 and value.exitcode == 1
+        else:
+            assert (ok, value) == (True, i)
+    heal(pool)
+    assert pool.stats()["crashed"] == 1
+    assert run(pool, [P(T.inc, 1)]).values() == [2]
+
+
+def test_crash_by_sigkill_from_outside(pool: ProcessPool, tmp_path: Path) -> None:
+    path = tmp_path / "pid"
+    tasks: list[Callable[[], object]] = [P(T.write_pid_then_sleep, str(path), 30)]
+    tasks += [P(T.inc, i) for i in range(1, 200)]
+    _, c = start(pool, tasks)
+    pid = wait_pid_file(path)
+    os.kill(pid, signal.SIGKILL)
+    assert c.settled.wait(20)
+    ok, value = c.outcomes[0]
+    assert not ok and isinstance(value, WorkerCrashed)
+    assert value.exitcode == -signal.SIGKILL and value.signal == "SIGKILL"
+    assert all(c.outcomes[i] == (True, i + 1) for i in range(1, 200))
+    heal(pool)
+    assert pid not in pool.worker_pids()
+
+
+def test_crash_by_segfault(pool: ProcessPool) -> None:
+    tasks: list[Callable[[], object]] = [P(T.inc, i) for i in range(30)]
+    tasks[7] = T.segfault
+    c = run(pool, tasks)
+    ok, value = c.outcomes[7]
+    assert not ok and isinstance(value, WorkerCrashed)
+    assert value.index == 7 and value.exitcode == -signal.SIGSEGV
+    assert all(c.outcomes[i] == (True, i + 1) for i in range(30) if i != 7)
+    heal(pool)
+
+
+def test_fork_inside_a_task(pool: ProcessPool) -> None:
+    c = run(pool, [T.fork_in_task, *[P(T.inc, i) for i in range(1, 20)]])
+    assert c.values() == [1, *[i + 1 for i in range(1, 20)]]
+    assert pool.stats()["crashed"] == 0
+
+
+# ---------------------------------------------------------------- timeouts and cancel
+
+
+def test_timeout_kills_the_worker(pool: ProcessPool, tmp_path: Path) -> None:
+    path = tmp_path / "pid"
+    tasks: list[Callable[[], object]] = [P(T.write_pid_then_sleep, str(path), 30)]
+    tasks += [P(T.inc, i) for i in range(1, 50)]
+    job, c = start(pool, tasks, limit=1, timeout=0.4)
+    pid = wait_pid_file(path)
+    t0 = time.monotonic()
+    assert c.settled.wait(20)
+    ok, value = c.outcomes[0]
+    assert not ok and isinstance(value, TaskTimeout)
+    assert value.index == 0 and value.timeout == 0.4
+    assert c.arrival[0] - t0 < 0.4 + 0.5
+    # The rest of the job ran on the replacement worker.
+    assert all(c.outcomes[i] == (True, i + 1) for i in range(1, 50))
+    assert wait_for(lambda: not pid_alive(pid), 2.0), "the timed-out worker survived"
+    heal(pool)
+    stats = pool.stats()
+    assert stats["timed_out"] == 1 and stats["killed"] == 1
+
+
+def test_timeout_does_not_touch_quick_tasks(pool: ProcessPool) -> None:
+    c = run(pool, [P(T.sleep_then, 0.05, i) for i in range(10)], timeout=1.0)
+    assert c.values() == list(range(10))
+    assert pool.stats()["killed"] == 0
+
+
+def test_cancel_kills_its_tasks_only(tmp_path: Path) -> None:
+    pool = ProcessPool(3)
+    try:
+        other_path = tmp_path / "other"
+        _, other = start(pool, [P(T.write_pid_then_sleep, str(other_path), 1.0)], limit=1)
+        other_pid = wait_pid_file(other_path)
+        paths = [tmp_path / f"p{i}" for i in range(2)]
+        tasks: list[Callable[[], object]] = [P(T.write_pid_then_sleep, str(p), 30) for p in paths]
+        tasks += [P(T.inc, i) for i in range(100)]
+        job, c = start(pool, tasks, limit=2, close=False)
+        pids = [wait_pid_file(p) for p in paths]
+        t0 = time.monotonic()
+        job.cancel()
+        assert c.settled.wait(5)
+        assert time.monotonic() - t0 < 1.0
+        assert c.outcomes == {}  # the cancelled tasks get no outcome
+        for pid in pids:
+            assert not pid_alive(pid)
+        # The other job's task ran on, untouched.
+        assert other.settled.wait(10)
+        assert other.outcomes[0] == (True, other_pid)
+        heal(pool, 3)
+        assert pool.stats()["killed"] == 2
+        # Puts after cancel are ignored.
+        job.put([(500, P(T.inc, 1))])
+        assert run(pool, [P(T.inc, 1)]).values() == [2]
+    finally:
+        pool.close()
+
+
+def test_cancel_before_anything_ran(pool: ProcessPool) -> None:
+    job, c = start(pool, [P(T.inc, i) for i in range(10)], close=False)
+    job.cancel()
+    assert c.settled.wait(5)
+
+
+# ---------------------------------------------------------------- errors
+
+
+def test_exception_type_and_remote_traceback(pool: ProcessPool) -> None:
+    c = run(pool, [P(T.raise_custom, "boom"), P(T.inc, 1)])
+    ok, exc = c.outcomes[0]
+    assert not ok and type(exc) is T.CustomError and str(exc) == "boom"
+    assert isinstance(exc, BaseException)
+    note = "\n".join(exc.__notes__)
+    assert "Traceback in worker process (pid " in note
+    assert "raise_custom" in note and "raise CustomError(msg)" in note
+    assert c.outcomes[1] == (True, 2)
+
+
+def test_exceptions_that_do_not_pickle(pool: ProcessPool) -> None:
+    c = run(pool, [T.raise_needs_two, T.raise_unpicklable])
+    for i, name in [(0, "NeedsTwoArgs"), (1, "Unpicklable")]:
+        ok, exc = c.outcomes[i]
+        assert not ok and isinstance(exc, RemoteError), exc
+        assert exc.type_name.endswith(name)
+        assert "Traceback in worker process" in exc.__notes__[0]
+    assert "1/2" in str(c.outcomes[0][1])
+
+
+def test_unpicklable_tasks_fail_alone(pool: ProcessPool) -> None:
+    tasks: list[Callable[[], object]] = [P(T.identity, i) for i in range(10)]
+    tasks[3] = P(T.identity, threading.Lock())
+    tasks[7] = P(T.identity, lambda: 1)
+    c = run(pool, tasks)
+    for i in range(10):
+        ok, value = c.outcomes[i]
+        if i in (3, 7):
+            assert not ok and type(value) is TypeError
+            assert f"task {i} could not be pickled" in str(value)
+        else:
+            assert (ok, value) == (True, i)
+    assert "lock" in str(c.outcomes[3][1])
+
+
+def test_unpicklable_results_fail_alone(pool: ProcessPool) -> None:
+    c = run(pool, [P(T.inc, 0), T.return_lock, P(T.inc, 2), T.return_bad_on_load, P(T.inc, 4)])
+    assert [c.outcomes[i] for i in (0, 2, 4)] == [(True, 1), (True, 3), (True, 5)]
+    ok, value = c.outcomes[1]
+    assert not ok and type(value) is TypeError
+    assert "result of task 1 could not be pickled" in str(value)
+    ok, value = c.outcomes[3]
+    assert not ok and type(value) is TypeError
+    assert "result of task 3 could not be unpickled" in str(value)
+
+
+# ---------------------------------------------------------------- life cycle
+
+
+def test_close_leaves_no_process(tmp_path: Path) -> None:
+    pool = ProcessPool(2)
+    run(pool, [P(T.inc, 1)])
+    assert wait_for(lambda: len(pool.worker_pids()) == 2)
+    pids = pool.worker_pids()
+    path = tmp_path / "pid"
+    _, c = start(pool, [P(T.write_pid_then_sleep, str(path), 30)])
+    wait_pid_file(path)
+    t0 = time.monotonic()
+    pool.close()
+    assert time.monotonic() - t0 < 2.0
+    assert multiprocessing.active_children() == []
+    assert not any(pid_alive(pid) for pid in pids)
+    assert pool.stats()["workers"] == 0
+    pool.close()  # idempotent
+    with pytest.raises(RuntimeError, match="closed"):
+        pool.open_job(limit=1, timeout=None, deliver=c.deliver, on_settled=c.settled.set)
+
+
+def test_close_before_start_and_lazy_start() -> None:
+    pool = ProcessPool(2)
+    assert pool.stats()["started"] == 0 and leftover_processes() == []
+    pool.close()
+    pool = ProcessPool(1)
+    t0 = time.monotonic()
+    c = Collector()
+    job = pool.open_job(limit=1, timeout=None, deliver=c.deliver, on_settled=c.settled.set)
+    assert time.monotonic() - t0 < 0.05  # open_job does not wait for processes
+    job.put([(0, P(T.inc, 1))])
+    job.close_input()
+    assert c.settled.wait(20)
+    pool.close()
+
+
+def test_bad_arguments(pool: ProcessPool) -> None:
+    c = Collector()
+    with pytest.raises(ValueError):
+        pool.open_job(limit=0, timeout=None, deliver=c.deliver, on_settled=c.settled.set)
+    with pytest.raises(ValueError):
+        pool.open_job(limit=1, timeout=0, deliver=c.deliver, on_settled=c.settled.set)
+    with pytest.raises(ValueError):
+        ProcessPool(0)
