@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+from typing import Any
 
 
 def inc(x: int) -> int:
@@ -79,7 +80,7 @@ def raise_needs_two() -> None:
 
 
 class Unpicklable(Exception):
-    def __reduce__(self) -> object:
+    def __reduce__(self) -> tuple[Any, ...]:
         raise TypeError("nope")
 
 
@@ -92,7 +93,7 @@ def return_lock() -> object:
 
 
 class _BadOnLoad:
-    def __reduce__(self) -> object:
+    def __reduce__(self) -> tuple[Any, ...]:
         return (_fail_on_load, ())
 
 

@@ -111,6 +111,8 @@ class LaneStats:
     #: Lanes that can count running/waiting tasks on demand set this instead of
     #: adjusting the gauges on every task.
     live: Callable[[], tuple[int, int]] | None = field(default=None, repr=False)
+    #: Counters kept elsewhere (the process pool's kills), read on demand.
+    extra: Callable[[], dict[str, int]] | None = field(default=None, repr=False)
 
     def merge(self, tally: Tally) -> None:
         with self.lock:
@@ -136,6 +138,7 @@ class LaneStats:
 
     def snapshot(self) -> LaneSnapshot:
         running, waiting = self.live() if self.live is not None else (0, 0)
+        killed = self.extra().get("killed", 0) if self.extra is not None else 0
         with self.lock:
             t = self.total
             return LaneSnapshot(
@@ -148,7 +151,7 @@ class LaneStats:
                 timed_out=t.timed_out,
                 cancelled=t.cancelled,
                 crashed=t.crashed,
-                killed=self.killed,
+                killed=self.killed + killed,
                 wait=TimingSummary(
                     t.wait_count, t.wait_total / t.wait_count if t.wait_count else 0.0, t.wait_max
                 ),

@@ -1,27 +1,201 @@
-"""The cpu lane on tasklanes' own worker-process pool (temporary engine).
+"""The cpu lane on tasklanes' own worker-process pool.
 
-The first engine runs on a ``ProcessPoolExecutor``; the process pool in
-``tasklanes._processes`` replaces it.
+The engine (``tasklanes._processes``) is synchronous and thread-based: a manager
+thread owns the workers, chunks tasks adaptively, streams outcomes back and kills
+what overruns. This module is its async face: it feeds a batch's tasks to a
+``PoolJob`` as the pool asks for them, and turns the pool's outcome callbacks into
+``batch.emit`` calls on the caller's loop through an :class:`Inbox`.
+
+Cancellation: a cancelled batch cancels its job, which drops the queued tasks and
+kills (SIGTERM, then SIGKILL) the workers running its tasks; the lane waits, shielded,
+until the pool reports the job settled, so no process of the batch outlives the call.
 """
 
 from __future__ import annotations
 
-import multiprocessing
-import sys
-from concurrent.futures import ProcessPoolExecutor
+import pickle
+import threading
 from multiprocessing.context import BaseContext
+from typing import Any
 
-from ._executor import ExecutorLane, default_cpu_count
+import anyio
+
+from .._batch import Batch
+from .._errors import TaskTimeout, WorkerCrashed
+from .._processes._pool import PoolJob, ProcessPool, default_context
+from .._stats import LaneStats, Tally
+from .._tasks import END, WAIT
+from ._executor import check_cpu_task, default_cpu_count
+from ._inbox import Inbox
 
 __all__ = ["ProcessLane"]
 
+_SETTLED = object()
+#: Tasks kept queued in the pool beyond what it asks for, for a lazy input: enough
+#: that a worker finishing a chunk never waits for the event loop to refill.
+_MIN_QUEUED = 256
+_MAX_QUEUED = 8192
 
-def default_context() -> BaseContext:
-    return multiprocessing.get_context("forkserver" if sys.platform.startswith("linux") else "spawn")
 
+class ProcessLane:
+    kind = "cpu"
 
-class ProcessLane(ExecutorLane):
     def __init__(self, capacity: int | None, mp_context: BaseContext | None) -> None:
-        capacity = capacity or default_cpu_count()
-        executor = ProcessPoolExecutor(capacity, mp_context=mp_context or default_context())
-        super().__init__(executor, capacity, own=True)
+        self.capacity = capacity or default_cpu_count()
+        self._context = mp_context
+        self._pool: ProcessPool | None = None
+        self._lock = threading.Lock()
+        self._jobs: set[PoolJob] = set()
+        self._checked: dict[int, object] = {}
+        self.stats = LaneStats("cpu", self.capacity, live=self._live, extra=self.pool_stats)
+
+    def _live(self) -> tuple[int, int]:
+        with self._lock:
+            jobs = list(self._jobs)
+        running = sum(job.running for job in jobs)
+        return running, sum(max(job.unfinished - job.running, 0) for job in jobs)
+
+    @property
+    def pool(self) -> ProcessPool:
+        with self._lock:
+            if self._pool is None:
+                self._pool = ProcessPool(self.capacity, self._context or default_context())
+            return self._pool
+
+    def check_task(self, task: object, index: int) -> None:
+        check_cpu_task(task, index)
+        # Pickle each distinct function once, up front: the common mistakes (a
+        # method of an object holding a lock, a function that is not importable by
+        # name) then fail before anything runs. Arguments are pickled with their
+        # chunk; a task whose arguments do not pickle fails alone, naming its index.
+        from .._call import unwrap_callable
+
+        fn = unwrap_callable(task)
+        key = id(fn)
+        if self._checked.get(key) is fn:
+            return
+        try:
+            pickle.dumps(fn)
+        except Exception as exc:
+            raise TypeError(
+                f"task {index} could not be pickled for kind='cpu': its function "
+                f"{getattr(fn, '__qualname__', fn)!r} does not pickle ({exc}); use a "
+                "module-level function"
+            ) from exc
+        if len(self._checked) > 1024:
+            self._checked.clear()
+        self._checked[key] = fn
+
+    def close(self) -> None:
+        with self._lock:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.close()
+
+    def pool_stats(self) -> dict[str, int]:
+        pool = self._pool
+        return pool.stats() if pool is not None else {}
+
+    async def run(self, batch: Batch) -> None:
+        inbox = Inbox(batch.loop)
+        job = self.pool.open_job(
+            limit=min(batch.limit, self.capacity),
+            timeout=batch.timeout,
+            deliver=inbox.put_many,
+            on_settled=lambda: inbox.put(_SETTLED),
+        )
+        with self._lock:
+            self._jobs.add(job)
+        runner = _CpuBatch(self, batch, job, inbox)
+        try:
+            await runner.run()
+        finally:
+            with self._lock:
+                self._jobs.discard(job)
+            tally = runner.tally
+            tally.run_count += job.run_count
+            tally.run_total += job.run_total
+            tally.run_max = max(tally.run_max, job.run_max)
+            self.stats.merge(tally)
+
+
+class _CpuBatch:
+    def __init__(self, lane: ProcessLane, batch: Batch, job: PoolJob, inbox: Inbox) -> None:
+        self.lane = lane
+        self.batch = batch
+        self.job = job
+        self.inbox = inbox
+        self.outstanding = 0
+        self.settled = False
+        self.tally = Tally()
+
+    async def run(self) -> None:
+        batch = self.batch
+        job = self.job
+        try:
+            await self._fill()
+            while self.outstanding or not batch.source.exhausted:
+                self._deliver(await self.inbox.get())
+                if batch.stopping:
+                    break
+                await self._fill()
+            if batch.stopping:
+                await anyio.lowlevel.checkpoint()  # fail-fast: run the cleanup below
+            job.close_input()
+        except BaseException:
+            # Kill what runs, drop what waits, and wait (shielded) for the pool to say
+            # that none of this batch's processes work on it any more.
+            job.cancel()
+            with anyio.CancelScope(shield=True):
+                while not self.settled:
+                    self._deliver(await self.inbox.get(), cancelled=True)
+            self.tally.cancelled += self.outstanding
+            raise
+
+    async def _fill(self) -> None:
+        batch = self.batch
+        source = batch.source
+        job = self.job
+        if source.size is not None:
+            want = source.size  # already in memory: hand it all over, the pool paces it
+        else:
+            want = min(max(job.demand + self.outstanding, _MIN_QUEUED), _MAX_QUEUED)
+        added: list[tuple[int, Any]] = []
+        while self.outstanding + len(added) < want and not batch.stopping:
+            try:
+                item = source.next_nowait()
+                if item is WAIT:
+                    if added:
+                        break
+                    item = await source.next()
+            except Exception as exc:
+                batch.fail(exc)
+                break
+            if item is END:
+                break
+            added.append(item)
+        if added:
+            self.outstanding += len(added)
+            job.put(added)
+
+    def _deliver(self, items: list[Any], cancelled: bool = False) -> None:
+        tally = self.tally
+        emit = self.batch.emit
+        for item in items:
+            if item is _SETTLED:
+                self.settled = True
+                continue
+            index, ok, value = item
+            self.outstanding -= 1
+            if cancelled:
+                tally.cancelled += 1
+                continue
+            if ok:
+                tally.completed += 1
+            elif isinstance(value, TaskTimeout):
+                tally.timed_out += 1
+            elif isinstance(value, WorkerCrashed):
+                tally.crashed += 1
+            else:
+                tally.failed += 1
+            emit(index, ok, value)

@@ -29,6 +29,7 @@ early, and costs no extra message.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import functools
 import multiprocessing
 import multiprocessing.connection
@@ -109,7 +110,7 @@ def default_context() -> BaseContext:
     server = getattr(forkserver, "_forkserver", None)
     current = list(getattr(server, "_preload_modules", None) or ["__main__"])
     if _WORKER_MODULE not in current:
-        ctx.set_forkserver_preload([*current, _WORKER_MODULE])  # type: ignore[attr-defined]
+        ctx.set_forkserver_preload([*current, _WORKER_MODULE])
     return ctx
 
 
@@ -149,6 +150,11 @@ class PoolJob:
         self._max_size = 1
         self._singles = 0  # tasks to send one per chunk (after an unloadable chunk)
         self._out: list[Outcome] = []
+        #: Run time of the job's finished chunks, measured in the workers (read by the
+        #: lane for its stats once the job has settled).
+        self.run_count = 0
+        self.run_total = 0.0
+        self.run_max = 0.0
         self._requeue: list[tuple[int, Callable[[], object]]] = []
 
     def put(self, items: list[tuple[int, Callable[[], object]]]) -> None:
@@ -215,19 +221,18 @@ def _size_for(ewma: float) -> int:
 def _encode(items: list[tuple[int, Callable[[], object]]]) -> bytes:
     """Pickle a chunk's tasks as ``(fn, seq)`` (see ``_protocol``)."""
     first = items[0][1]
-    kind = type(first)
     args: list[tuple[Any, ...]] = []
     append = args.append
-    if kind is _partial:
-        fn = first.func  # type: ignore[attr-defined]
+    if type(first) is _partial:
+        fn = first.func
         for _, t in items:
-            if type(t) is not _partial or t.func is not fn or t.keywords:  # type: ignore[attr-defined]
+            if type(t) is not _partial or t.func is not fn or t.keywords:
                 break
-            append(t.args)  # type: ignore[attr-defined]
+            append(t.args)
         else:
             return _dumps((fn, args), _PROTOCOL)
-    elif kind is Call:
-        fn = first.fn  # type: ignore[attr-defined]
+    elif type(first) is Call:
+        fn = first.fn
         for _, t in items:
             if type(t) is not Call or t.fn is not fn or t.kwargs:
                 break
@@ -259,10 +264,10 @@ class _Worker:
         "proc",
         "rbuf",
         "rconn",
-        "rfd",
         "reading",
         "ready",
         "reason",
+        "rfd",
         "sentinel",
         "task_start",
         "timed_out",
@@ -435,7 +440,9 @@ class ProcessPool:
         self._spawner.start()
         # Daemon, so that it never holds up interpreter exit; the atexit hook closes
         # the pool (atexit hooks run before daemon threads are frozen).
-        self._thread = threading.Thread(target=self._manager_main, name="tasklanes-pool", daemon=True)
+        self._thread = threading.Thread(
+            target=self._manager_main, name="tasklanes-pool", daemon=True
+        )
         self._thread.start()
         atexit.register(self.close)
 
@@ -444,10 +451,8 @@ class ProcessPool:
         # looks at the queues, so a put after that sees the flag clear and writes.
         if not self._wake_pending:
             self._wake_pending = True
-            try:
+            with contextlib.suppress(BlockingIOError, OSError):
                 os.write(self._wake_w, b"x")
-            except (BlockingIOError, OSError):
-                pass
 
     def _command(self, name: str, arg: object) -> None:
         self._commands.append((name, arg))
@@ -464,14 +469,15 @@ class ProcessPool:
                 continue
             try:
                 worker = self._spawn_one()
-            except Exception as exc:  # noqa: BLE001 - reported, then retried
+            except Exception as exc:
                 self._command("spawn_failed", exc)
             else:
                 self._command("worker", worker)
 
     def _spawn_one(self) -> _Worker:
         ctx = self._ctx
-        assert ctx is not None and self._alive_r is not None
+        assert ctx is not None
+        assert self._alive_r is not None
         task_r, task_w = ctx.Pipe(duplex=False)
         result_r, result_w = ctx.Pipe(duplex=False)
         try:
@@ -738,10 +744,8 @@ class ProcessPool:
         w.task_start = now
 
     def _remote_exc(self, w: _Worker, exc: BaseException, text: str) -> BaseException:
-        try:
+        with contextlib.suppress(Exception):
             exc.add_note(f"Traceback in worker process (pid {w.pid}):\n{text.rstrip()}")
-        except Exception:  # noqa: BLE001 - a weird exception type; the note is optional
-            pass
         return exc
 
     def _chunk_done(self, w: _Worker, chunk: _Chunk, seconds: float | None, count: int) -> None:
@@ -750,6 +754,12 @@ class ProcessPool:
         if seconds is not None and count:
             mean = seconds / count
             job._ewma = mean if job._ewma is None else 0.5 * job._ewma + 0.5 * mean
+            # Run-time figures for the lane's stats: per chunk, not per task, so the
+            # hot path stays free of them (a chunk's tasks get its mean).
+            job.run_count += count
+            job.run_total += seconds
+            if mean > job.run_max:
+                job.run_max = mean
         if not w.inflight:
             job._holders -= 1
             w.job = None
@@ -913,13 +923,13 @@ class ProcessPool:
         """
         try:
             return _encode(items)
-        except Exception:  # noqa: BLE001 - any failure: find which task it was
+        except Exception:
             pass
         good = []
         for index, task in items:
             try:
                 _dumps(task, _PROTOCOL)
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:
                 error = TypeError(f"task {index} could not be pickled: {exc!r}")
                 error.__cause__ = exc
                 job._out.append((index, False, error))
@@ -930,9 +940,11 @@ class ProcessPool:
             return None
         try:
             return _encode(items)
-        except Exception as exc:  # noqa: BLE001 - fine alone, not together: fail them all
+        except Exception as exc:
             for index, _ in items:
-                job._out.append((index, False, TypeError(f"task {index} could not be pickled: {exc!r}")))
+                job._out.append(
+                    (index, False, TypeError(f"task {index} could not be pickled: {exc!r}"))
+                )
             items.clear()
             return None
 
@@ -945,10 +957,8 @@ class ProcessPool:
             if w.doomed:
                 if w.kill_at is not None and now >= w.kill_at:
                     w.kill_at = None
-                    try:
+                    with contextlib.suppress(OSError, ValueError):
                         w.proc.kill()
-                    except (OSError, ValueError):
-                        pass
                 continue
             job = w.job
             if job is None or job._timeout is None:
@@ -967,10 +977,8 @@ class ProcessPool:
         w.reason = reason
         w.kill_at = now + KILL_GRACE_SECONDS
         self._stats["killed"] += 1
-        try:
+        with contextlib.suppress(OSError, ValueError):
             w.proc.terminate()
-        except (OSError, ValueError):
-            pass
         self._update_counts()
 
     def _on_exit(self, w: _Worker, now: float) -> None:
@@ -1010,14 +1018,11 @@ class ProcessPool:
 
     def _close_worker(self, w: _Worker) -> None:
         for conn in (w.wconn, w.rconn):
-            try:
+            with contextlib.suppress(OSError):
                 conn.close()
-            except OSError:
-                pass
-        try:
+        # ValueError: still running (only at shutdown, if even SIGKILL failed).
+        with contextlib.suppress(ValueError):
             w.proc.close()
-        except ValueError:
-            pass  # still running: only at shutdown, after SIGKILL failed
 
     def _requeue_and_spawn(self, now: float) -> None:
         for job in self._jobs:
@@ -1085,20 +1090,16 @@ class ProcessPool:
             self._alive_w = -1
         for w in self._workers:
             if not w.dead:
-                try:
+                with contextlib.suppress(OSError, ValueError):
                     w.proc.terminate()
-                except (OSError, ValueError):
-                    pass
         deadline = monotonic() + KILL_GRACE_SECONDS
         for w in self._workers:
             if not w.dead:
                 w.proc.join(max(0.0, deadline - monotonic()))
         for w in self._workers:
             if not w.dead and w.proc.exitcode is None:
-                try:
+                with contextlib.suppress(OSError, ValueError):
                     w.proc.kill()
-                except (OSError, ValueError):
-                    pass
                 w.proc.join(5.0)
         for w in self._workers:
             w.dead = True
@@ -1116,4 +1117,3 @@ class ProcessPool:
                 os.close(fd)
         if self._alive_r is not None:
             self._alive_r.close()
-

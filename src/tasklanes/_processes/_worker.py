@@ -234,4 +234,3 @@ def _start_watchdog(fd: int) -> None:
         os._exit(1)
 
     threading.Thread(target=watch, name="tasklanes-watchdog", daemon=True).start()
-
