@@ -60,6 +60,24 @@ def forkserver_pid() -> int | None:
         return None
 
 
+def resource_tracker_pid() -> int | None:
+    """multiprocessing's resource tracker starts with the forkserver and, like it, lives
+    until the process exits."""
+    try:
+        from multiprocessing import resource_tracker
+
+        pid: int | None = resource_tracker._resource_tracker._pid  # type: ignore[attr-defined]
+        return pid
+    except (ImportError, AttributeError):  # pragma: no cover
+        return None
+
+
+def is_runtime_thread(thread: threading.Thread) -> bool:
+    """Trio keeps an idle thread cache of its own (its threads exit after 10 s idle);
+    they belong to the event loop library, not to tasklanes or the test."""
+    return thread.name.startswith("Trio thread")
+
+
 def open_fds() -> set[int]:
     try:
         return {int(fd) for fd in os.listdir("/proc/self/fd")}
@@ -87,10 +105,15 @@ def no_leaks() -> Iterator[None]:
     _scheduler._default = None
 
     def leaked_threads() -> list[threading.Thread]:
-        return [t for t in threading.enumerate() if t not in threads_before and t.is_alive()]
+        return [
+            t
+            for t in threading.enumerate()
+            if t not in threads_before and t.is_alive() and not is_runtime_thread(t)
+        ]
 
     def leaked_children() -> set[int]:
-        return child_pids() - children_before - {forkserver_pid()}  # type: ignore[operator]
+        shared = {forkserver_pid(), resource_tracker_pid()}
+        return child_pids() - children_before - shared  # type: ignore[operator]
 
     _settle(lambda: leaked_threads() or leaked_children())
     threads = leaked_threads()

@@ -7,15 +7,9 @@
 * ``"cpu"``: sync code that computes, on a shared pool of worker processes.
 """
 
-from ._api import amap, as_completed, run_all, run_all_sync
-from ._batch import BatchIterator
-from ._call import Call, call
-from ._cancel import check_cancelled
-from ._errors import TaskCancelled, TaskTimeout, WorkerCrashed
-from ._offload import Offloaded, offload
-from ._progress import ProgressUpdate
-from ._scheduler import Scheduler, get_scheduler
-from ._stats import LaneSnapshot, TimingSummary
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
@@ -39,3 +33,53 @@ __all__ = [
     "run_all",
     "run_all_sync",
 ]
+
+# Names are imported on first use (PEP 562). Why: worker processes import this
+# package to reach their own module, and a script that only calls run_all_sync on
+# the cpu lane should not pay for importing anyio's asyncio machinery twice over.
+_SOURCES = {
+    "amap": "_api",
+    "as_completed": "_api",
+    "run_all": "_api",
+    "run_all_sync": "_api",
+    "BatchIterator": "_batch",
+    "Call": "_call",
+    "call": "_call",
+    "check_cancelled": "_cancel",
+    "TaskCancelled": "_errors",
+    "TaskTimeout": "_errors",
+    "WorkerCrashed": "_errors",
+    "Offloaded": "_offload",
+    "offload": "_offload",
+    "ProgressUpdate": "_progress",
+    "Scheduler": "_scheduler",
+    "get_scheduler": "_scheduler",
+    "LaneSnapshot": "_stats",
+    "TimingSummary": "_stats",
+}
+
+if TYPE_CHECKING:
+    from ._api import amap, as_completed, run_all, run_all_sync
+    from ._batch import BatchIterator
+    from ._call import Call, call
+    from ._cancel import check_cancelled
+    from ._errors import TaskCancelled, TaskTimeout, WorkerCrashed
+    from ._offload import Offloaded, offload
+    from ._progress import ProgressUpdate
+    from ._scheduler import Scheduler, get_scheduler
+    from ._stats import LaneSnapshot, TimingSummary
+
+
+def __getattr__(name: str) -> Any:
+    module = _SOURCES.get(name)
+    if module is None:
+        raise AttributeError(f"module 'tasklanes' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(f"tasklanes.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*__all__, "__version__"])

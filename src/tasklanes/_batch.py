@@ -44,7 +44,8 @@ class Lane(Protocol):
     capacity: int
     stats: LaneStats
 
-    def check_task(self, task: object, index: int) -> None: ...
+    #: Raise TypeError if a task does not fit the lane (before anything starts).
+    check_task: Callable[[object, int], None]
 
     async def run(self, batch: Batch) -> None:
         """Run every task of ``batch``, at most ``batch.limit`` at once.
@@ -170,6 +171,104 @@ async def collect(
     return results
 
 
+class _Stream:
+    """The state of an iterator batch, shared by its background task and its consumer.
+
+    Kept apart from :class:`BatchIterator` on purpose: the background task holds this
+    object, never the iterator, so dropping the iterator (``break``) really drops it
+    and its ``__del__`` can stop the batch.
+    """
+
+    def __init__(
+        self,
+        lane: Lane,
+        source: Source,
+        limit: int,
+        timeout: float | None,
+        return_exceptions: bool,
+        ordered: bool,
+        progress: Progress | None,
+    ) -> None:
+        self.lane = lane
+        self.source = source
+        self.limit = limit
+        self.timeout = timeout
+        self.return_exceptions = return_exceptions
+        self.ordered = ordered
+        self.progress = progress
+        self.ready: deque[tuple[int, bool, Any]] = deque()
+        self.reorder: dict[int, tuple[bool, Any]] = {}
+        self.next_index = 0  # ordered: the next index to hand out
+        self.window = max(2 * limit, 16)
+        self.event: anyio.Event | None = None
+        self.finished: anyio.Event | None = None
+        self.batch: Batch | None = None
+        self.outcome: BaseException | None = None
+        self.done = False
+
+    def start(self) -> None:
+        loop = LoopHandle()
+        self.event = anyio.Event()
+        self.finished = anyio.Event()
+        source = self.source
+        window = self.window
+        if self.ordered:
+            # Bound both the reorder buffer and the distance from the oldest result the
+            # loop still waits for: a slow first task must not let the rest run away.
+            source.set_gate(
+                lambda index: len(self.ready) + len(self.reorder) < window
+                and index < self.next_index + window
+            )
+        else:
+            source.set_gate(lambda index: len(self.ready) < window)
+        if self.progress is not None:
+            self.progress.start(source.size)
+        self.batch = Batch(source, self.limit, self.timeout, self.emit, loop, self.progress)
+        loop.spawn_background(self.run)
+
+    async def run(self) -> None:
+        assert self.batch is not None and self.finished is not None
+        try:
+            await run_batch(self.lane, self.batch)
+        except BaseException as exc:
+            self.outcome = exc
+            if isinstance(exc, anyio.get_cancelled_exc_class()):
+                raise  # the loop itself is shutting down
+        finally:
+            self.done = True
+            self.wake()
+            self.finished.set()
+
+    def emit(self, index: int, ok: bool, value: Any) -> None:
+        if not ok:
+            annotate(value, index)
+            if not self.return_exceptions:
+                assert self.batch is not None
+                # Outcomes already buffered are still handed out; then this raises.
+                self.batch.fail(value)
+                return
+        if self.progress is not None:
+            self.progress.advance(ok)
+        if self.ordered:
+            self.reorder[index] = (ok, value)
+            while self.next_index in self.reorder:
+                ok2, value2 = self.reorder.pop(self.next_index)
+                self.ready.append((self.next_index, ok2, value2))
+                self.next_index += 1
+        else:
+            self.ready.append((index, ok, value))
+        self.wake()
+
+    def wake(self) -> None:
+        if self.event is not None:
+            self.event.set()
+
+    def stop(self) -> None:
+        if self.batch is not None:
+            self.batch.stop()
+        self.source.release()
+
+
 class BatchIterator(Generic[T_co]):
     """The ``async for`` side of ``as_completed`` and ``amap``.
 
@@ -197,23 +296,9 @@ class BatchIterator(Generic[T_co]):
         with_index: bool,
         progress: Progress | None = None,
     ) -> None:
-        self._lane = lane
-        self._source = Source(tasks, lane.check_task)  # checks a list before anything runs
-        self._limit = limit
-        self._timeout = timeout
-        self._return_exceptions = return_exceptions
-        self._ordered = ordered
+        source = Source(tasks, lane.check_task)  # checks a list before anything runs
+        self._stream = _Stream(lane, source, limit, timeout, return_exceptions, ordered, progress)
         self._with_index = with_index
-        self._progress = progress
-        self._ready: deque[tuple[int, bool, Any]] = deque()
-        self._reorder: dict[int, tuple[bool, Any]] = {}
-        self._next_index = 0  # ordered: the next index to hand out
-        self._window = max(2 * limit, 16)
-        self._event: anyio.Event | None = None
-        self._finished: anyio.Event | None = None
-        self._batch: Batch | None = None
-        self._outcome: BaseException | None = None
-        self._done = False
         self._closed = False
 
     def __aiter__(self) -> BatchIterator[T_co]:
@@ -225,94 +310,34 @@ class BatchIterator(Generic[T_co]):
     async def __aexit__(self, *exc_info: object) -> None:
         await self.aclose()
 
-    # -- background ------------------------------------------------------------
-
-    def _start(self) -> None:
-        loop = LoopHandle()
-        self._event = anyio.Event()
-        self._finished = anyio.Event()
-        source = self._source
-        window = self._window
-        if self._ordered:
-            # Bound both the reorder buffer and the distance from the oldest result the
-            # loop still waits for: a slow first task must not let the rest run away.
-            source.set_gate(
-                lambda index: len(self._ready) + len(self._reorder) < window
-                and index < self._next_index + window
-            )
-        else:
-            source.set_gate(lambda index: len(self._ready) < window)
-        if self._progress is not None:
-            self._progress.start(source.size)
-        self._batch = Batch(source, self._limit, self._timeout, self._emit, loop, self._progress)
-        loop.spawn_background(self._run)
-
-    async def _run(self) -> None:
-        assert self._batch is not None and self._finished is not None
-        try:
-            await run_batch(self._lane, self._batch)
-        except BaseException as exc:
-            self._outcome = exc
-            if isinstance(exc, anyio.get_cancelled_exc_class()):
-                raise  # the loop itself is shutting down
-        finally:
-            self._done = True
-            self._wake()
-            self._finished.set()
-
-    def _emit(self, index: int, ok: bool, value: Any) -> None:
-        if not ok:
-            annotate(value, index)
-            if not self._return_exceptions:
-                assert self._batch is not None
-                # Outcomes already buffered are still handed out; then this raises.
-                self._batch.fail(value)
-                return
-        if self._progress is not None:
-            self._progress.advance(ok)
-        if self._ordered:
-            self._reorder[index] = (ok, value)
-            while self._next_index in self._reorder:
-                ok2, value2 = self._reorder.pop(self._next_index)
-                self._ready.append((self._next_index, ok2, value2))
-                self._next_index += 1
-        else:
-            self._ready.append((index, ok, value))
-        self._wake()
-
-    def _wake(self) -> None:
-        if self._event is not None:
-            self._event.set()
-
-    # -- consumer --------------------------------------------------------------
-
     async def __anext__(self) -> T_co:
+        stream = self._stream
         if self._closed:
             raise StopAsyncIteration
-        if self._batch is None:
-            self._start()
+        if stream.batch is None:
+            stream.start()
         try:
-            while not self._ready:
-                if self._done:
+            while not stream.ready:
+                if stream.done:
                     self._closed = True
-                    outcome = self._outcome
+                    outcome = stream.outcome
                     if outcome is not None and not isinstance(
                         outcome, anyio.get_cancelled_exc_class()
                     ):
                         raise outcome
                     raise StopAsyncIteration
-                assert self._event is not None
-                await self._event.wait()
-                self._event = anyio.Event()
+                assert stream.event is not None
+                await stream.event.wait()
+                stream.event = anyio.Event()
         except BaseException:
-            if not self._done:
+            if not stream.done:
                 # Our caller was cancelled while waiting: stop the batch and wait for
                 # its cleanup, so none of its work outlives this loop.
                 with anyio.CancelScope(shield=True):
                     await self.aclose()
             raise
-        index, ok, value = self._ready.popleft()
-        self._source.release()
+        index, ok, value = stream.ready.popleft()
+        stream.source.release()
         if self._with_index:
             return (index, value)  # type: ignore[return-value]
         return value  # type: ignore[no-any-return]
@@ -320,20 +345,21 @@ class BatchIterator(Generic[T_co]):
     async def aclose(self) -> None:
         """Stop the batch and wait until its work has stopped."""
         self._closed = True
-        if self._batch is not None and self._finished is not None:
-            self._batch.stop()
-            self._source.release()
+        stream = self._stream
+        if stream.batch is not None and stream.finished is not None:
+            stream.stop()
             with anyio.CancelScope(shield=True):
-                await self._finished.wait()
+                await stream.finished.wait()
         else:
-            self._source.close()
+            stream.source.close()
 
     def __del__(self) -> None:
         # ``break`` drops the iterator without awaiting anything: cancel the batch now
         # (on its loop, whichever thread the garbage collector runs in).
-        batch = self._batch
-        if batch is not None and not self._done:
+        stream = self._stream
+        batch = stream.batch
+        if batch is not None and not stream.done:
             batch.stopping = True
-            batch.loop.call_soon_threadsafe(batch.stop)
+            batch.loop.call_soon_threadsafe(stream.stop)
         elif batch is None:
-            self._source.close()
+            stream.source.close()

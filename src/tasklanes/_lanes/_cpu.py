@@ -24,7 +24,7 @@ from .._batch import Batch
 from .._errors import TaskTimeout, WorkerCrashed
 from .._processes._pool import PoolJob, ProcessPool, default_context
 from .._stats import LaneStats, Tally
-from .._tasks import END, WAIT
+from .._tasks import END, WAIT, CachedCheck
 from ._executor import check_cpu_task, default_cpu_count
 from ._inbox import Inbox
 
@@ -46,7 +46,7 @@ class ProcessLane:
         self._pool: ProcessPool | None = None
         self._lock = threading.Lock()
         self._jobs: set[PoolJob] = set()
-        self._checked: dict[int, object] = {}
+        self.check_task = CachedCheck(self._check)
         self.stats = LaneStats("cpu", self.capacity, live=self._live, extra=self.pool_stats)
 
     def _live(self) -> tuple[int, int]:
@@ -62,18 +62,17 @@ class ProcessLane:
                 self._pool = ProcessPool(self.capacity, self._context or default_context())
             return self._pool
 
-    def check_task(self, task: object, index: int) -> None:
+    @staticmethod
+    def _check(task: object, index: int) -> None:
         check_cpu_task(task, index)
-        # Pickle each distinct function once, up front: the common mistakes (a
-        # method of an object holding a lock, a function that is not importable by
-        # name) then fail before anything runs. Arguments are pickled with their
-        # chunk; a task whose arguments do not pickle fails alone, naming its index.
+        # Pickle the function up front: the common mistakes (a method of an object
+        # holding a lock, a function not importable by its name) then fail before
+        # anything runs. Arguments are pickled with their chunk; a task whose
+        # arguments do not pickle fails alone, naming its index. CachedCheck makes
+        # this once per distinct function.
         from .._call import unwrap_callable
 
         fn = unwrap_callable(task)
-        key = id(fn)
-        if self._checked.get(key) is fn:
-            return
         try:
             pickle.dumps(fn)
         except Exception as exc:
@@ -82,9 +81,6 @@ class ProcessLane:
                 f"{getattr(fn, '__qualname__', fn)!r} does not pickle ({exc}); use a "
                 "module-level function"
             ) from exc
-        if len(self._checked) > 1024:
-            self._checked.clear()
-        self._checked[key] = fn
 
     def close(self) -> None:
         with self._lock:

@@ -24,7 +24,7 @@ import anyio
 from .._batch import Batch
 from .._errors import TaskTimeout
 from .._stats import LaneStats, Tally
-from .._tasks import END, WAIT, check_sync_task
+from .._tasks import END, WAIT, CachedCheck, check_sync_task
 from ._inbox import Inbox
 
 __all__ = ["ExecutorLane", "check_cpu_task"]
@@ -80,12 +80,13 @@ class ExecutorLane:
         # Dask pickles with cloudpickle, which sends lambdas too; plain pickle does not.
         module = type(executor).__module__
         self._strict = not module.startswith(("distributed", "dask"))
+        self.check_task = CachedCheck(self._check)
 
     def _live(self) -> tuple[int, int]:
         with self._lock:
             return sum(len(b.futures) for b in self._inflight), 0
 
-    def check_task(self, task: object, index: int) -> None:
+    def _check(self, task: object, index: int) -> None:
         check_cpu_task(task, index, strict_pickle=self._strict)
 
     def close(self) -> None:

@@ -24,7 +24,7 @@ from .._backend import worker_group
 from .._batch import Batch
 from .._errors import TaskTimeout
 from .._stats import LaneStats, Tally
-from .._tasks import END, WAIT, check_io_task, close_if_coroutine, describe
+from .._tasks import END, WAIT, CachedCheck, check_io_task, close_if_coroutine, describe
 
 __all__ = ["IoLane"]
 
@@ -63,9 +63,7 @@ class IoLane:
         self.stats = LaneStats("io", capacity)
         self._limiters: dict[object, tuple[anyio.CapacityLimiter, list[int]]] = {}
         self._lock = threading.Lock()
-
-    def check_task(self, task: object, index: int) -> None:
-        check_io_task(task, index)
+        self.check_task = CachedCheck(check_io_task)
 
     def close(self) -> None:
         pass  # nothing outlives a batch on this lane

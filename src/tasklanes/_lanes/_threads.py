@@ -33,7 +33,7 @@ from .._batch import Batch
 from .._cancel import Ticket, set_current_ticket
 from .._errors import TaskTimeout
 from .._stats import LaneStats, Tally
-from .._tasks import END, WAIT, check_sync_task
+from .._tasks import END, WAIT, CachedCheck, check_sync_task
 from ._inbox import Inbox
 
 __all__ = ["ThreadLane", "ThreadPool"]
@@ -165,13 +165,15 @@ class ThreadLane:
         self._pool: ThreadPool | None = None
         self._lock = threading.Lock()
         self._jobs: set[_ThreadJob] = set()
+        self.check_task = CachedCheck(self._check)
 
     def _live(self) -> tuple[int, int]:
         with self._lock:
             jobs = list(self._jobs)
         return sum(len(j.running) for j in jobs), sum(len(j.ready) for j in jobs)
 
-    def check_task(self, task: object, index: int) -> None:
+    @staticmethod
+    def _check(task: object, index: int) -> None:
         check_sync_task(task, index, "blocking")
 
     @property

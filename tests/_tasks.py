@@ -1,0 +1,103 @@
+"""Module-level task functions for the lane and API tests (cpu tasks must pickle by
+reference, so they live in an importable module)."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+
+from tasklanes import check_cancelled, offload
+
+
+class Gauge:
+    """Counts tasks running at once, from any thread; remembers the peak."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.now = 0
+        self.peak = 0
+        self.started = 0
+
+    def __enter__(self) -> Gauge:
+        with self._lock:
+            self.now += 1
+            self.started += 1
+            self.peak = max(self.peak, self.now)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        with self._lock:
+            self.now -= 1
+
+
+def double(x: int) -> int:
+    return 2 * x
+
+
+def sleep_return(seconds: float, value: object) -> object:
+    time.sleep(seconds)
+    return value
+
+
+def fail_with(exc_type: type[BaseException], message: str) -> None:
+    raise exc_type(message)
+
+
+def getpid_sleep(seconds: float) -> int:
+    time.sleep(seconds)
+    return os.getpid()
+
+
+def write_pid_and_spin(path: str) -> None:
+    with open(path, "w") as f:
+        f.write(str(os.getpid()))
+    while True:
+        pass
+
+
+def exit_hard(code: int) -> None:
+    os._exit(code)
+
+
+def exit_on(x: int, bad: int) -> int:
+    if x == bad:
+        os._exit(3)
+    return x
+
+
+def polite_sleeper(seconds: float, flag: list[str]) -> str:
+    """Sleeps in small steps, checking whether tasklanes still wants the result."""
+    end = time.monotonic() + seconds
+    try:
+        while time.monotonic() < end:
+            time.sleep(0.005)
+            check_cancelled()
+    except BaseException as exc:
+        flag.append(type(exc).__name__)
+        raise
+    flag.append("finished")
+    return "done"
+
+
+class CustomError(Exception):
+    pass
+
+
+def raise_custom(message: str) -> None:
+    raise CustomError(message)
+
+
+def return_unpicklable() -> object:
+    return threading.Lock()
+
+
+@offload(kind="cpu")
+def offloaded_square(x: int) -> int:
+    return x * x
+
+
+@offload(kind="cpu", timeout=0.5)
+def offloaded_spin() -> None:
+    while True:
+        pass
