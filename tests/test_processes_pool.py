@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-import _pool_tasks as T
+from . import _pool_tasks as T
 from tasklanes._errors import TaskTimeout, WorkerCrashed
 from tasklanes._processes._pool import Outcome, PoolJob, ProcessPool, default_context
 from tasklanes._processes._protocol import RemoteError

@@ -1,0 +1,232 @@
+"""The cpu lane through the public API (tasklanes/_lanes/_cpu.py): real processes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+import anyio
+import pytest
+
+from tasklanes import Scheduler, TaskTimeout, WorkerCrashed, call, run_all
+
+from . import _tasks as T
+
+pytestmark = [pytest.mark.anyio, pytest.mark.timeout(60)]
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie still answers kill(0); it is gone for our purposes once reaped or defunct.
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+async def wait_for_file(path: Path, seconds: float = 10.0) -> str:
+    with anyio.fail_after(seconds):
+        while not path.exists() or not path.read_text():
+            await anyio.sleep(0.01)
+    return path.read_text()
+
+
+async def test_results_in_order(scheduler: Scheduler) -> None:
+    results = await run_all([call(T.double, i) for i in range(200)], kind="cpu", scheduler=scheduler)
+    assert results == [2 * i for i in range(200)]
+
+
+async def test_tasks_really_run_in_other_processes(scheduler: Scheduler) -> None:
+    pids = await run_all(
+        [call(T.getpid_sleep, 0.05) for _ in range(6)], kind="cpu", scheduler=scheduler
+    )
+    assert os.getpid() not in pids
+    assert len(set(pids)) == scheduler.capacity("cpu")
+
+
+async def test_exception_keeps_its_type_and_carries_the_worker_traceback(
+    scheduler: Scheduler,
+) -> None:
+    with pytest.raises(T.CustomError, match="deep down") as info:
+        await run_all([call(T.raise_custom, "deep down")], kind="cpu", scheduler=scheduler)
+    notes = "\n".join(info.value.__notes__)
+    assert "Traceback in worker process" in notes
+    assert "raise_custom" in notes  # the frame inside the worker
+    assert "task 0" in notes
+
+
+async def test_a_crash_costs_only_the_task_that_was_running(scheduler: Scheduler) -> None:
+    results = await run_all(
+        [call(T.exit_on, i, 10) for i in range(40)],
+        kind="cpu", return_exceptions=True, scheduler=scheduler,
+    )
+    crashed = [r for r in results if isinstance(r, WorkerCrashed)]
+    assert len(crashed) == 1 and crashed[0].index == 10
+    assert crashed[0].exitcode == 3
+    assert [r for i, r in enumerate(results) if i != 10] == [i for i in range(40) if i != 10]
+    # The pool healed: a new batch runs on a full set of workers.
+    pids = await run_all(
+        [call(T.getpid_sleep, 0.05) for _ in range(4)], kind="cpu", scheduler=scheduler
+    )
+    assert len(set(pids)) == scheduler.capacity("cpu")
+    assert scheduler.stats()["cpu"].crashed == 1
+
+
+async def test_sigkill_from_outside_is_a_worker_crash(scheduler: Scheduler, tmp_path: Path) -> None:
+    marker = tmp_path / "pid"
+
+    async def kill_it() -> None:
+        pid = int(await wait_for_file(marker))
+        os.kill(pid, signal.SIGKILL)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(kill_it)
+        results = await run_all(
+            [call(T.write_pid_and_spin, str(marker)), call(T.double, 21)],
+            kind="cpu", return_exceptions=True, scheduler=scheduler,
+        )
+    assert isinstance(results[0], WorkerCrashed)
+    assert results[0].signal == "SIGKILL"
+    assert results[1] == 42
+
+
+async def test_timeout_kills_the_worker_process(scheduler: Scheduler, tmp_path: Path) -> None:
+    marker = tmp_path / "pid"
+    start = time.monotonic()
+    results = await run_all(
+        [call(T.write_pid_and_spin, str(marker)), call(T.double, 1)],
+        kind="cpu", timeout=0.5, return_exceptions=True, scheduler=scheduler,
+    )
+    elapsed = time.monotonic() - start
+    assert isinstance(results[0], TaskTimeout) and results[0].index == 0
+    assert results[1] == 2
+    assert elapsed < 0.5 + 2.0  # pool start-up plus the kill, generously
+    pid = int(marker.read_text())
+    with anyio.fail_after(2):
+        while pid_alive(pid):
+            await anyio.sleep(0.02)
+    assert scheduler.stats()["cpu"].killed >= 1
+    assert scheduler.stats()["cpu"].timed_out == 1
+
+
+async def test_cancelling_the_caller_kills_running_tasks(scheduler: Scheduler, tmp_path: Path) -> None:
+    marker = tmp_path / "pid"
+    with anyio.move_on_after(1.0):
+        await run_all([call(T.write_pid_and_spin, str(marker))], kind="cpu", scheduler=scheduler)
+    pid = int(marker.read_text())
+    assert not pid_alive(pid), "run_all returned while its worker still ran"
+
+
+async def test_fail_fast_kills_the_batch_s_other_running_task(
+    scheduler: Scheduler, tmp_path: Path
+) -> None:
+    marker = tmp_path / "pid"
+
+    with pytest.raises(T.CustomError):
+        await run_all(
+            [call(T.write_pid_and_spin, str(marker)), call(T.sleep_return, 0.5, None),
+             call(T.raise_custom, "now")],
+            kind="cpu", scheduler=scheduler,
+        )
+    if marker.exists() and marker.read_text():
+        assert not pid_alive(int(marker.read_text()))
+
+
+async def test_other_batches_are_untouched_by_a_kill(scheduler: Scheduler) -> None:
+    async def other() -> list[object]:
+        return await run_all(
+            [call(T.sleep_return, 0.3, "kept")], kind="cpu", scheduler=scheduler
+        )
+
+    async with anyio.create_task_group() as tg:
+        box: list[list[object]] = []
+
+        async def keep() -> None:
+            box.append(await other())
+
+        tg.start_soon(keep)
+        await anyio.sleep(0.05)
+        results = await run_all(
+            [call(T.write_pid_and_spin, "/dev/null")], kind="cpu", timeout=0.2,
+            return_exceptions=True, scheduler=scheduler,
+        )
+    assert isinstance(results[0], TaskTimeout)
+    assert box == [["kept"]]
+
+
+async def test_lambda_is_refused_before_anything_runs(scheduler: Scheduler) -> None:
+    with pytest.raises(TypeError, match="module-level function"):
+        await run_all([call(T.double, 1), lambda: 1], kind="cpu", scheduler=scheduler)
+    assert scheduler.stats()["cpu"].completed == 0
+
+
+async def test_unpicklable_argument_names_the_task(scheduler: Scheduler) -> None:
+    import threading
+
+    with pytest.raises(TypeError, match="task 1") as info:
+        await run_all(
+            [call(T.double, 1), call(T.double, threading.Lock())], kind="cpu", scheduler=scheduler
+        )
+    assert "pickle" in str(info.value)
+
+
+async def test_unpicklable_result_fails_that_task_only(scheduler: Scheduler) -> None:
+    results = await run_all(
+        [call(T.return_unpicklable), call(T.double, 2)],
+        kind="cpu", return_exceptions=True, scheduler=scheduler,
+    )
+    assert isinstance(results[0], TypeError) and "pickle" in str(results[0])
+    assert results[1] == 4
+
+
+async def test_coroutine_is_refused_with_a_hint(scheduler: Scheduler) -> None:
+    async def coro() -> None:
+        pass
+
+    c = coro()
+    with pytest.raises(TypeError, match="kind='io'"):
+        await run_all([c], kind="cpu", scheduler=scheduler)
+
+
+async def test_offload_cpu_pickles_by_reference() -> None:
+    assert await T.offloaded_square(7) == 49
+    assert await T.offloaded_square.map(range(5)) == [0, 1, 4, 9, 16]
+
+
+async def test_offload_cpu_timeout_kills() -> None:
+    start = time.monotonic()
+    with pytest.raises(TaskTimeout):
+        await T.offloaded_spin()
+    assert time.monotonic() - start < 0.5 + 3.0
+
+
+async def test_tiny_and_long_batches_at_once(scheduler: Scheduler) -> None:
+    """Long tasks are not starved by a flood of tiny ones, nor tiny ones serialized."""
+    async def long_batch() -> float:
+        t = time.monotonic()
+        await run_all([call(T.sleep_return, 0.3, i) for i in range(2)], kind="cpu",
+                      scheduler=scheduler)
+        return time.monotonic() - t
+
+    async def tiny_batch() -> float:
+        t = time.monotonic()
+        await run_all([call(T.double, i) for i in range(5000)], kind="cpu", scheduler=scheduler)
+        return time.monotonic() - t
+
+    await run_all([call(T.double, 0)], kind="cpu", scheduler=scheduler)  # warm the pool
+    out: dict[str, float] = {}
+
+    async def run(name: str, fn: object) -> None:
+        out[name] = await fn()  # type: ignore[operator]
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(run, "long", long_batch)
+        tg.start_soon(run, "tiny", tiny_batch)
+    assert out["long"] < 2.0
+    assert out["tiny"] < 3.0
