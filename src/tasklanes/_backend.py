@@ -52,7 +52,7 @@ class LoopHandle:
     thread (a no-op once the loop has closed: nobody is left to tell).
     """
 
-    __slots__ = ("backend", "call_soon_threadsafe", "clock", "key", "_spawn")
+    __slots__ = ("_spawn", "backend", "call_soon_threadsafe", "clock", "key")
 
     def __init__(self) -> None:
         self.backend = current_backend()
@@ -109,7 +109,9 @@ _background: set[asyncio.Task[None]] = set()
 
 
 @asynccontextmanager
-async def worker_group(backend: str) -> AsyncIterator[Callable[[Callable[[], Coroutine[Any, Any, None]]], None]]:
+async def worker_group(
+    backend: str,
+) -> AsyncIterator[Callable[[Callable[[], Coroutine[Any, Any, None]]], None]]:
     """A task group with the cheapest ``spawn`` the backend has.
 
     The io lane starts up to ``limit`` workers per batch, and anyio's ``start_soon``

@@ -44,8 +44,10 @@ class Lane(Protocol):
     capacity: int
     stats: LaneStats
 
-    #: Raise TypeError if a task does not fit the lane (before anything starts).
-    check_task: Callable[[object, int], None]
+    @property
+    def check_task(self) -> Callable[[object, int], None]:
+        """Raise ``TypeError`` if a task does not fit the lane (before anything starts)."""
+        ...
 
     async def run(self, batch: Batch) -> None:
         """Run every task of ``batch``, at most ``batch.limit`` at once.
@@ -216,8 +218,10 @@ class _Stream:
             # Bound both the reorder buffer and the distance from the oldest result the
             # loop still waits for: a slow first task must not let the rest run away.
             source.set_gate(
-                lambda index: len(self.ready) + len(self.reorder) < window
-                and index < self.next_index + window
+                lambda index: (
+                    len(self.ready) + len(self.reorder) < window
+                    and index < self.next_index + window
+                )
             )
         else:
             source.set_gate(lambda index: len(self.ready) < window)
@@ -336,7 +340,7 @@ class BatchIterator(Generic[T_co]):
                 with anyio.CancelScope(shield=True):
                     await self.aclose()
             raise
-        index, ok, value = stream.ready.popleft()
+        index, _ok, value = stream.ready.popleft()
         stream.source.release()
         if self._with_index:
             return (index, value)  # type: ignore[return-value]

@@ -91,43 +91,85 @@ async def _demo(quick: bool) -> list[tuple[str, str, float, str]]:
         t = time.perf_counter()
         for i in range(n):
             await wait_io(i)
-        rows.append(("io", f"{n} x {SLEEP * 1e3:.0f} ms awaits, one after another",
-                     time.perf_counter() - t, f"{n} ok"))
-        await timed("io", "the same, run_all(kind='io', limit=100)",
-                    run_all([call(wait_io, i) for i in range(n)], "io", limit=100, scheduler=sched))
+        rows.append(
+            (
+                "io",
+                f"{n} x {SLEEP * 1e3:.0f} ms awaits, one after another",
+                time.perf_counter() - t,
+                f"{n} ok",
+            )
+        )
+        await timed(
+            "io",
+            "the same, run_all(kind='io', limit=100)",
+            run_all([call(wait_io, i) for i in range(n)], "io", limit=100, scheduler=sched),
+        )
         mixed: list[Any] = [call(wait_io, i) for i in range(n)]
         mixed += [call(wait_io_too_long), call(fail_io, n + 1)]
-        await timed("io", f"  + 1 endless + 1 failing, timeout={timeout:g}, return_exceptions",
-                    run_all(mixed, "io", limit=100, timeout=timeout, return_exceptions=True,
-                            scheduler=sched))
+        await timed(
+            "io",
+            f"  + 1 endless + 1 failing, timeout={timeout:g}, return_exceptions",
+            run_all(
+                mixed, "io", limit=100, timeout=timeout, return_exceptions=True, scheduler=sched
+            ),
+        )
         # -- blocking: waiting in sync code, on threads -------------------------------
         t = time.perf_counter()
         for i in range(n):
             wait_blocking(i)
-        rows.append(("blocking", f"{n} x time.sleep({SLEEP}), one after another",
-                     time.perf_counter() - t, f"{n} ok"))
-        await timed("blocking", "the same, run_all(kind='blocking', limit=40)",
-                    run_all([call(wait_blocking, i) for i in range(n)], "blocking", limit=40,
-                            scheduler=sched))
+        rows.append(
+            (
+                "blocking",
+                f"{n} x time.sleep({SLEEP}), one after another",
+                time.perf_counter() - t,
+                f"{n} ok",
+            )
+        )
+        await timed(
+            "blocking",
+            "the same, run_all(kind='blocking', limit=40)",
+            run_all(
+                [call(wait_blocking, i) for i in range(n)], "blocking", limit=40, scheduler=sched
+            ),
+        )
         bmixed: list[Any] = [call(wait_blocking, i) for i in range(n)]
         bmixed += [call(wait_blocking_too_long), call(fail, n + 1)]
-        await timed("blocking", f"  + 1 endless + 1 failing, timeout={timeout:g}, return_exceptions",
-                    run_all(bmixed, "blocking", limit=40, timeout=timeout,
-                            return_exceptions=True, scheduler=sched))
+        await timed(
+            "blocking",
+            f"  + 1 endless + 1 failing, timeout={timeout:g}, return_exceptions",
+            run_all(
+                bmixed,
+                "blocking",
+                limit=40,
+                timeout=timeout,
+                return_exceptions=True,
+                scheduler=sched,
+            ),
+        )
         # -- cpu: computing, on processes ------------------------------------------
         t = time.perf_counter()
         for _ in range(cpu_n):
             crunch(work)
-        rows.append(("cpu", f"{cpu_n} x crunch({work:,}), one after another",
-                     time.perf_counter() - t, f"{cpu_n} ok"))
-        await timed("cpu", f"the same, run_all(kind='cpu'), {sched.capacity('cpu')} processes"
-                    " (incl. start)",
-                    run_all([call(crunch, work) for _ in range(cpu_n)], "cpu", scheduler=sched))
+        rows.append(
+            (
+                "cpu",
+                f"{cpu_n} x crunch({work:,}), one after another",
+                time.perf_counter() - t,
+                f"{cpu_n} ok",
+            )
+        )
+        await timed(
+            "cpu",
+            f"the same, run_all(kind='cpu'), {sched.capacity('cpu')} processes (incl. start)",
+            run_all([call(crunch, work) for _ in range(cpu_n)], "cpu", scheduler=sched),
+        )
         cmixed: list[Any] = [call(crunch, work) for _ in range(cpu_n)]
         cmixed += [call(spin_forever), call(fail, cpu_n + 1)]
-        await timed("cpu", f"  + 1 endless + 1 failing, timeout={timeout * 2:g}, return_exceptions",
-                    run_all(cmixed, "cpu", timeout=timeout * 2, return_exceptions=True,
-                            scheduler=sched))
+        await timed(
+            "cpu",
+            f"  + 1 endless + 1 failing, timeout={timeout * 2:g}, return_exceptions",
+            run_all(cmixed, "cpu", timeout=timeout * 2, return_exceptions=True, scheduler=sched),
+        )
         stats = sched.stats()
     _print_table(rows)
     _print_stats(stats)
@@ -146,7 +188,9 @@ def _print_table(rows: list[tuple[str, str, float, str]]) -> None:
 def _print_stats(stats: dict[str, Any]) -> None:
     print("Scheduler.stats() after the demo:")
     cols = ["capacity", "completed", "failed", "timed_out", "cancelled", "crashed", "killed"]
-    print(f"  {'lane':<9}" + "".join(f"{c:>10}" for c in cols) + f"{'wait max':>11}{'run mean':>11}")
+    print(
+        f"  {'lane':<9}" + "".join(f"{c:>10}" for c in cols) + f"{'wait max':>11}{'run mean':>11}"
+    )
     for kind, snap in stats.items():
         line = f"  {kind:<9}" + "".join(f"{snap[c]:>10}" for c in cols)
         line += f"{snap.wait.max * 1e3:>9.1f}ms{snap.run.mean * 1e3:>9.1f}ms"

@@ -5,17 +5,16 @@ from __future__ import annotations
 import functools
 import threading
 from collections import deque
-from collections.abc import AsyncIterable, Awaitable, Callable, Coroutine, Iterable
+from collections.abc import AsyncIterable, Awaitable, Callable, Iterable
 from typing import Any, Generic, Literal, TypeVar, overload
 
 import anyio
+from typing_extensions import ParamSpec
 
 from ._backend import LoopHandle
 from ._call import Call
 from ._scheduler import Scheduler, get_scheduler
 from ._tasks import check_kind, check_limit, check_timeout
-
-from typing_extensions import ParamSpec
 
 __all__ = ["Offloaded", "offload"]
 
@@ -83,6 +82,7 @@ class Offloaded(Generic[P, R]):
         functools.update_wrapper(self, fn)
         self.__wrapped__ = fn
         self.__tasklanes_wrapped__ = fn
+        self.__qualname__: str = getattr(fn, "__qualname__", repr(fn))
         self.kind = kind
         self.limit = limit
         self.timeout = timeout
@@ -108,7 +108,8 @@ class Offloaded(Generic[P, R]):
         return Call(self.__wrapped__, args, kwargs)
 
     def __reduce__(self) -> str:
-        return self.__qualname__
+        name: str = self.__qualname__  # set by functools.update_wrapper
+        return name
 
     async def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
         sched = self._scheduler if self._scheduler is not None else get_scheduler()
@@ -116,9 +117,7 @@ class Offloaded(Generic[P, R]):
         if limiter is not None:
             await limiter.acquire()
         try:
-            results = await sched.run_all(
-                [self._task(args, kwargs)], self.kind, 1, self.timeout
-            )
+            results = await sched.run_all([self._task(args, kwargs)], self.kind, 1, self.timeout)
         except BaseException as exc:
             _drop_batch_note(exc)
             raise
@@ -259,5 +258,3 @@ def offload(
     if fn is not None:
         return decorate(fn)
     return decorate
-
-

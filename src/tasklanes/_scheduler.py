@@ -5,7 +5,7 @@ from __future__ import annotations
 import atexit
 import threading
 import weakref
-from collections.abc import AsyncIterable, Callable, Iterable
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable
 from concurrent.futures import Executor
 from multiprocessing.context import BaseContext
 from typing import TYPE_CHECKING, Any
@@ -153,14 +153,20 @@ class Scheduler:
         timeout: float | None = None,
         return_exceptions: bool = False,
         progress: ProgressArg = False,
-    ) -> BatchIterator:
+    ) -> BatchIterator[Any]:
         """``as_completed`` on this scheduler; see :func:`tasklanes.as_completed`."""
         lane, call_limit, seconds = self._resolve(kind, limit, timeout)
         from ._progress import make_progress
 
         return BatchIterator(
-            lane, tasks, call_limit, seconds, bool(return_exceptions),
-            ordered=False, with_index=True, progress=make_progress(progress),
+            lane,
+            tasks,
+            call_limit,
+            seconds,
+            bool(return_exceptions),
+            ordered=False,
+            with_index=True,
+            progress=make_progress(progress),
         )
 
     def amap(
@@ -173,7 +179,7 @@ class Scheduler:
         ordered: bool = True,
         return_exceptions: bool = False,
         progress: ProgressArg = False,
-    ) -> BatchIterator:
+    ) -> BatchIterator[Any]:
         """``amap`` on this scheduler; see :func:`tasklanes.amap`."""
         if not callable(fn):
             raise TypeError(f"amap() needs a callable first, got {type(fn).__name__}")
@@ -182,8 +188,14 @@ class Scheduler:
         from ._progress import make_progress
 
         return BatchIterator(
-            lane, _map_tasks(fn, items), call_limit, seconds, bool(return_exceptions),
-            ordered=bool(ordered), with_index=False, progress=make_progress(progress),
+            lane,
+            _map_tasks(fn, items),
+            call_limit,
+            seconds,
+            bool(return_exceptions),
+            ordered=bool(ordered),
+            with_index=False,
+            progress=make_progress(progress),
         )
 
     def run_all_sync(
@@ -198,9 +210,7 @@ class Scheduler:
         """``run_all_sync`` on this scheduler; see :func:`tasklanes.run_all_sync`."""
         from ._api import run_sync
 
-        return run_sync(
-            self.run_all, tasks, kind, limit, timeout, return_exceptions, progress
-        )
+        return run_sync(self.run_all, tasks, kind, limit, timeout, return_exceptions, progress)
 
     # -- figures and lifecycle -----------------------------------------------------
 
@@ -296,13 +306,15 @@ def _map_tasks(
 
     if isinstance(items, AsyncIterable):
 
-        async def agen() -> Any:
+        async def agen() -> AsyncIterator[Call[Any]]:
             async for item in items:
                 yield Call(fn, (item,), {})
 
         return agen()
     if isinstance(items, (str, bytes)) or not isinstance(items, Iterable):
-        raise TypeError(f"amap() needs an iterable or async iterable of items, got {type(items).__name__}")
+        raise TypeError(
+            f"amap() needs an iterable or async iterable of items, got {type(items).__name__}"
+        )
     return (Call(fn, (item,), {}) for item in items)
 
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 import functools
 import inspect
 import math
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator, Sized
 from types import CoroutineType
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator
 from typing import Any, Final
 
 import anyio
@@ -53,7 +53,7 @@ def check_kind(kind: object) -> str:
             "'blocking' (sync code that waits, on threads) or 'cpu' (sync code that "
             "computes, on processes)"
         )
-    return kind  # type: ignore[return-value]
+    return str(kind)
 
 
 def check_limit(limit: object) -> int | None:
@@ -70,7 +70,9 @@ def check_timeout(timeout: object) -> float | None:
     if timeout is None:
         return None
     if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
-        raise TypeError(f"timeout must be a number of seconds or None, got {type(timeout).__name__}")
+        raise TypeError(
+            f"timeout must be a number of seconds or None, got {type(timeout).__name__}"
+        )
     if not timeout > 0 or math.isnan(timeout):
         raise ValueError(f"timeout must be > 0 seconds (or None for no timeout), got {timeout}")
     return float(timeout)
@@ -214,10 +216,8 @@ class Source:
             self._alock = anyio.Lock()
         elif isinstance(tasks, Iterable) and not isinstance(tasks, (str, bytes)):
             self._iterator = iter(tasks)
-            try:
-                self.size = len(tasks)  # type: ignore[arg-type]
-            except TypeError:
-                pass
+            if isinstance(tasks, Sized):  # a range, a dict view: sized, yet lazy
+                self.size = len(tasks)
         else:
             raise TypeError(
                 f"tasks must be an iterable or async iterable of tasks, got {type(tasks).__name__}"

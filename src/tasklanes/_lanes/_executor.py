@@ -68,7 +68,9 @@ def default_cpu_count() -> int:
 class ExecutorLane:
     kind = "cpu"
 
-    def __init__(self, executor: Executor, capacity: int | None = None, *, own: bool = False) -> None:
+    def __init__(
+        self, executor: Executor, capacity: int | None = None, *, own: bool = False
+    ) -> None:
         if capacity is None:
             capacity = getattr(executor, "_max_workers", None) or default_cpu_count()
         self.capacity = capacity
