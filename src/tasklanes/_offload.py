@@ -20,6 +20,7 @@ __all__ = ["Offloaded", "offload"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
+W = TypeVar("W")  # what the original returns: R for sync functions, Awaitable[R] for io
 
 
 class _ProcessLimiter:
@@ -63,17 +64,23 @@ class _ProcessLimiter:
             self._free += 1
 
 
-def _invoke(fn: Offloaded[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+def _invoke(fn: Offloaded[..., Any, Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     """Run the original of a decorated function (in a worker process, typically)."""
     return fn.__wrapped__(*args, **kwargs)
 
 
-class Offloaded(Generic[P, R]):
-    """A function decorated with :func:`offload`. Awaiting a call runs it on its lane."""
+class Offloaded(Generic[P, R, W]):
+    """A function decorated with :func:`offload`. Awaiting a call runs it on its lane.
+
+    ``Offloaded[P, R, W]``: called with the original's parameters ``P``, awaiting the
+    call gives ``R``; ``__wrapped__`` is the original, returning ``W``.
+    """
+
+    __wrapped__: Callable[P, W]
 
     def __init__(
         self,
-        fn: Callable[P, Any],
+        fn: Callable[P, W],
         kind: str,
         limit: int | None,
         timeout: float | None,
@@ -180,7 +187,7 @@ def _drop_batch_note(exc: BaseException) -> None:
 
 
 @overload
-def offload(fn: Callable[P, R], /) -> Offloaded[P, R]: ...
+def offload(fn: Callable[P, R], /) -> Offloaded[P, R, R]: ...
 @overload
 def offload(
     *,
@@ -188,7 +195,7 @@ def offload(
     limit: int | None = None,
     timeout: float | None = None,
     scheduler: Scheduler | None = None,
-) -> Callable[[Callable[P, R]], Offloaded[P, R]]: ...
+) -> Callable[[Callable[P, R]], Offloaded[P, R, R]]: ...
 @overload
 def offload(
     *,
@@ -196,7 +203,7 @@ def offload(
     limit: int | None = None,
     timeout: float | None = None,
     scheduler: Scheduler | None = None,
-) -> Callable[[Callable[P, Awaitable[R]]], Offloaded[P, R]]: ...
+) -> Callable[[Callable[P, Awaitable[R]]], Offloaded[P, R, Awaitable[R]]]: ...
 def offload(
     fn: Callable[..., Any] | None = None,
     /,
@@ -236,7 +243,7 @@ def offload(
     if scheduler is not None and not isinstance(scheduler, Scheduler):
         raise TypeError(f"scheduler must be a Scheduler, got {type(scheduler).__name__}")
 
-    def decorate(func: Callable[..., Any]) -> Offloaded[Any, Any]:
+    def decorate(func: Callable[..., Any]) -> Offloaded[Any, Any, Any]:
         if not callable(func):
             raise TypeError(f"@offload decorates a function, got {type(func).__name__}")
         from ._call import unwrap_callable

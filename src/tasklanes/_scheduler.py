@@ -124,7 +124,7 @@ class Scheduler:
             return self._io_limit
         if kind == "blocking":
             return self._blocking_limit
-        return self._lane("cpu").capacity
+        return self.capacity_or_default()
 
     # -- the batch API -----------------------------------------------------------
 

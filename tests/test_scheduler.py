@@ -1,0 +1,196 @@
+"""The Scheduler (tasklanes/_scheduler.py): lifecycle, capacities, stats, executors."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import pickle
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import anyio
+import pytest
+
+import tasklanes
+from tasklanes import LaneSnapshot, Scheduler, TaskTimeout, call, get_scheduler, run_all
+
+from . import _tasks as T
+
+pytestmark = pytest.mark.anyio
+
+
+def test_defaults() -> None:
+    with Scheduler() as sched:
+        assert sched.capacity("io") == 1000
+        assert sched.capacity("blocking") == 40
+        import os
+
+        assert sched.capacity("cpu") == len(os.sched_getaffinity(0))
+
+
+def test_nothing_starts_until_a_lane_is_used() -> None:
+    before = threading.active_count()
+    sched = Scheduler()
+    stats = sched.stats()
+    assert set(stats) == {"io", "blocking", "cpu"}
+    assert all(isinstance(s, LaneSnapshot) for s in stats.values())
+    assert stats["cpu"].completed == 0
+    assert threading.active_count() == before
+    assert not multiprocessing.active_children()
+    sched.close()
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"io_limit": 0}, ValueError, ">= 1"),
+        ({"blocking_limit": -3}, ValueError, ">= 1"),
+        ({"cpu_limit": 0}, ValueError, ">= 1"),
+        ({"io_limit": "10"}, TypeError, "int"),
+        ({"cpu_executor": object()}, TypeError, "Executor"),
+    ],
+)
+def test_bad_constructor_arguments(kwargs: dict[str, object], error: type, match: str) -> None:
+    with pytest.raises(error, match=match):
+        Scheduler(**kwargs)  # type: ignore[arg-type]
+
+
+def test_close_stops_threads_and_processes_and_refuses_new_work() -> None:
+    sched = Scheduler(cpu_limit=2)
+    sched.run_all_sync([call(T.double, 1)], kind="blocking")
+    pids = sched.run_all_sync([call(T.getpid_sleep, 0.05) for _ in range(2)], kind="cpu")
+    threads = [t for t in threading.enumerate() if t.name.startswith("tasklanes")]
+    assert threads
+    sched.close()
+    assert not any(t.is_alive() for t in threads)
+    for pid in pids:
+        with pytest.raises(ProcessLookupError):
+            import os
+
+            os.kill(pid, 0)
+    with pytest.raises(RuntimeError, match="closed"):
+        sched.run_all_sync([call(T.double, 1)], kind="blocking")
+    sched.close()  # idempotent
+
+
+async def test_async_context_manager_closes_without_blocking_the_loop() -> None:
+    async with Scheduler() as sched:
+        assert await run_all([call(T.double, 2)], kind="cpu", scheduler=sched) == [4]
+    assert sched.closed
+
+
+def test_get_scheduler_is_one_per_process_and_recreated_after_close() -> None:
+    first = get_scheduler()
+    assert get_scheduler() is first
+    first.close()
+    second = get_scheduler()
+    assert second is not first and not second.closed
+
+
+async def test_stats_add_up_across_lanes() -> None:
+    async def boom() -> None:
+        raise ValueError
+
+    with Scheduler() as sched:
+        await run_all([call(anyio.sleep, 0) for _ in range(3)] + [boom()],
+                      return_exceptions=True, scheduler=sched)
+        await run_all([call(T.double, 1), call(T.raise_custom, "x")], kind="blocking",
+                      return_exceptions=True, scheduler=sched)
+        await run_all([call(T.double, 1), call(T.exit_hard, 1), call(T.sleep_return, 5, 0)],
+                      kind="cpu", timeout=0.5, return_exceptions=True, scheduler=sched)
+        stats = sched.stats()
+    io, blocking, cpu = stats["io"], stats["blocking"], stats["cpu"]
+    assert (io.completed, io.failed) == (3, 1)
+    assert (blocking.completed, blocking.failed) == (1, 1)
+    assert (cpu.completed, cpu.crashed, cpu.timed_out, cpu.killed) == (1, 1, 1, 1)
+    assert blocking.run.count == 2 and blocking.run.max >= 0
+    assert cpu["run"]["count"] >= 1  # item access works too
+    assert cpu.capacity == sched.capacity("cpu")
+
+
+async def test_cpu_on_a_thread_pool_executor() -> None:
+    """Any concurrent.futures.Executor can carry the cpu lane (here: threads)."""
+    with ThreadPoolExecutor(3) as pool, Scheduler(cpu_executor=pool) as sched:
+        assert sched.capacity("cpu") == 3
+        results = await run_all([call(T.double, i) for i in range(10)], kind="cpu",
+                                scheduler=sched)
+        assert results == [2 * i for i in range(10)]
+        timed = await run_all([call(T.sleep_return, 0.5, 1)], kind="cpu", timeout=0.1,
+                              return_exceptions=True, scheduler=sched)
+        assert isinstance(timed[0], TaskTimeout)
+
+
+DASK_SCRIPT = """
+import distributed
+from tasklanes import Scheduler, call
+from tests import _tasks as T
+
+if __name__ == "__main__":
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                  dashboard_address=None) as cluster, \\
+            distributed.Client(cluster) as client:
+        with Scheduler(cpu_executor=client.get_executor(), cpu_limit=2) as sched:
+            assert sched.run_all_sync([call(T.double, i) for i in range(20)], kind="cpu") == [
+                2 * i for i in range(20)]
+            try:
+                sched.run_all_sync([call(T.raise_custom, "remote")], kind="cpu")
+            except T.CustomError as exc:
+                assert "remote" in str(exc)
+            else:
+                raise AssertionError("no error")
+            # Dask ships functions with cloudpickle: lambdas are fine there.
+            assert sched.run_all_sync([lambda: 5], kind="cpu") == [5]
+            stats = sched.stats()["cpu"]
+            assert (stats.completed, stats.failed) == (21, 1), stats
+    print("dask ok")
+"""
+
+
+@pytest.mark.timeout(180)
+def test_cpu_on_a_dask_cluster(tmp_path: Path) -> None:
+    """The cpu lane on a real Dask LocalCluster, via client.get_executor().
+
+    Run in a subprocess: a Dask cluster keeps threads of its own alive after it closes,
+    which the leak check would rightly count against the test.
+    """
+    pytest.importorskip("distributed")
+    script = tmp_path / "dask_lane.py"
+    script.write_text(DASK_SCRIPT)
+    root = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root / "src"), str(root)])}
+    proc = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=170, env=env
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "dask ok" in proc.stdout
+
+
+def test_mp_context_by_name() -> None:
+    with Scheduler(cpu_limit=1, mp_context="spawn") as sched:
+        assert sched.run_all_sync([call(T.double, 4)], kind="cpu") == [8]
+
+
+def test_exceptions_pickle() -> None:
+    for exc in (TaskTimeout(3, 1.5), tasklanes.WorkerCrashed(2, -9)):
+        copy = pickle.loads(pickle.dumps(exc))
+        assert type(copy) is type(exc) and str(copy) == str(exc)
+        assert copy.index == exc.index
+    crashed = tasklanes.WorkerCrashed(1, -9)
+    assert crashed.signal == "SIGKILL"
+    assert isinstance(TaskTimeout(), TimeoutError)
+
+
+def test_timeouts_reported_promptly_under_load() -> None:
+    start = time.monotonic()
+    with Scheduler() as sched:
+        results = sched.run_all_sync(
+            [call(T.sleep_return, 0.01, i) for i in range(50)] + [call(T.sleep_return, 3, -1)],
+            kind="blocking", timeout=0.3, return_exceptions=True,
+        )
+    assert isinstance(results[-1], TaskTimeout)
+    assert results[:-1] == list(range(50))
+    assert time.monotonic() - start < 5

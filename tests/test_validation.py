@@ -1,0 +1,134 @@
+"""Bad input fails before any task starts (tasklanes/_tasks.py, _call.py)."""
+
+from __future__ import annotations
+
+import functools
+import pickle
+from typing import Any
+
+import anyio
+import pytest
+
+from tasklanes import Call, call, run_all
+
+from . import _tasks as T
+
+pytestmark = pytest.mark.anyio
+
+ran: list[int] = []
+
+
+def record(i: int) -> int:
+    ran.append(i)
+    return i
+
+
+async def coro_record(i: int) -> int:
+    ran.append(i)
+    return i
+
+
+@pytest.fixture(autouse=True)
+def _clear() -> None:
+    ran.clear()
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"kind": "gpu"}, ValueError, "'io'.*'blocking'.*'cpu'"),
+        ({"kind": "blocking", "limit": 0}, ValueError, "limit must be >= 1"),
+        ({"kind": "blocking", "limit": -1}, ValueError, "limit must be >= 1"),
+        ({"kind": "blocking", "limit": 2.5}, TypeError, "limit must be an int"),
+        ({"kind": "blocking", "limit": True}, TypeError, "limit must be an int"),
+        ({"kind": "blocking", "timeout": 0}, ValueError, "timeout must be > 0"),
+        ({"kind": "blocking", "timeout": -1}, ValueError, "timeout must be > 0"),
+        ({"kind": "blocking", "timeout": float("nan")}, ValueError, "timeout must be > 0"),
+        ({"kind": "blocking", "timeout": "1"}, TypeError, "timeout must be a number"),
+        ({"kind": "blocking", "progress": "yes"}, TypeError, "progress must be"),
+    ],
+)
+async def test_bad_arguments(kwargs: dict[str, Any], error: type, match: str) -> None:
+    with pytest.raises(error, match=match):
+        await run_all([call(record, 1)], **kwargs)
+    assert ran == []
+
+
+async def test_sync_callable_on_io_suggests_the_other_lanes() -> None:
+    with pytest.raises(TypeError, match="kind='blocking'.*kind='cpu'") as info:
+        await run_all([coro_record(0), call(record, 1)])
+    assert "task 1" in str(info.value)
+    assert ran == []  # the valid coroutine before it never ran (and was closed)
+
+
+@pytest.mark.parametrize("kind", ["blocking", "cpu"])
+async def test_coroutine_on_a_sync_lane_suggests_io(kind: str) -> None:
+    with pytest.raises(TypeError, match="kind='io'"):
+        await run_all([call(record, 0), coro_record(1)], kind=kind)
+    assert ran == []
+
+
+@pytest.mark.parametrize("kind", ["blocking", "cpu"])
+async def test_async_function_on_a_sync_lane_suggests_io(kind: str) -> None:
+    with pytest.raises(TypeError, match="kind='io'"):
+        await run_all([call(coro_record, 1)], kind=kind)
+
+
+async def test_closure_on_cpu_says_module_level() -> None:
+    def local() -> int:
+        return 1
+
+    with pytest.raises(TypeError, match="module-level"):
+        await run_all([call(T.double, 1), local], kind="cpu")
+
+
+async def test_not_a_task_at_all() -> None:
+    with pytest.raises(TypeError, match="task 0"):
+        await run_all([42], kind="blocking")
+    with pytest.raises(TypeError, match="task 0"):
+        await run_all([42])
+    with pytest.raises(TypeError, match="iterable"):
+        await run_all(42)  # type: ignore[call-overload]
+    with pytest.raises(TypeError, match="iterable"):
+        await run_all("abc", kind="blocking")  # type: ignore[call-overload]
+
+
+async def test_lazy_input_is_checked_as_pulled_and_fails_the_batch() -> None:
+    def tasks() -> Any:
+        yield call(record, 0)
+        yield "not a task"
+        yield call(record, 2)
+
+    with pytest.raises(TypeError, match="task 1"):
+        await run_all(tasks(), kind="blocking", limit=1)
+    assert 2 not in ran
+
+
+async def test_errors_raised_by_the_input_iterator_surface_as_themselves() -> None:
+    def tasks() -> Any:
+        yield call(record, 0)
+        raise LookupError("input broke")
+
+    with pytest.raises(LookupError, match="input broke"):
+        await run_all(tasks(), kind="blocking")
+
+
+def test_call_binds_and_pickles() -> None:
+    task = call(T.sleep_return, 0, value="v")
+    assert task() == "v"
+    assert isinstance(task, Call)
+    copy = pickle.loads(pickle.dumps(task))
+    assert copy() == "v"
+    assert "sleep_return" in repr(task)
+    with pytest.raises(TypeError, match="callable"):
+        call(3)  # type: ignore[arg-type]
+
+
+async def test_partial_is_accepted_everywhere() -> None:
+    assert await run_all([functools.partial(T.double, 3)], kind="cpu") == [6]
+    assert await run_all([functools.partial(T.double, 3)], kind="blocking") == [6]
+    assert await run_all([functools.partial(coro_record, 3)]) == [3]
+
+
+async def test_io_capacity_error_is_not_triggered_by_large_batches() -> None:
+    assert len(await run_all([anyio.sleep(0) for _ in range(2500)])) == 2500
