@@ -114,10 +114,13 @@ def test_pool_close_joins_its_threads() -> None:
     pool = ThreadPool(3)
 
     class FakeJob:  # the smallest thing a thread can serve: nothing ready
-        lock = threading.Lock()
-        ready: list[object] = []
-        cancelled = False
-        serving = 1
+        def __init__(self) -> None:
+            self.lock = threading.Lock()
+            self.ready: list[object] = []
+            self.running: dict[object, float] = {}
+            self.inbox = None
+            self.cancelled = False
+            self.serving = 1
 
     pool.offer(FakeJob(), 1)  # type: ignore[arg-type]
     assert pool.threads == 1

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import pickle
 import threading
+import time
 from multiprocessing.context import BaseContext
 from typing import Any
 
@@ -112,6 +113,16 @@ class ProcessLane:
             tally.run_count += job.run_count
             tally.run_total += job.run_total
             tally.run_max = max(tally.run_max, job.run_max)
+            # Queue lag: a task's turnaround (handed to the pool -> outcome back) less
+            # its run time as measured in the worker. The workers measure run time per
+            # chunk, so per task this uses the batch's mean run time.
+            if runner.turnarounds:
+                mean_run = job.run_total / job.run_count if job.run_count else 0.0
+                tally.wait_count += runner.turnarounds
+                tally.wait_total += max(
+                    runner.turnaround_total - mean_run * runner.turnarounds, 0.0
+                )
+                tally.wait_max = max(tally.wait_max, runner.turnaround_max - mean_run, 0.0)
             self.stats.merge(tally)
 
 
@@ -124,6 +135,10 @@ class _CpuBatch:
         self.outstanding = 0
         self.settled = False
         self.tally = Tally()
+        self.put_at: dict[int, float] = {}  # index -> when handed to the pool
+        self.turnarounds = 0
+        self.turnaround_total = 0.0
+        self.turnaround_max = 0.0
 
     async def run(self) -> None:
         batch = self.batch
@@ -172,17 +187,27 @@ class _CpuBatch:
             added.append(item)
         if added:
             self.outstanding += len(added)
+            now = time.monotonic()
+            self.put_at.update(dict.fromkeys([index for index, _ in added], now))
             job.put(added)
 
     def _deliver(self, items: list[Any], cancelled: bool = False) -> None:
         tally = self.tally
         emit = self.batch.emit
+        now = time.monotonic()
+        put_at = self.put_at
+        longest = 0.0
         for item in items:
             if item is _SETTLED:
                 self.settled = True
                 continue
             index, ok, value = item
             self.outstanding -= 1
+            turnaround = now - put_at.pop(index, now)
+            self.turnarounds += 1
+            self.turnaround_total += turnaround
+            if turnaround > longest:
+                longest = turnaround
             if cancelled:
                 tally.cancelled += 1
                 continue
@@ -195,3 +220,5 @@ class _CpuBatch:
             else:
                 tally.failed += 1
             emit(index, ok, value)
+        if longest > self.turnaround_max:
+            self.turnaround_max = longest
