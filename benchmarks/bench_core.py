@@ -22,8 +22,8 @@ from typing import Any
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "src"))
 
-import tasklanes  # noqa: E402
-from tasklanes import call, run_all  # noqa: E402
+import tasklanes
+from tasklanes import call, run_all
 
 
 def trivial_sync() -> None:

@@ -16,10 +16,11 @@ from typing import Any
 
 import pytest
 
-from . import _pool_tasks as T
 from tasklanes._errors import TaskTimeout, WorkerCrashed
 from tasklanes._processes._pool import Outcome, PoolJob, ProcessPool, default_context
 from tasklanes._processes._protocol import RemoteError
+
+from . import _pool_tasks as T
 
 # A backstop: a hung pool must fail the test, not the whole run.
 pytestmark = (

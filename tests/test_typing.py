@@ -30,7 +30,9 @@ def test_mypy_strict_on_the_package_and_the_public_types() -> None:
 
 def test_ruff_is_clean() -> None:
     ruff = shutil.which("ruff") or str(Path(sys.executable).parent / "ruff")
-    proc = run(ruff, "check", "src", "benchmarks", "examples", "tests", "scripts")
+    # Only the folders that exist: ruff reports a missing path as an error.
+    folders = [d for d in ("src", "benchmarks", "examples", "tests", "scripts") if (ROOT / d).is_dir()]
+    proc = run(ruff, "check", *folders)
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 

@@ -229,6 +229,11 @@ class Source:
         return self._index
 
     @property
+    def in_memory(self) -> bool:
+        """The input is a list or tuple: its tasks are materialised already."""
+        return self._sequence is not None
+
+    @property
     def exhausted(self) -> bool:
         return self._ended
 

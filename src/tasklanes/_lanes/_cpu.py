@@ -167,8 +167,8 @@ class _CpuBatch:
         batch = self.batch
         source = batch.source
         job = self.job
-        if source.size is not None:
-            want = source.size  # already in memory: hand it all over, the pool paces it
+        if source.in_memory and source.size is not None:
+            want = source.size  # a list: hand it all over at once, the pool paces it
         else:
             want = min(max(job.demand + self.outstanding, _MIN_QUEUED), _MAX_QUEUED)
         added: list[tuple[int, Any]] = []

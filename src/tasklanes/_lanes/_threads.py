@@ -218,16 +218,13 @@ class _ThreadBatch:
         stats = self.lane.stats
         pool = self.lane.pool
         try:
-            async with anyio.create_task_group() as tg:
-                if batch.timeout is not None:
+            if batch.timeout is None:
+                await self._pump(pool)  # no watchdog, so no task group: a cheaper call
+            else:
+                async with anyio.create_task_group() as tg:
                     tg.start_soon(self._watchdog, batch.timeout)
-                await self._fill(pool)
-                while self.outstanding:
-                    self._deliver(await self.inbox.get())
-                    if batch.stopping:
-                        break
-                    await self._fill(pool)
-                tg.cancel_scope.cancel()
+                    await self._pump(pool)
+                    tg.cancel_scope.cancel()
             if batch.stopping:
                 await anyio.lowlevel.checkpoint()  # fail-fast: cleanup below runs cancelled
         except BaseException:
@@ -236,6 +233,16 @@ class _ThreadBatch:
             raise
         finally:
             stats.merge(self.tally)
+
+    async def _pump(self, pool: ThreadPool) -> None:
+        """Keep the job fed and hand outcomes over until every task has one."""
+        batch = self.batch
+        await self._fill(pool)
+        while self.outstanding:
+            self._deliver(await self.inbox.get())
+            if batch.stopping:
+                break
+            await self._fill(pool)
 
     async def _fill(self, pool: ThreadPool) -> None:
         """Pull tasks until ``limit`` run and ``buffer`` more are ready, then make sure
