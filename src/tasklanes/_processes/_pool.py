@@ -522,12 +522,18 @@ class ProcessPool:
             for key, _ in events:
                 data = key.data
                 if data is None:
-                    self._wake_pending = False
+                    # Drain first, then clear the flag: a wake-up that lands in
+                    # between finds the flag still set and writes nothing, but its
+                    # command (or ``_closing``) is read below, after the clear. Clearing
+                    # first would let the drain eat the byte of a wake-up that set the
+                    # flag again, and the next one would never be written: close()
+                    # then waited forever on a sleeping manager.
                     try:
                         while os.read(wake_r, 4096):
                             pass
                     except BlockingIOError:
                         pass
+                    self._wake_pending = False
                     continue
                 kind, worker = data
                 if kind == 0:
