@@ -294,6 +294,18 @@ class Source:
             self._check(task, index)
             return (index, task)
 
+    def take_rest(self) -> list[tuple[int, Any]] | None:
+        """Every remaining ``(index, task)`` of a list input at once (checked already),
+        or ``None`` when the input is lazy or gated: then pull one by one."""
+        if self._sequence is None or self._gate is not None or self._ended:
+            return None
+        start = self._index
+        rest = list(enumerate(self._sequence[start:], start))
+        self._index = start + len(rest)
+        self._ended = True
+        self._iterator = None
+        return rest
+
     def close(self) -> None:
         """Stop pulling. Coroutines of a list input that never started are closed."""
         self._ended = True

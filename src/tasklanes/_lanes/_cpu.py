@@ -136,6 +136,7 @@ class _CpuBatch:
         self.settled = False
         self.tally = Tally()
         self.put_at: dict[int, float] = {}  # index -> when handed to the pool
+        self.put_all_at: float | None = None  # a list input: all handed over at once
         self.turnarounds = 0
         self.turnaround_total = 0.0
         self.turnaround_max = 0.0
@@ -167,8 +168,18 @@ class _CpuBatch:
         batch = self.batch
         source = batch.source
         job = self.job
+        if source.in_memory and not batch.stopping:
+            # A list: hand it all over at once, the pool paces it. One timestamp
+            # serves every task for the queue-lag figures.
+            rest = source.take_rest()
+            if rest is not None:
+                if rest:
+                    self.outstanding += len(rest)
+                    self.put_all_at = time.monotonic()
+                    job.put(rest)
+                return
         if source.in_memory and source.size is not None:
-            want = source.size  # a list: hand it all over at once, the pool paces it
+            want = source.size
         else:
             want = min(max(job.demand + self.outstanding, _MIN_QUEUED), _MAX_QUEUED)
         added: list[tuple[int, Any]] = []
@@ -196,6 +207,7 @@ class _CpuBatch:
         emit = self.batch.emit
         now = time.monotonic()
         put_at = self.put_at
+        put_all_at = self.put_all_at
         longest = 0.0
         for item in items:
             if item is _SETTLED:
@@ -203,7 +215,7 @@ class _CpuBatch:
                 continue
             index, ok, value = item
             self.outstanding -= 1
-            turnaround = now - put_at.pop(index, now)
+            turnaround = now - (put_all_at if put_all_at is not None else put_at.pop(index, now))
             self.turnarounds += 1
             self.turnaround_total += turnaround
             if turnaround > longest:
