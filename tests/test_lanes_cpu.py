@@ -230,3 +230,31 @@ async def test_tiny_and_long_batches_at_once(scheduler: Scheduler) -> None:
         tg.start_soon(run, "tiny", tiny_batch)
     assert out["long"] < 2.0
     assert out["tiny"] < 3.0
+
+
+UNGUARDED_SCRIPT = """
+import math
+from tasklanes import call, run_all_sync
+print(run_all_sync([call(math.factorial, 5) for _ in range(3)], kind="cpu"))
+"""
+
+
+def test_a_script_without_a_main_guard_fails_with_a_hint_instead_of_hanging(
+    tmp_path: Path,
+) -> None:
+    # The worker side imports the main module; an unguarded script then tries to start
+    # workers from inside the worker machinery. multiprocessing refuses, and the pool
+    # must turn repeated refusals into errors that say what to do, not wait forever.
+    import subprocess
+    import sys
+
+    script = tmp_path / "unguarded.py"
+    script.write_text(UNGUARDED_SCRIPT)
+    started = time.monotonic()
+    proc = subprocess.run(
+        [sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True, timeout=50
+    )
+    assert proc.returncode != 0
+    assert "could not start a worker process" in proc.stderr
+    assert 'if __name__ == "__main__":' in proc.stderr
+    assert time.monotonic() - started < 40

@@ -78,6 +78,11 @@ KILL_GRACE_SECONDS = 0.2
 """Between SIGTERM and SIGKILL when the pool kills a worker."""
 
 SPAWN_RETRY_SECONDS = 0.5
+# After this many worker starts in a row fail (no worker ready in between), the pool
+# stops trying and fails the tasks that wait, rather than leave their callers hanging.
+# The usual cause is a script without ``if __name__ == "__main__":``: the worker side
+# imports the main module, which then tries to start workers itself.
+SPAWN_GIVE_UP = 3
 _READ_SIZE = 1 << 20
 _WORKER_MODULE = _worker.__name__
 
@@ -351,6 +356,8 @@ class ProcessPool:
         self._rr = 0
         self._spawning = 0
         self._spawn_retry_at: float | None = None
+        self._spawn_failures = 0  # in a row, reset by a worker that becomes ready
+        self._spawn_error: BaseException | None = None
         self._next_chunk_id = 0
         self._selector: selectors.BaseSelector | None = None
         self._spawn_queue: queue.SimpleQueue[bool] = queue.SimpleQueue()
@@ -552,6 +559,8 @@ class ProcessPool:
 
     def _handle_command(self, name: str, arg: Any, now: float) -> None:
         if name == "open":
+            # A new job gets fresh attempts, even after the pool gave up once.
+            self._spawn_failures = 0
             self._jobs.append(arg)
             self._stats["jobs"] = len(self._jobs)
         elif name == "close_input":
@@ -572,6 +581,8 @@ class ProcessPool:
             self._spawning -= 1
             if arg is not None:
                 self._stats["spawn_errors"] += 1
+                self._spawn_failures += 1
+                self._spawn_error = arg
                 self._spawn_retry_at = now + SPAWN_RETRY_SECONDS
                 if self._stats["spawn_errors"] == 1:
                     sys.stderr.write(f"tasklanes: could not start a worker process: {arg!r}\n")
@@ -717,6 +728,7 @@ class ProcessPool:
             self._outcome(w, False, None, msg[1], now, f"could not be pickled: {msg[2]}")
         elif kind == "ready":
             w.ready = True
+            self._spawn_failures = 0
             w.pid = msg[1]
             self._update_counts()
         elif kind == "returned":
@@ -999,6 +1011,11 @@ class ProcessPool:
         crashed = not w.doomed
         if crashed and (w.inflight or not w.ready):
             self._stats["crashed"] += 1
+        if crashed and not w.ready and not self._closing:
+            self._spawn_failures += 1
+            self._spawn_error = RuntimeError(
+                f"a worker process exited (code {exitcode}) before it was ready"
+            )
         first = True
         for chunk in w.inflight:
             job = chunk.job
@@ -1035,6 +1052,9 @@ class ProcessPool:
             if job._requeue:
                 job._queue.extendleft(reversed(job._requeue))
                 job._requeue.clear()
+        if self._spawn_failures >= SPAWN_GIVE_UP:
+            self._give_up_waiting_tasks()
+            return
         if self._spawn_retry_at is not None:
             if now < self._spawn_retry_at:
                 return
@@ -1046,6 +1066,28 @@ class ProcessPool:
                 self._spawn_queue.put(True)
             self._spawning += missing
             self._update_counts()
+
+    def _give_up_waiting_tasks(self) -> None:
+        """Workers cannot be started: fail every task that waits for one (while a live
+        worker remains, it serves them instead). No new start is tried until a new job
+        opens."""
+        if any(not w.doomed and not w.dead for w in self._workers):
+            return
+        cause = self._spawn_error
+        for job in self._jobs:
+            if job._cancelled or not job._queue:
+                continue
+            while job._queue:
+                index, _ = job._queue.popleft()
+                error = RuntimeError(
+                    f"task {index} did not run: tasklanes could not start a worker process "
+                    f"({self._spawn_failures} attempts in a row failed; last: {cause!r}). "
+                    "If this runs from a script, put the code that starts the work under "
+                    "'if __name__ == \"__main__\":' -- worker processes import the main "
+                    "module."
+                )
+                error.__cause__ = cause
+                job._out.append((index, False, error))
 
     def _deliver_and_settle(self) -> None:
         settled = False
