@@ -258,3 +258,29 @@ def test_a_script_without_a_main_guard_fails_with_a_hint_instead_of_hanging(
     assert "could not start a worker process" in proc.stderr
     assert 'if __name__ == "__main__":' in proc.stderr
     assert time.monotonic() - started < 40
+
+
+async def test_many_tiny_tasks_from_a_list_all_arrive_and_are_counted(
+    scheduler: Scheduler,
+) -> None:
+    # A list input takes the bulk path (one hand-over, results stored in bulk); the
+    # figures must still add up task by task.
+    n = 5000
+    results = await run_all([call(T.double, i) for i in range(n)], kind="cpu", scheduler=scheduler)
+    assert results == [2 * i for i in range(n)]
+    cpu = scheduler.stats()["cpu"]
+    assert cpu["completed"] == n
+    assert cpu["failed"] == cpu["crashed"] == cpu["timed_out"] == 0
+    assert cpu["running"] == cpu["waiting"] == 0
+
+
+async def test_a_lazy_input_and_progress_take_the_one_by_one_path(scheduler: Scheduler) -> None:
+    seen: list[int] = []
+    results = await run_all(
+        (call(T.double, i) for i in range(300)),
+        kind="cpu",
+        scheduler=scheduler,
+        progress=lambda update: seen.append(update.done),
+    )
+    assert results == [2 * i for i in range(300)]
+    assert seen[-1] == 300
