@@ -518,3 +518,53 @@ def test_bad_arguments(pool: ProcessPool) -> None:
         pool.open_job(limit=1, timeout=0, deliver=c.deliver, on_settled=c.settled.set)
     with pytest.raises(ValueError, match="max_workers"):
         ProcessPool(0)
+
+
+# ---------------------------------------------------------------- held outcomes
+# Workers hold the outcomes of quick tasks for a moment and send them together; the
+# shared slot tells the parent which task runs. These cases put a crash, a timeout
+# and a slow task right behind many held outcomes.
+
+
+def test_crash_behind_held_outcomes_blames_only_the_running_task(pool: ProcessPool) -> None:
+    n, bad = 4000, 3333  # late in the batch: chunks are big and outcomes held by then
+    c = run(pool, [P(T.exit_if, i, bad) for i in range(n)])
+    assert len(c.outcomes) == n
+    for i in range(n):
+        ok, value = c.outcomes[i]
+        if i == bad:
+            assert not ok
+            assert isinstance(value, WorkerCrashed)
+            assert value.index == bad
+        else:
+            assert (ok, value) == (True, i), i
+    assert pool.stats()["crashed"] == 1
+
+
+def test_timeout_behind_held_outcomes_fails_only_the_slow_task(pool: ProcessPool) -> None:
+    tasks: list[Callable[[], object]] = [P(T.inc, i) for i in range(3000)]
+    tasks.append(P(T.sleep_then, 30.0, "never"))
+    tasks += [P(T.inc, i) for i in range(3001, 4000)]
+    started = time.monotonic()
+    c = run(pool, tasks, timeout=1.0)
+    assert time.monotonic() - started < 15
+    ok, value = c.outcomes[3000]
+    assert not ok
+    assert isinstance(value, TaskTimeout)
+    assert value.index == 3000
+    for i in range(4000):
+        if i != 3000:
+            assert c.outcomes[i] == (True, i + 1), i
+    assert pool.stats()["timed_out"] == 1
+
+
+def test_slow_tasks_behind_held_outcomes_get_their_whole_timeout(pool: ProcessPool) -> None:
+    # A timeout counts from the task's own start (read from the shared slot), not from
+    # the last outcome the parent saw: these sleepers finish well inside it.
+    tasks: list[Callable[[], object]] = [P(T.inc, i) for i in range(2000)]
+    tasks += [P(T.sleep_then, 0.4, "slow") for _ in range(4)]
+    tasks += [P(T.inc, i) for i in range(2004, 3000)]
+    c = run(pool, tasks, timeout=2.0)
+    assert [c.outcomes[i] for i in range(2000, 2004)] == [(True, "slow")] * 4
+    assert all(c.outcomes[i] == (True, i + 1) for i in range(3000) if not 2000 <= i < 2004)
+    assert pool.stats()["timed_out"] == 0

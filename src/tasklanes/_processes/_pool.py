@@ -53,8 +53,10 @@ from ._protocol import (
     CHUNK_HEADER,
     FRAME_HEADER,
     FRAME_HEADER_LONG,
+    MANY_HEADER,
     SECONDS,
     TAG_OK,
+    TAG_OK_MANY,
     TAG_OTHER,
     frame,
 )
@@ -92,6 +94,8 @@ _PROTOCOL = pickle.HIGHEST_PROTOCOL
 _unpack_len = FRAME_HEADER.unpack_from
 _unpack_long = FRAME_HEADER_LONG.unpack_from
 _unpack_seconds = SECONDS.unpack_from
+_unpack_many = MANY_HEADER.unpack_from
+_MANY_SIZE = MANY_HEADER.size
 _partial = functools.partial
 
 
@@ -265,6 +269,7 @@ class _Worker:
         "job",
         "kill_at",
         "outbuf",
+        "parsed",
         "pid",
         "proc",
         "rbuf",
@@ -274,6 +279,7 @@ class _Worker:
         "reason",
         "rfd",
         "sentinel",
+        "slot",
         "task_start",
         "timed_out",
         "wconn",
@@ -286,8 +292,12 @@ class _Worker:
         proc: multiprocessing.process.BaseProcess,
         wconn: multiprocessing.connection.Connection,
         rconn: multiprocessing.connection.Connection,
+        slot: Any,
     ) -> None:
         self.proc = proc
+        # Shared with the worker: [start time of its current task, tasks started].
+        self.slot = slot
+        self.parsed = 0  # outcomes read from it (so slot[0] - parsed - 1: running task)
         self.pid: int = proc.pid or 0
         self.wconn = wconn
         self.rconn = rconn
@@ -487,10 +497,11 @@ class ProcessPool:
         assert self._alive_r is not None
         task_r, task_w = ctx.Pipe(duplex=False)
         result_r, result_w = ctx.Pipe(duplex=False)
+        slot = ctx.RawArray("d", 2)
         try:
             proc = ctx.Process(  # type: ignore[attr-defined]
                 target=_worker.main,
-                args=(task_r, result_w, self._alive_r),
+                args=(task_r, result_w, self._alive_r, slot),
                 name="tasklanes-worker",
                 daemon=True,
             )
@@ -504,7 +515,7 @@ class ProcessPool:
         result_w.close()
         os.set_blocking(task_w.fileno(), False)
         os.set_blocking(result_r.fileno(), False)
-        return _Worker(proc, task_w, result_r)
+        return _Worker(proc, task_w, result_r, slot)
 
     # ------------------------------------------------------------------ manager thread
 
@@ -689,6 +700,9 @@ class ProcessPool:
                     continue
                 self._other(w, msg, now)
                 continue
+            if tag == TAG_OK_MANY:
+                self._parse_many(w, mv[start + 1 : end], now)
+                continue
             # The hot path: the outcome of the current task of this worker.
             seconds = None
             ok = True
@@ -704,6 +718,7 @@ class ProcessPool:
             chunk = inflight[0]
             k = chunk.done
             chunk.done = k + 1
+            w.parsed += 1
             job = chunk.job
             if not ok:
                 index = chunk.items[k][0]
@@ -719,6 +734,41 @@ class ProcessPool:
         if pos < n:
             w.rbuf = bytes(mv[pos:])
         mv.release()
+
+    def _parse_many(self, w: _Worker, payload: memoryview, now: float) -> None:
+        """``TAG_OK_MANY``: the values of the next ``count`` tasks of ``w``'s stream, all
+        of one chunk; the chunk's run time when they end it."""
+        seconds, count = _unpack_many(payload, 0)
+        chunk = w.inflight[0]
+        k = chunk.done
+        end = k + count
+        items = chunk.items
+        ok = True
+        try:
+            values = _loads(payload[_MANY_SIZE:])
+        except BaseException as exc:
+            # The values pickled in the worker but not here (a class importable there
+            # only, say): fail each of those tasks, naming it.
+            ok = False
+            values = [
+                TypeError(f"result of task {items[j][0]} could not be unpickled: {exc!r}")
+                for j in range(k, end)
+            ]
+        job = chunk.job
+        if not job._cancelled:
+            timed_out = w.timed_out
+            if timed_out is None or timed_out[0] is not chunk:
+                indexes = [item[0] for item in items[k:end]]
+                job._out.extend(zip(indexes, [ok] * count, values, strict=True))
+            else:
+                for j, value in zip(range(k, end), values, strict=True):
+                    if j != timed_out[1]:  # that one failed with TaskTimeout already
+                        job._out.append((items[j][0], ok, value))
+        chunk.done = end
+        w.parsed += count
+        if end == len(items):
+            self._chunk_done(w, chunk, None if seconds != seconds else seconds, end)
+        w.task_start = now
 
     def _other(self, w: _Worker, msg: tuple[Any, ...], now: float) -> None:
         kind = msg[0]
@@ -749,6 +799,7 @@ class ProcessPool:
         chunk = w.inflight[0]
         k = chunk.done
         chunk.done = k + 1
+        w.parsed += 1
         index = chunk.items[k][0]
         job = chunk.job
         if bad_result is not None:
@@ -981,14 +1032,41 @@ class ProcessPool:
             job = w.job
             if job is None or job._timeout is None:
                 continue
+            offset = self._running_offset(w)
+            if offset < 0:
+                # Nothing runs right now, so whatever starts next starts later than
+                # this: its timeout counts from no earlier than now.
+                w.task_start = now
+                continue
+            started_at = w.slot[1]
+            if started_at > w.task_start:
+                w.task_start = started_at  # the worker's own word beats our guess
             if now - w.task_start >= job._timeout:
-                chunk = w.inflight[0]
-                k = chunk.done
+                found = self._locate(w, offset)
+                if found is None:  # pragma: no cover - the slot and our books disagree
+                    continue
+                chunk, k = found
                 index = chunk.items[k][0]
                 job._out.append((index, False, TaskTimeout(index, job._timeout)))
                 w.timed_out = (chunk, k)
                 self._stats["timed_out"] += 1
                 self._kill(w, "timeout", now)
+
+    @staticmethod
+    def _running_offset(w: _Worker) -> int:
+        """Which of ``w``'s tasks without an outcome yet is running: 0 for the first,
+        more when finished outcomes wait in its buffer; -1 when none runs."""
+        return int(w.slot[0]) - w.parsed - 1
+
+    @staticmethod
+    def _locate(w: _Worker, offset: int) -> tuple[_Chunk, int] | None:
+        """The ``offset``-th task without an outcome among ``w``'s chunks in flight."""
+        for chunk in w.inflight:
+            remaining = len(chunk.items) - chunk.done
+            if offset < remaining:
+                return chunk, chunk.done + offset
+            offset -= remaining
+        return None
 
     def _kill(self, w: _Worker, reason: str, now: float) -> None:
         w.doomed = True
@@ -1016,21 +1094,27 @@ class ProcessPool:
             self._spawn_error = RuntimeError(
                 f"a worker process exited (code {exitcode}) before it was ready"
             )
-        first = True
+        # The task that was running takes the blame for a crash. Tasks before it in the
+        # stream finished, but their outcomes died in the worker's buffer: they run
+        # again, like every task after it. (If none was running, the worker died
+        # between tasks, or loading a chunk: the first task without an outcome takes
+        # the blame, so that a chunk that kills every worker cannot loop forever.)
+        blame = max(self._running_offset(w), 0)
+        position = 0
         for chunk in w.inflight:
             job = chunk.job
             for k in range(chunk.done, len(chunk.items)):
                 index, task = chunk.items[k]
+                here = position
+                position += 1
                 if w.timed_out is not None and w.timed_out == (chunk, k):
-                    first = False
                     continue
                 if job._cancelled:
                     continue
-                if first and crashed:
+                if here == blame and crashed:
                     job._out.append((index, False, WorkerCrashed(index, exitcode)))
                 else:
                     job._requeue.append((index, task))
-                first = False
         w.inflight.clear()
         if w.job is not None:
             w.job._holders -= 1

@@ -25,6 +25,11 @@ Worker -> parent, one message per event, told apart by their first byte:
 * ``TAG_OK_LAST`` + 8-byte float + pickle(value): the same, for the last task of a chunk;
   the float is the chunk's run time in the worker (the parent learns task durations
   per chunk; cheaper than per task).
+* ``TAG_OK_MANY`` + ``MANY_HEADER`` (float, count) + pickle(list of values): the next
+  ``count`` tasks of the stream, all of one chunk, returned these values. A worker
+  holds the values of quick tasks for up to half a millisecond and sends them in one
+  message: one pickle and one write instead of one per task. The float is the chunk's
+  run time when the last of them ends the chunk, else NaN.
 * ``TAG_OTHER`` + pickle(tuple), the tuple one of:
 
   - ``("error", chunk_seconds_or_None, exception, traceback_text)``: the next task
@@ -37,8 +42,14 @@ Worker -> parent, one message per event, told apart by their first byte:
   - ``("unloadable", chunk_id, exception, traceback_text)``: the chunk could not be
     unpickled in the worker; none of its tasks ran.
 
-Outcomes carry no index: a worker runs its chunks strictly in order, and writes each
-outcome before it starts the next task.
+Outcomes carry no index: a worker runs its chunks strictly in order, so the parent
+knows which task each outcome belongs to.
+
+Besides the pipes, each worker shares a *slot* with the parent: two doubles in shared
+memory, which the worker sets before it starts each task (the start time, then how
+many tasks it has started). Outcomes may wait in the worker's buffer, so the parent
+reads the slot to learn which task runs and since when: that names the task to fail
+when the worker dies, and the start its timeout counts from.
 
 This module is imported by worker processes: keep it free of heavy imports.
 """
@@ -51,11 +62,13 @@ __all__ = [
     "CHUNK_HEADER",
     "FRAME_HEADER",
     "FRAME_HEADER_LONG",
+    "MANY_HEADER",
     "SECONDS",
     "STOP",
     "TAG_OK",
     "TAG_OK_LAST",
     "TAG_OTHER",
+    "TAG_OK_MANY",
     "RemoteError",
     "frame",
 ]
@@ -67,10 +80,13 @@ CHUNK_HEADER = struct.Struct("<qd")
 STOP = b""
 
 SECONDS = struct.Struct("<d")
+# TAG_OK_MANY's header: the chunk's run time (NaN: the chunk goes on) and the count.
+MANY_HEADER = struct.Struct("<dI")
 
 TAG_OK = 0
 TAG_OK_LAST = 1
 TAG_OTHER = 2
+TAG_OK_MANY = 3
 
 
 def frame(payload: bytes) -> bytes:

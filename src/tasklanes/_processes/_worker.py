@@ -1,10 +1,14 @@
 """The code that runs inside each worker process of the pool.
 
-A worker reads chunks of tasks from its task pipe, runs them in order, and writes one
-message per task the moment the task is done -- before it starts the next one. That
-is what lets the parent name the task that was running when a worker dies: after
-draining the result pipe, it is the first task of the worker's stream without an
-outcome.
+A worker reads chunks of tasks from its task pipe, runs them in order, and sends each
+task's outcome back. Quick successes are held for up to ``FLUSH_SECONDS`` and sent
+together (one pickle and one write for many tasks: most of the cost of a tiny task);
+a failure, the end of a chunk, or a task that ran long sends at once. Before each
+task the worker publishes how many tasks it has started in a shared slot, which is
+what lets the parent name the task that was running when the worker dies or
+overruns its timeout. The price of holding outcomes: if the worker dies, the quick
+tasks that finished in the last half millisecond lose their outcome and run again
+on another worker.
 
 A chunk comes with a time budget. When a chunk has run past its budget and tasks
 remain, the worker hands the unstarted ones back (along with any chunk queued behind
@@ -21,14 +25,17 @@ import pickle
 import signal
 from collections.abc import Callable
 from multiprocessing.connection import Connection
-from time import perf_counter
+from time import monotonic
+from typing import Any
 
 from ._protocol import (
     CHUNK_HEADER,
     FRAME_HEADER,
+    MANY_HEADER,
     SECONDS,
     TAG_OK,
     TAG_OK_LAST,
+    TAG_OK_MANY,
     TAG_OTHER,
     RemoteError,
     frame,
@@ -42,17 +49,23 @@ _PROTOCOL = pickle.HIGHEST_PROTOCOL
 _OK = bytes([TAG_OK])
 _OK_LAST = bytes([TAG_OK_LAST])
 _OTHER = bytes([TAG_OTHER])
+_OK_MANY = bytes([TAG_OK_MANY])
+_NAN = float("nan")
+FLUSH_SECONDS = 0.0005
+FLUSH_COUNT = 1024
 
 
-def main(tasks: Connection, results: Connection, alive: Connection) -> None:
+def main(tasks: Connection, results: Connection, alive: Connection, slot: Any) -> None:
     """The worker's whole life: runs until ``STOP``, end of file on ``tasks``, or the
     parent's death (end of file on ``alive``).
 
     ``tasks`` carries chunks from the parent, ``results`` carries messages back (written
-    with raw ``os.write`` calls: one system call per message, nothing buffered, so a
-    crash never loses a finished task's outcome). ``alive`` is a pipe whose write end
-    only the parent holds: a watchdog thread exits the process when it reads end of
-    file, which catches a parent that died while a long task runs.
+    with raw ``os.write`` calls). ``slot`` is a shared array of two doubles: before each
+    task we store its start time, then how many tasks we have started, so the parent
+    knows which task runs even while finished outcomes wait in our buffer. ``alive``
+    is a pipe whose write end only the parent holds: a watchdog thread exits the
+    process when it reads end of file, which catches a parent that died while a long
+    task runs.
     """
     # Ctrl-C goes to the whole foreground process group; the parent decides what
     # happens to running tasks (it kills us if it wants them stopped).
@@ -64,11 +77,10 @@ def main(tasks: Connection, results: Connection, alive: Connection) -> None:
     poll = tasks.poll
     header_size = CHUNK_HEADER.size
     unpack_header = CHUNK_HEADER.unpack_from
-    dumps = _dumps
     write = os.write
     pack_len = FRAME_HEADER.pack
-    pack_seconds = SECONDS.pack
-    clock = perf_counter
+    clock = monotonic
+    begun = 0  # tasks started in this process's life, published in ``slot[0]``
     getpid = os.getpid
 
     _send_other(out, ("ready", pid))
@@ -88,7 +100,15 @@ def main(tasks: Connection, results: Connection, alive: Connection) -> None:
         del raw
         started = clock()
         last = len(seq) - 1
+        buf: list[object] = []
+        buf_since = 0.0
+        now = started
         for k in range(last + 1):
+            # Publish the start before running: time first, so that a parent reading
+            # the count sees a start time at least as recent as that task's.
+            slot[1] = now
+            begun += 1
+            slot[0] = begun
             task = seq[k]
             # Drop our reference so that a big task is freed as soon as it is done.
             seq[k] = None
@@ -100,22 +120,48 @@ def main(tasks: Connection, results: Connection, alive: Connection) -> None:
                 payload = _OTHER + _other_payload(_with_traceback(("error", seconds), exc))
             else:
                 now = clock()
-                try:
-                    if k == last:
-                        payload = _OK_LAST + pack_seconds(now - started) + dumps(value, _PROTOCOL)
-                    else:
-                        payload = _OK + dumps(value, _PROTOCOL)
-                except BaseException as exc:
-                    seconds = now - started if k == last else None
-                    payload = _OTHER + _other_payload(("bad_result", seconds, _describe(exc)))
+                # Coalesce: hold the values of quick tasks for up to FLUSH_SECONDS
+                # and send them in one message (one pickle, one write).
+                if not buf:
+                    buf_since = now
+                buf.append(value)
                 value = None
+                task = None
+                if getpid() != pid:
+                    os._exit(0)  # a forked child returned into our loop (see below)
+                give_back = now - started > budget and (k < last or poll(0))
+                if (
+                    not give_back
+                    and k < last
+                    and now - buf_since < FLUSH_SECONDS
+                    and len(buf) < FLUSH_COUNT
+                ):
+                    continue
+                queued: list[int] = []
+                stop = False
+                if give_back:
+                    queued, stop = _read_queued(recv, poll)  # before the flush: see below
+                _flush(out, buf, now - started if k == last else _NAN)
+                buf = []
+                if give_back:
+                    if k < last:
+                        _send_other(out, ("returned", chunk_id, k + 1, now - started))
+                    for other in queued:
+                        _send_other(out, ("returned", other, 0, 0.0))
+                    if stop:
+                        return
+                    break
+                continue
             task = None
             if getpid() != pid:
                 # The task forked and the child returned into our loop: it must not
                 # act as the worker (write to our pipes, run our tasks).
                 os._exit(0)
+            if buf:  # the successes before this failure go first, in order
+                _flush(out, buf, _NAN)
+                buf = []
             give_back = now - started > budget and (k < last or poll(0))
-            queued: list[int] = []
+            queued = []
             stop = False
             if give_back:
                 # Over budget: hand back what we have not started, so that idle
@@ -144,6 +190,32 @@ def main(tasks: Connection, results: Connection, alive: Connection) -> None:
                     return
                 break
         del seq, fn
+
+
+def _flush(out: int, values: list[object], seconds: float) -> None:
+    """Send ``values``, the outcomes of the next ``len(values)`` tasks, all successes;
+    ``seconds`` is the chunk's run time when the last of them ends the chunk, else NaN."""
+    if len(values) > 1:
+        try:
+            head = MANY_HEADER.pack(seconds, len(values))
+            payload = _OK_MANY + head + _dumps(values, _PROTOCOL)
+        except BaseException:
+            pass  # one of them does not pickle: send them one by one, so only it fails
+        else:
+            _write_all(out, memoryview(frame(payload)))
+            return
+    last = len(values) - 1
+    for i, value in enumerate(values):
+        end = i == last and seconds == seconds  # not NaN: this one ends the chunk
+        try:
+            if end:
+                one = _OK_LAST + SECONDS.pack(seconds) + _dumps(value, _PROTOCOL)
+            else:
+                one = _OK + _dumps(value, _PROTOCOL)
+        except BaseException as exc:
+            message = ("bad_result", seconds if end else None, _describe(exc))
+            one = _OTHER + _other_payload(message)
+        _write_all(out, memoryview(frame(one)))
 
 
 def _read_queued(
