@@ -190,12 +190,6 @@ def test_unpicklable_result(sched: Scheduler) -> None:
     assert_healed(sched)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: ProcessPool._parse re-concatenates its read buffer (rbuf + data) on every "
-    "pipe read, so a large result is reassembled in quadratic time (10 MB 1.5 s, 30 MB 11 s, "
-    "100 MB about 2 minutes)",
-)
 def test_100mb_result(sched: Scheduler) -> None:
     """A 100 MB result arrives whole, in reasonable time (a pipe moves 100 MB in well
     under a second; the bound is generous for a loaded machine)."""

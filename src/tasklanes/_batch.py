@@ -381,7 +381,9 @@ class BatchIterator(Generic[T_co]):
     def __del__(self) -> None:
         # ``break`` drops the iterator without awaiting anything: cancel the batch now
         # (on its loop, whichever thread the garbage collector runs in).
-        stream = self._stream
+        stream = getattr(self, "_stream", None)
+        if stream is None:
+            return  # the constructor raised (bad input): nothing ever started
         batch = stream.batch
         if batch is not None and not stream.done:
             batch.stopping = True

@@ -61,7 +61,12 @@ class Scheduler:
         if isinstance(mp_context, str):
             import multiprocessing
 
-            mp_context = multiprocessing.get_context(mp_context)
+            mp_context = multiprocessing.get_context(mp_context)  # ValueError if unknown
+        elif mp_context is not None and not callable(getattr(mp_context, "Process", None)):
+            raise TypeError(
+                "mp_context must be a multiprocessing context, a start method name "
+                f"('forkserver', 'spawn', 'fork') or None, got {type(mp_context).__name__}"
+            )
         self._io_limit = io_limit
         self._blocking_limit = blocking_limit
         self._cpu_limit = cpu_limit

@@ -53,13 +53,17 @@ from ._protocol import (
     CHUNK_HEADER,
     FRAME_HEADER,
     FRAME_HEADER_LONG,
+    JOURNAL_BYTES,
+    JOURNAL_HEADER,
     MANY_HEADER,
+    RECORD_LEN,
     SECONDS,
     TAG_OK,
     TAG_OK_MANY,
     TAG_OTHER,
     frame,
 )
+from ._shared import SLOT_BYTES, SharedBlock
 
 __all__ = ["Outcome", "PoolJob", "ProcessPool", "default_context"]
 
@@ -96,6 +100,8 @@ _unpack_long = FRAME_HEADER_LONG.unpack_from
 _unpack_seconds = SECONDS.unpack_from
 _unpack_many = MANY_HEADER.unpack_from
 _MANY_SIZE = MANY_HEADER.size
+_unpack_record = RECORD_LEN.unpack_from
+_REC = RECORD_LEN.size
 _partial = functools.partial
 
 
@@ -263,11 +269,14 @@ class _Chunk:
 
 class _Worker:
     __slots__ = (
+        "block",
         "dead",
         "doomed",
         "inflight",
         "job",
+        "journal",
         "kill_at",
+        "last_epoch",
         "outbuf",
         "parsed",
         "pid",
@@ -278,6 +287,7 @@ class _Worker:
         "ready",
         "reason",
         "rfd",
+        "rneed",
         "sentinel",
         "slot",
         "task_start",
@@ -292,12 +302,17 @@ class _Worker:
         proc: multiprocessing.process.BaseProcess,
         wconn: multiprocessing.connection.Connection,
         rconn: multiprocessing.connection.Connection,
-        slot: Any,
+        block: SharedBlock,
     ) -> None:
         self.proc = proc
+        self.block = block
         # Shared with the worker: [start time of its current task, tasks started].
-        self.slot = slot
+        self.slot = memoryview(block.mmap)[:SLOT_BYTES].cast("d")
         self.parsed = 0  # outcomes read from it (so slot[0] - parsed - 1: running task)
+        # Shared too: the outcomes it holds (see _protocol), and the journal epoch of
+        # the last held batch it sent us.
+        self.journal = memoryview(block.mmap)[SLOT_BYTES:]
+        self.last_epoch = -1
         self.pid: int = proc.pid or 0
         self.wconn = wconn
         self.rconn = rconn
@@ -310,7 +325,11 @@ class _Worker:
         self.reading = False
         self.writing = False
         self.outbuf = bytearray()
-        self.rbuf = b""
+        # The start of a message not complete yet, and how long it will be once it
+        # is (0: not known yet). A big result arrives in many reads: they are
+        # gathered here and parsed once, not re-joined on every read.
+        self.rbuf = bytearray()
+        self.rneed = 0
         self.task_start = 0.0
         self.doomed = False  # being killed by us
         self.reason = ""  # why: "timeout", "cancel"
@@ -497,11 +516,11 @@ class ProcessPool:
         assert self._alive_r is not None
         task_r, task_w = ctx.Pipe(duplex=False)
         result_r, result_w = ctx.Pipe(duplex=False)
-        slot = ctx.RawArray("d", 2)
+        block = SharedBlock(SLOT_BYTES + JOURNAL_BYTES)
         try:
             proc = ctx.Process(  # type: ignore[attr-defined]
                 target=_worker.main,
-                args=(task_r, result_w, self._alive_r, slot),
+                args=(task_r, result_w, self._alive_r, block),
                 name="tasklanes-worker",
                 daemon=True,
             )
@@ -509,13 +528,15 @@ class ProcessPool:
         except BaseException:
             for conn in (task_r, task_w, result_r, result_w):
                 conn.close()
+            block.close()
             raise
         # The child has its own copies now; ours would keep the pipes open after it dies.
         task_r.close()
         result_w.close()
         os.set_blocking(task_w.fileno(), False)
         os.set_blocking(result_r.fileno(), False)
-        return _Worker(proc, task_w, result_r, slot)
+        block.started()
+        return _Worker(proc, task_w, result_r, block)
 
     # ------------------------------------------------------------------ manager thread
 
@@ -668,8 +689,13 @@ class ProcessPool:
 
     def _parse(self, w: _Worker, data: bytes, now: float) -> None:
         if w.rbuf:
-            data = w.rbuf + data
-            w.rbuf = b""
+            rbuf = w.rbuf
+            rbuf += data
+            if len(rbuf) < w.rneed:
+                return  # the big message is still incomplete: gather more first
+            data = bytes(rbuf)
+            w.rbuf = bytearray()
+            w.rneed = 0
         n = len(data)
         mv = memoryview(data)
         pos = 0
@@ -732,43 +758,72 @@ class ProcessPool:
                 self._chunk_done(w, chunk, seconds, k + 1)
             w.task_start = now
         if pos < n:
-            w.rbuf = bytes(mv[pos:])
+            w.rbuf = bytearray(mv[pos:])
+            rest = n - pos
+            if rest >= 4:
+                size = unpack_len(data, pos)[0]
+                if size >= 0:
+                    w.rneed = 4 + size
+                elif rest >= 12:
+                    w.rneed = 12 + _unpack_long(data, pos + 4)[0]
         mv.release()
 
     def _parse_many(self, w: _Worker, payload: memoryview, now: float) -> None:
-        """``TAG_OK_MANY``: the values of the next ``count`` tasks of ``w``'s stream, all
-        of one chunk; the chunk's run time when they end it."""
-        seconds, count = _unpack_many(payload, 0)
+        """``TAG_OK_MANY``: the outcomes a worker held, as one message."""
+        seconds, count, epoch = _unpack_many(payload, 0)
+        w.last_epoch = epoch
+        chunk_seconds = None if seconds != seconds else seconds  # NaN: the chunk goes on
+        self._take_held(w, payload[_MANY_SIZE:], count, chunk_seconds, now)
+
+    def _take_held(
+        self, w: _Worker, records: memoryview, count: int, seconds: float | None, now: float
+    ) -> None:
+        """``count`` records: the values of the next tasks of ``w``'s stream, all of one
+        chunk (a worker sends its held outcomes at the end of each chunk)."""
         chunk = w.inflight[0]
         k = chunk.done
         end = k + count
         items = chunk.items
-        ok = True
-        try:
-            values = _loads(payload[_MANY_SIZE:])
-        except BaseException as exc:
-            # The values pickled in the worker but not here (a class importable there
-            # only, say): fail each of those tasks, naming it.
-            ok = False
-            values = [
-                TypeError(f"result of task {items[j][0]} could not be unpickled: {exc!r}")
-                for j in range(k, end)
-            ]
         job = chunk.job
-        if not job._cancelled:
-            timed_out = w.timed_out
-            if timed_out is None or timed_out[0] is not chunk:
-                indexes = [item[0] for item in items[k:end]]
-                job._out.extend(zip(indexes, [ok] * count, values, strict=True))
-            else:
-                for j, value in zip(range(k, end), values, strict=True):
-                    if j != timed_out[1]:  # that one failed with TaskTimeout already
-                        job._out.append((items[j][0], ok, value))
+        timed_out = w.timed_out
+        if timed_out is not None and timed_out[0] is not chunk:
+            timed_out = None
+        keep = not job._cancelled
+        out = job._out
+        loads = _loads
+        pos = 0
+        for j in range(k, end):
+            n = _unpack_record(records, pos)[0]
+            start = pos + _REC
+            pos = start + n
+            if not keep or (timed_out is not None and j == timed_out[1]):
+                continue  # nobody wants it, or it failed with TaskTimeout already
+            try:
+                out.append((items[j][0], True, loads(records[start:pos])))
+            except BaseException as exc:
+                # It pickled in the worker but does not unpickle here (a class that
+                # only the worker can import, say): that task fails, alone.
+                index = items[j][0]
+                error = TypeError(f"result of task {index} could not be unpickled: {exc!r}")
+                out.append((index, False, error))
         chunk.done = end
         w.parsed += count
         if end == len(items):
-            self._chunk_done(w, chunk, None if seconds != seconds else seconds, end)
+            self._chunk_done(w, chunk, seconds, end)
         w.task_start = now
+
+    def _recover_held(self, w: _Worker, now: float) -> None:
+        """A dead worker's held outcomes that never reached us, read from its journal."""
+        mv = w.journal
+        epoch, used, count = JOURNAL_HEADER.unpack_from(mv, 0)
+        if not count or epoch <= w.last_epoch or not w.inflight:
+            return  # nothing held, or that batch arrived by the pipe
+        if used > len(mv) - JOURNAL_HEADER.size or count * _REC > used:
+            return  # pragma: no cover - a torn header: those tasks run again instead
+        remaining = len(w.inflight[0].items) - w.inflight[0].done
+        if count > remaining:
+            return  # pragma: no cover - the journal and our books disagree
+        self._take_held(w, mv[JOURNAL_HEADER.size : JOURNAL_HEADER.size + used], count, None, now)
 
     def _other(self, w: _Worker, msg: tuple[Any, ...], now: float) -> None:
         kind = msg[0]
@@ -1083,6 +1138,7 @@ class ProcessPool:
         self._selector.unregister(w.sentinel)
         w.dead = True
         self._drain(w, now)
+        self._recover_held(w, now)
         self._stop_writing(w)
         w.proc.join(0.5)  # reaps it; immediate, since the sentinel fired
         exitcode = w.proc.exitcode
@@ -1127,6 +1183,9 @@ class ProcessPool:
         for conn in (w.wconn, w.rconn):
             with contextlib.suppress(OSError):
                 conn.close()
+        w.slot.release()
+        w.journal.release()
+        w.block.close()
         # ValueError: still running (only at shutdown, if even SIGKILL failed).
         with contextlib.suppress(ValueError):
             w.proc.close()

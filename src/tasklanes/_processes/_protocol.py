@@ -25,11 +25,12 @@ Worker -> parent, one message per event, told apart by their first byte:
 * ``TAG_OK_LAST`` + 8-byte float + pickle(value): the same, for the last task of a chunk;
   the float is the chunk's run time in the worker (the parent learns task durations
   per chunk; cheaper than per task).
-* ``TAG_OK_MANY`` + ``MANY_HEADER`` (float, count) + pickle(list of values): the next
-  ``count`` tasks of the stream, all of one chunk, returned these values. A worker
-  holds the values of quick tasks for up to half a millisecond and sends them in one
-  message: one pickle and one write instead of one per task. The float is the chunk's
-  run time when the last of them ends the chunk, else NaN.
+* ``TAG_OK_MANY`` + ``MANY_HEADER`` (float, count, epoch) + ``count`` records (each a
+  ``RECORD_LEN`` and a pickle): the next ``count`` tasks of the stream, all of one
+  chunk, returned these values. A worker holds the outcomes of quick tasks for up to
+  half a millisecond and sends them in one message: one write (and one wake-up of
+  the parent) instead of one per task. The float is the chunk's run time when the
+  last of them ends the chunk, else NaN.
 * ``TAG_OTHER`` + pickle(tuple), the tuple one of:
 
   - ``("error", chunk_seconds_or_None, exception, traceback_text)``: the next task
@@ -45,11 +46,18 @@ Worker -> parent, one message per event, told apart by their first byte:
 Outcomes carry no index: a worker runs its chunks strictly in order, so the parent
 knows which task each outcome belongs to.
 
-Besides the pipes, each worker shares a *slot* with the parent: two doubles in shared
-memory, which the worker sets before it starts each task (the start time, then how
-many tasks it has started). Outcomes may wait in the worker's buffer, so the parent
-reads the slot to learn which task runs and since when: that names the task to fail
-when the worker dies, and the start its timeout counts from.
+Besides the pipes, each worker shares two blocks of memory with the parent:
+
+* the *slot*, two doubles the worker sets before it starts each task (the start
+  time, then how many tasks it has started). Outcomes may be held in the worker, so
+  the parent reads the slot to learn which task runs and since when: that names the
+  task to fail when the worker dies, and the start its timeout counts from;
+* the *journal*, where the worker writes each held outcome as it finishes (the
+  records of the next ``TAG_OK_MANY`` message). It sends them as one message later,
+  then starts a new epoch of the journal. If the worker dies (a crash, or killed for a
+  timeout) before it sent them, the parent reads them from the journal -- unless the
+  message of that epoch did arrive -- so no finished task loses its outcome or runs
+  twice.
 
 This module is imported by worker processes: keep it free of heavy imports.
 """
@@ -62,7 +70,10 @@ __all__ = [
     "CHUNK_HEADER",
     "FRAME_HEADER",
     "FRAME_HEADER_LONG",
+    "JOURNAL_BYTES",
+    "JOURNAL_HEADER",
     "MANY_HEADER",
+    "RECORD_LEN",
     "SECONDS",
     "STOP",
     "TAG_OK",
@@ -80,8 +91,15 @@ CHUNK_HEADER = struct.Struct("<qd")
 STOP = b""
 
 SECONDS = struct.Struct("<d")
-# TAG_OK_MANY's header: the chunk's run time (NaN: the chunk goes on) and the count.
-MANY_HEADER = struct.Struct("<dI")
+# TAG_OK_MANY's header: the chunk's run time (NaN: the chunk goes on), how many
+# records follow, and the journal epoch they come from.
+MANY_HEADER = struct.Struct("<dIQ")
+# One record of a TAG_OK_MANY message or of a journal: its length, then a pickle.
+RECORD_LEN = struct.Struct("<I")
+# The journal: a worker's held outcomes, in shared memory (see above). Its header is
+# (epoch, bytes of records used, records), then the records.
+JOURNAL_HEADER = struct.Struct("<QQQ")
+JOURNAL_BYTES = 256 * 1024
 
 TAG_OK = 0
 TAG_OK_LAST = 1

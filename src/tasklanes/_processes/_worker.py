@@ -20,6 +20,7 @@ paid by every worker started with the spawn method.
 
 from __future__ import annotations
 
+import mmap
 import os
 import pickle
 import signal
@@ -31,7 +32,9 @@ from typing import Any
 from ._protocol import (
     CHUNK_HEADER,
     FRAME_HEADER,
+    JOURNAL_HEADER,
     MANY_HEADER,
+    RECORD_LEN,
     SECONDS,
     TAG_OK,
     TAG_OK_LAST,
@@ -40,6 +43,7 @@ from ._protocol import (
     RemoteError,
     frame,
 )
+from ._shared import SLOT_BYTES
 
 __all__ = ["main"]
 
@@ -51,18 +55,23 @@ _OK_LAST = bytes([TAG_OK_LAST])
 _OTHER = bytes([TAG_OTHER])
 _OK_MANY = bytes([TAG_OK_MANY])
 _NAN = float("nan")
+_HEAD = JOURNAL_HEADER.size
+_REC = RECORD_LEN.size
+# Hold a quick task's outcome at most this long, and at most this many of them.
 FLUSH_SECONDS = 0.0005
 FLUSH_COUNT = 1024
 
 
-def main(tasks: Connection, results: Connection, alive: Connection, slot: Any) -> None:
+def main(tasks: Connection, results: Connection, alive: Connection, block: mmap.mmap) -> None:
     """The worker's whole life: runs until ``STOP``, end of file on ``tasks``, or the
     parent's death (end of file on ``alive``).
 
     ``tasks`` carries chunks from the parent, ``results`` carries messages back (written
-    with raw ``os.write`` calls). ``slot`` is a shared array of two doubles: before each
-    task we store its start time, then how many tasks we have started, so the parent
-    knows which task runs even while finished outcomes wait in our buffer. ``alive``
+    with raw ``os.write`` calls). ``block`` is memory shared with the parent: its slot,
+    two doubles where we store each task's start time, then how many tasks we have
+    started, before we run it, so the parent knows which task runs even while finished
+    outcomes wait here; and the journal, where those held outcomes are written, so
+    that the parent finds them if we die before we send them (see ``_protocol``). ``alive``
     is a pipe whose write end only the parent holds: a watchdog thread exits the
     process when it reads end of file, which catches a parent that died while a long
     task runs.
@@ -79,6 +88,10 @@ def main(tasks: Connection, results: Connection, alive: Connection, slot: Any) -
     unpack_header = CHUNK_HEADER.unpack_from
     write = os.write
     pack_len = FRAME_HEADER.pack
+    pack_seconds = SECONDS.pack
+    dumps = _dumps
+    slot = memoryview(block)[:SLOT_BYTES].cast("d")
+    held = _Journal(memoryview(block)[SLOT_BYTES:], out)
     clock = monotonic
     begun = 0  # tasks started in this process's life, published in ``slot[0]``
     getpid = os.getpid
@@ -100,8 +113,6 @@ def main(tasks: Connection, results: Connection, alive: Connection, slot: Any) -
         del raw
         started = clock()
         last = len(seq) - 1
-        buf: list[object] = []
-        buf_since = 0.0
         now = started
         for k in range(last + 1):
             # Publish the start before running: time first, so that a parent reading
@@ -112,6 +123,7 @@ def main(tasks: Connection, results: Connection, alive: Connection, slot: Any) -
             task = seq[k]
             # Drop our reference so that a big task is freed as soon as it is done.
             seq[k] = None
+            payload: bytes | None
             try:
                 value = task() if fn is None else fn(*task)
             except BaseException as exc:
@@ -120,48 +132,29 @@ def main(tasks: Connection, results: Connection, alive: Connection, slot: Any) -
                 payload = _OTHER + _other_payload(_with_traceback(("error", seconds), exc))
             else:
                 now = clock()
-                # Coalesce: hold the values of quick tasks for up to FLUSH_SECONDS
-                # and send them in one message (one pickle, one write).
-                if not buf:
-                    buf_since = now
-                buf.append(value)
+                try:
+                    data = dumps(value, _PROTOCOL)
+                except BaseException as exc:
+                    seconds = now - started if k == last else None
+                    payload = _OTHER + _other_payload(("bad_result", seconds, _describe(exc)))
+                else:
+                    if held.add(data, now):
+                        payload = None  # held: goes with the next flush
+                    elif k == last:  # too big to hold: goes alone
+                        payload = _OK_LAST + pack_seconds(now - started) + data
+                    else:
+                        payload = _OK + data
+                    data = b""
                 value = None
-                task = None
-                if getpid() != pid:
-                    os._exit(0)  # a forked child returned into our loop (see below)
-                give_back = now - started > budget and (k < last or poll(0))
-                if (
-                    not give_back
-                    and k < last
-                    and now - buf_since < FLUSH_SECONDS
-                    and len(buf) < FLUSH_COUNT
-                ):
-                    continue
-                queued: list[int] = []
-                stop = False
-                if give_back:
-                    queued, stop = _read_queued(recv, poll)  # before the flush: see below
-                _flush(out, buf, now - started if k == last else _NAN)
-                buf = []
-                if give_back:
-                    if k < last:
-                        _send_other(out, ("returned", chunk_id, k + 1, now - started))
-                    for other in queued:
-                        _send_other(out, ("returned", other, 0, 0.0))
-                    if stop:
-                        return
-                    break
-                continue
             task = None
             if getpid() != pid:
                 # The task forked and the child returned into our loop: it must not
                 # act as the worker (write to our pipes, run our tasks).
                 os._exit(0)
-            if buf:  # the successes before this failure go first, in order
-                _flush(out, buf, _NAN)
-                buf = []
             give_back = now - started > budget and (k < last or poll(0))
-            queued = []
+            if payload is None and k < last and not give_back and not held.due(now):
+                continue  # a quick success: keep it with the others for now
+            queued: list[int] = []
             stop = False
             if give_back:
                 # Over budget: hand back what we have not started, so that idle
@@ -169,18 +162,22 @@ def main(tasks: Connection, results: Connection, alive: Connection, slot: Any) -
                 # we read them *before* sending this outcome, because once the parent
                 # has it, it may send us a fresh chunk that we must keep.
                 queued, stop = _read_queued(recv, poll)
-            n = len(payload)
-            if n < 0x10000:
-                # The common case, inlined: one write of header and payload together.
-                data = pack_len(n) + payload
-                try:
-                    written = write(out, data)
-                except OSError:
-                    os._exit(1)  # the parent is gone
-                if written != len(data):
-                    _write_all(out, memoryview(data)[written:])
-            else:
-                _write_all(out, memoryview(frame(payload)))
+            if held.count:
+                # Held successes go first: outcomes travel in the order tasks ran.
+                held.flush(now - started if payload is None and k == last else _NAN)
+            if payload is not None:
+                n = len(payload)
+                if n < 0x10000:
+                    # The common case, inlined: one write of header and payload together.
+                    frame_bytes = pack_len(n) + payload
+                    try:
+                        written = write(out, frame_bytes)
+                    except OSError:
+                        os._exit(1)  # the parent is gone
+                    if written != len(frame_bytes):
+                        _write_all(out, memoryview(frame_bytes)[written:])
+                else:
+                    _write_all(out, memoryview(frame(payload)))
             if give_back:
                 if k < last:
                     _send_other(out, ("returned", chunk_id, k + 1, now - started))
@@ -192,30 +189,62 @@ def main(tasks: Connection, results: Connection, alive: Connection, slot: Any) -
         del seq, fn
 
 
-def _flush(out: int, values: list[object], seconds: float) -> None:
-    """Send ``values``, the outcomes of the next ``len(values)`` tasks, all successes;
-    ``seconds`` is the chunk's run time when the last of them ends the chunk, else NaN."""
-    if len(values) > 1:
-        try:
-            head = MANY_HEADER.pack(seconds, len(values))
-            payload = _OK_MANY + head + _dumps(values, _PROTOCOL)
-        except BaseException:
-            pass  # one of them does not pickle: send them one by one, so only it fails
-        else:
-            _write_all(out, memoryview(frame(payload)))
-            return
-    last = len(values) - 1
-    for i, value in enumerate(values):
-        end = i == last and seconds == seconds  # not NaN: this one ends the chunk
-        try:
-            if end:
-                one = _OK_LAST + SECONDS.pack(seconds) + _dumps(value, _PROTOCOL)
-            else:
-                one = _OK + _dumps(value, _PROTOCOL)
-        except BaseException as exc:
-            message = ("bad_result", seconds if end else None, _describe(exc))
-            one = _OTHER + _other_payload(message)
-        _write_all(out, memoryview(frame(one)))
+class _Journal:
+    """Successes held for a moment, written into shared memory as they finish.
+
+    ``add`` appends one pickled outcome (a record) and publishes the new size in the
+    header; ``flush`` sends every record in one ``TAG_OK_MANY`` message, then opens a
+    new epoch. Should this process die in between, the parent reads the records from
+    the shared block instead: held outcomes are never lost, and never sent twice
+    (the parent skips a journal whose epoch's message it already has).
+    """
+
+    __slots__ = ("count", "epoch", "mv", "out", "since", "used")
+
+    def __init__(self, block: Any, out: int) -> None:
+        self.mv = memoryview(block).cast("B")
+        self.out = out
+        self.epoch = 0
+        self.used = 0  # bytes of records after the header
+        self.count = 0
+        self.since = 0.0  # when the oldest held outcome finished
+        JOURNAL_HEADER.pack_into(self.mv, 0, 0, 0, 0)
+
+    def add(self, data: bytes, now: float) -> bool:
+        """Hold ``data``; False if it is too big for the journal (send it alone)."""
+        n = len(data)
+        pos = _HEAD + self.used
+        end = pos + _REC + n
+        mv = self.mv
+        if end > len(mv):
+            if self.count:
+                self.flush(_NAN)
+            pos = _HEAD
+            end = pos + _REC + n
+            if end > len(mv):
+                return False
+        RECORD_LEN.pack_into(mv, pos, n)
+        mv[pos + _REC : end] = data
+        if not self.count:
+            self.since = now
+        self.used = end - _HEAD
+        self.count += 1
+        # The header last: a record counts once it is whole.
+        JOURNAL_HEADER.pack_into(mv, 0, self.epoch, self.used, self.count)
+        return True
+
+    def due(self, now: float) -> bool:
+        return now - self.since >= FLUSH_SECONDS or self.count >= FLUSH_COUNT
+
+    def flush(self, seconds: float) -> None:
+        """Send the held outcomes; ``seconds``: the chunk's run time if they end it."""
+        head = MANY_HEADER.pack(seconds, self.count, self.epoch)
+        records = self.mv[_HEAD : _HEAD + self.used]
+        _write_all(self.out, memoryview(frame(b"".join((_OK_MANY, head, records)))))
+        self.epoch += 1
+        self.used = 0
+        self.count = 0
+        JOURNAL_HEADER.pack_into(self.mv, 0, self.epoch, 0, 0)
 
 
 def _read_queued(
