@@ -1,0 +1,55 @@
+"""The Starlette app of the web-server benchmark (``benchmarks/run.py``, case ``web``).
+
+``/ping`` is the trivial endpoint whose latency is measured; ``/inline``, ``/thread`` and
+``/offload`` each run the same CPU-heavy function (``BENCH_BURN_N`` iterations of
+:func:`bench_tasks.burn`) inline in the async route, through ``asyncio.to_thread``, and
+through ``@offload(kind="cpu")`` (tasklanes' process pool).
+
+Run by ``run.py`` as ``python -m uvicorn bench_webapp:app --host 127.0.0.1 --port P``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+
+from bench_tasks import burn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse
+from starlette.routing import Route
+
+from tasklanes import offload
+
+BURN_N = int(os.environ.get("BENCH_BURN_N", "300000"))
+
+
+@offload(kind="cpu")
+def burn_offloaded(n: int) -> int:
+    return burn(n)
+
+
+async def ping(request: Request) -> PlainTextResponse:
+    return PlainTextResponse("pong")
+
+
+async def inline(request: Request) -> PlainTextResponse:
+    return PlainTextResponse(str(burn(BURN_N)))
+
+
+async def thread(request: Request) -> PlainTextResponse:
+    return PlainTextResponse(str(await asyncio.to_thread(burn, BURN_N)))
+
+
+async def offloaded(request: Request) -> PlainTextResponse:
+    return PlainTextResponse(str(await burn_offloaded(BURN_N)))
+
+
+app = Starlette(
+    routes=[
+        Route("/ping", ping),
+        Route("/inline", inline),
+        Route("/thread", thread),
+        Route("/offload", offloaded),
+    ]
+)
