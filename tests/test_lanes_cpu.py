@@ -107,10 +107,9 @@ async def test_timeout_kills_the_worker_process(scheduler: Scheduler, tmp_path: 
     assert isinstance(results[0], TaskTimeout) and results[0].index == 0
     assert results[1] == 2
     assert elapsed < 0.5 + 2.0  # pool start-up plus the kill, generously
+    # No work of the batch outlives the call: the worker is dead by the time it returns.
     pid = int(marker.read_text())
-    with anyio.fail_after(2):
-        while pid_alive(pid):
-            await anyio.sleep(0.02)
+    assert not pid_alive(pid)
     assert scheduler.stats()["cpu"].killed >= 1
     assert scheduler.stats()["cpu"].timed_out == 1
 

@@ -154,6 +154,11 @@ class _CpuBatch:
             if batch.stopping:
                 await anyio.lowlevel.checkpoint()  # fail-fast: run the cleanup below
             job.close_input()
+            # Every outcome is in, but a worker killed for a timeout may still be
+            # dying: the pool settles the job once it is gone, so no work of the
+            # batch outlives the call.
+            while not self.settled:
+                self._deliver(await self.inbox.get())
         except BaseException:
             # Kill what runs, drop what waits, and wait (shielded) for the pool to say
             # that none of this batch's processes work on it any more.

@@ -1247,7 +1247,12 @@ class ProcessPool:
             if job._cancelled:
                 if job._holders == 0:
                     job._settled = settled = True
-            elif job._input_closed and job._delivered == job._put and not job._queue:
+            elif (
+                job._input_closed
+                and job._delivered == job._put
+                and not job._queue
+                and job._holders == 0  # a worker killed for a timeout is gone, too
+            ):
                 job._settled = settled = True
         if settled:
             done = [job for job in self._jobs if job._settled]
