@@ -6,9 +6,9 @@ together (one pickle and one write for many tasks: most of the cost of a tiny ta
 a failure, the end of a chunk, or a task that ran long sends at once. Before each
 task the worker publishes how many tasks it has started in a shared slot, which is
 what lets the parent name the task that was running when the worker dies or
-overruns its timeout. The price of holding outcomes: if the worker dies, the quick
-tasks that finished in the last half millisecond lose their outcome and run again
-on another worker.
+overruns its timeout. Held outcomes are written to a journal in shared memory as
+they finish, so a worker that dies before sending them loses none: the parent reads
+them from the journal.
 
 A chunk comes with a time budget. When a chunk has run past its budget and tasks
 remain, the worker hands the unstarted ones back (along with any chunk queued behind
