@@ -9,11 +9,12 @@ One difference: a Dask task that is already running cannot be killed. A task tha
 overruns its ``timeout`` still fails with ``TaskTimeout`` at once (its result is
 dropped), but the worker finishes it in the background.
 
-Run: python examples/09_dask.py
+Run: python examples/09_dask.py   (the cluster takes a few seconds to start)
 """
 
 from __future__ import annotations
 
+import os
 import time
 
 from distributed import Client, LocalCluster
@@ -31,11 +32,9 @@ def simulate(seed: int, steps: int) -> float:
 
 
 def main() -> None:
-    # processes=False keeps this example fast to start (workers are threads of this
-    # process); a real deployment uses worker processes or machines.
+    # Two worker processes, one thread each: CPU work needs processes (the GIL).
     with (
-        LocalCluster(n_workers=2, threads_per_worker=1, processes=False,
-                     dashboard_address=None) as cluster,
+        LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=None) as cluster,
         Client(cluster) as client,
         Scheduler(cpu_executor=client.get_executor(), cpu_limit=2) as sched,
     ):
@@ -45,7 +44,10 @@ def main() -> None:
         )
         took = time.perf_counter() - start
         assert walks == [simulate(seed, 20_000) for seed in range(16)]
-        print(f"16 simulations on the Dask cluster in {took:.2f} s")
+        workers = client.run(os.getpid)  # {worker address: its process id}
+        assert len(workers) == 2 and os.getpid() not in workers.values()
+        print(f"16 simulations on the Dask cluster ({len(workers)} worker processes) "
+              f"in {took:.2f} s")
 
         outcomes = sched.run_all_sync(
             [call(simulate, 1, 100), call(time.sleep, 0.5)], kind="cpu", timeout=0.2,

@@ -8,7 +8,11 @@ Conventions for code blocks in ``docs/*.md`` (see docs/index.md, "About the exam
   ``anyio.run(main)`` (the docs leave that line out to stay short);
 * a block whose only content is ``--8<--`` snippet lines includes a file (an example
   script, the changelog) that is tested elsewhere; it is not run here;
+* a block right after an ``<!-- fragment -->`` comment line is an intentional fragment
+  (a signature, part of a program): it is compiled, not run. Use it sparingly;
 * blocks in any other language (``bash``, ``text``, ``pycon``) are not run.
+
+The README's three examples (one per kind) are run too, against a local HTTP server.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
 FENCE = re.compile(r"^(?P<indent>[ \t]*)(?P<fence>`{3,}|~{3,})(?P<info>[^`\n]*)$")
 PYTHON = {"python", "py", "python3"}
+FRAGMENT = "<!-- fragment -->"
 
 
 class Block(NamedTuple):
@@ -34,6 +39,7 @@ class Block(NamedTuple):
     line: int
     language: str
     code: str
+    fragment: bool = False
 
     @property
     def id(self) -> str:
@@ -50,6 +56,8 @@ def code_blocks(path: Path) -> list[Block]:
         if match is None:
             i += 1
             continue
+        previous = [line.strip() for line in lines[:i] if line.strip()]
+        fragment = bool(previous) and previous[-1] == FRAGMENT
         indent, fence = match["indent"], match["fence"]
         info = match["info"].strip()
         language = info.split()[0].lstrip(".{").lower() if info else ""
@@ -59,7 +67,7 @@ def code_blocks(path: Path) -> list[Block]:
         while i < len(lines) and lines[i].strip() != fence:
             body.append(lines[i][len(indent):] if lines[i].startswith(indent) else lines[i])
             i += 1
-        blocks.append(Block(path.name, start, language, "\n".join(body) + "\n"))
+        blocks.append(Block(path.name, start, language, "\n".join(body) + "\n", fragment))
         i += 1
     return blocks
 
@@ -70,7 +78,10 @@ def is_snippet(block: Block) -> bool:
 
 
 ALL_BLOCKS = [b for page in sorted(DOCS.glob("*.md")) for b in code_blocks(page)]
-PYTHON_BLOCKS = [b for b in ALL_BLOCKS if b.language in PYTHON and not is_snippet(b)]
+PYTHON_BLOCKS = [
+    b for b in ALL_BLOCKS if b.language in PYTHON and not is_snippet(b) and not b.fragment
+]
+FRAGMENTS = [b for b in ALL_BLOCKS if b.language in PYTHON and b.fragment]
 RUNS_MAIN = re.compile(r"\b(anyio|trio|asyncio)\.run\(\s*main\b")
 DEFINES_MAIN = re.compile(r"^async def main\(\s*\)", re.MULTILINE)
 
@@ -90,9 +101,22 @@ def as_script(code: str) -> str:
 
 
 def subprocess_env() -> dict[str, str]:
+    """The test run's environment (tasklanes is installed, editable, in CI), with
+    loopback requests kept away from any configured HTTP proxy."""
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT / "src"), env.get("PYTHONPATH")]))
+    env["NO_PROXY"] = env["no_proxy"] = "127.0.0.1,localhost"
     return env
+
+
+def run_script(path: Path, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, str(path)],
+        cwd=cwd,
+        env=subprocess_env(),
+        capture_output=True,
+        text=True,
+        timeout=80,
+    )
 
 
 def test_docs_have_python_blocks() -> None:
@@ -108,18 +132,89 @@ def test_docs_have_python_blocks() -> None:
 def test_code_block_runs(block: Block, tmp_path: Path) -> None:
     script = tmp_path / f"{Path(block.page).stem.replace('-', '_')}_{block.line}.py"
     script.write_text(as_script(block.code), encoding="utf-8")
-    proc = subprocess.run(
-        [sys.executable, str(script)],
-        cwd=tmp_path,
-        env=subprocess_env(),
-        capture_output=True,
-        text=True,
-        timeout=80,
-    )
+    proc = run_script(script, tmp_path)
     assert proc.returncode == 0, (
         f"the code block at docs/{block.id} failed:\n{block.code}\n"
         f"--- stdout\n{proc.stdout}\n--- stderr\n{proc.stderr}"
     )
+
+
+@pytest.mark.parametrize("block", FRAGMENTS or [None], ids=lambda b: b.id if b else "none")
+def test_fragments_compile(block: Block | None) -> None:
+    if block is not None:
+        compile(block.code, f"docs/{block.id}", "exec")
+
+
+# -- the README's example of each kind, run against a local HTTP server -------------------
+
+README_BLOCKS = [b for b in code_blocks(ROOT / "README.md") if b.language in PYTHON]
+
+# Runs a README block's main(urls) against a local uvicorn app (examples/_servers.py).
+AGAINST_A_SERVER = """
+
+import sys as _sys
+
+_sys.path.insert(0, {examples!r})
+import anyio as _anyio
+from _servers import Gauge as _Gauge, serve as _serve
+from starlette.applications import Starlette as _Starlette
+from starlette.responses import PlainTextResponse as _Text
+from starlette.routing import Route as _Route
+
+_gauge = _Gauge()
+
+
+async def _item(request):
+    with _gauge:
+        await _anyio.sleep(0.02)
+        return _Text("ok")
+
+
+with _serve(_Starlette(routes=[_Route("/items/{{i:int}}", _item)])) as _base:
+    _urls = [f"{{_base}}/items/{{i}}" for i in range(60)]
+    _result = {run}
+assert _result == [200] * 60, _result
+assert _gauge.total == 60 and _gauge.peak <= 20, (_gauge.total, _gauge.peak)
+print("README example:", len(_result), "requests, at most", _gauge.peak, "at once")
+"""
+
+
+def test_readme_has_one_example_per_kind() -> None:
+    io, blocking, cpu = (b.code for b in README_BLOCKS)
+    assert "kind=" not in io  # "io" is the default
+    assert 'kind="blocking"' in blocking
+    assert 'kind="cpu"' in cpu
+    assert all(len(b.code.strip().splitlines()) <= 12 for b in README_BLOCKS)  # short
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("block", README_BLOCKS, ids=lambda b: f"README.md:{b.line}")
+def test_readme_example_runs(block: Block, tmp_path: Path) -> None:
+    code = block.code
+    if "async def main(urls" in code:
+        code += AGAINST_A_SERVER.format(examples=str(ROOT / "examples"),
+                                        run="_anyio.run(main, _urls)")
+    elif "def main(urls" in code:
+        code += AGAINST_A_SERVER.format(examples=str(ROOT / "examples"), run="main(_urls)")
+    script = tmp_path / f"readme_{block.line}.py"
+    script.write_text(code, encoding="utf-8")
+    proc = run_script(script, tmp_path)
+    assert proc.returncode == 0, f"README.md:{block.line} failed:\n{proc.stdout}\n{proc.stderr}"
+    if 'kind="cpu"' in code:
+        assert "[1229, 5133, 9592]" in proc.stdout  # as its comment says
+    else:
+        assert "README example: 60 requests" in proc.stdout
+
+
+# -- the site ----------------------------------------------------------------------------
+
+
+def test_nav_lists_every_page() -> None:
+    import yaml
+
+    nav = yaml.safe_load((ROOT / "mkdocs.yml").read_text(encoding="utf-8"))["nav"]
+    listed = {page for entry in nav for page in entry.values()}
+    assert listed == {p.name for p in DOCS.glob("*.md")}
 
 
 @pytest.mark.slow
@@ -141,5 +236,9 @@ def test_site_builds_strictly(tmp_path: Path) -> None:
     for name in ("run_all", "as_completed", "amap", "run_all_sync", "offload", "Scheduler",
                  "TaskTimeout", "WorkerCrashed", "check_cancelled", "ProgressUpdate"):
         assert f'id="tasklanes.{name}"' in api, f"{name} missing from the API reference"
+    # docs/changelog.md includes CHANGELOG.md: one source
     changelog = (site / "changelog" / "index.html").read_text(encoding="utf-8")
     assert "Unreleased" in changelog
+    assert "Keep a Changelog" in changelog
+    which = (site / "which-kind" / "index.html").read_text(encoding="utf-8")
+    assert "Where the numbers come from" in which
