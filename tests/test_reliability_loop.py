@@ -8,8 +8,11 @@ schedulers from async code (``async with Scheduler()``, ``await sched.aclose()``
 
 It runs in a fresh subprocess per event loop, so that the start-up is really cold and
 nothing else of the test run shares the process. The bound is generous for a noisy
-shared machine (50 ms; a healthy run shows a few ms), and a phase over it is run once
-more before the test fails: a blocking call lags every time, a busy machine once.
+shared machine: the loop's thread may not run code for more than 50 ms at once (its
+CPU time between two wake-ups of the probe; a healthy run shows a few ms), nor wake up
+more than 300 ms late for any reason (that catches a blocking wait: a join, a sleep).
+A phase over a bound is run once more before the test fails: a blocking call lags
+every time, a busy machine once.
 """
 
 from __future__ import annotations
@@ -30,7 +33,12 @@ pytestmark = [pytest.mark.timeout(120)]
 
 ROOT = Path(__file__).resolve().parent.parent
 SRC = Path(tasklanes.__file__).resolve().parent.parent  # the tasklanes under test
-BOUND = 0.050  # seconds
+# The loop's thread ran code (tasklanes' or the tasks') for this long without a break:
+BUSY_BOUND = 0.050  # seconds
+# The loop woke up this late, whatever the reason: a blocking wait (a join, a sleep) on
+# the loop, or a loaded machine (two shared cores: a 20k-task batch can keep the loop's
+# thread waiting for a CPU for ~100 ms while the workers and the pool's thread run).
+LAG_BOUND = 0.300
 
 SCRIPT = textwrap.dedent(
     r'''
@@ -46,20 +54,27 @@ SCRIPT = textwrap.dedent(
 
 
     class Probe:
-        """Sleeps TICK at a time; the overshoot of each sleep is the loop's lag."""
+        """Sleeps TICK at a time. The overshoot of each sleep is the loop's lag; the
+        part of it that the loop's thread spent on the CPU (its thread time) is the
+        time the loop was *busy*: code running on it. The rest is the thread waiting,
+        for the CPU (a loaded machine) or in a blocking wait (a join, a sleep)."""
 
         def __init__(self):
             self.phase = None
             self.lag = {}
+            self.busy = {}
 
         async def run(self):
             while True:
                 t0 = time.perf_counter()
+                c0 = time.thread_time()
                 await anyio.sleep(TICK)
                 lag = time.perf_counter() - t0 - TICK
+                busy = min(lag, time.thread_time() - c0)
                 phase = self.phase
-                if phase is not None and lag > self.lag.get(phase, 0.0):
-                    self.lag[phase] = lag
+                if phase is not None:
+                    self.lag[phase] = max(lag, self.lag.get(phase, 0.0))
+                    self.busy[phase] = max(busy, self.busy.get(phase, 0.0))
 
 
     async def io_task(i):
@@ -96,8 +111,10 @@ SCRIPT = textwrap.dedent(
         async def cpu_iterators():
             seen = {i async for i, _ in sched.as_completed([call(T.square, i) for i in range(200)], "cpu")}
             assert seen == set(range(200))
-            out = [x async for x in sched.amap(T.square, range(200), "cpu", limit=2)]
-            assert out == [i * i for i in range(200)]
+            # ordered=False: an ordered amap at limit == capacity can hang (a library
+            # bug, see test_reliability_load.py::test_amap_ordered_repeatedly).
+            out = [x async for x in sched.amap(T.square, range(200), "cpu", limit=2, ordered=False)]
+            assert sorted(out) == [i * i for i in range(200)]
             assert await T.offloaded_square(7) == 49
 
         async def blocking():
@@ -156,11 +173,14 @@ SCRIPT = textwrap.dedent(
             for name, fn in phases:
                 probe.phase = name
                 t0 = time.perf_counter()
-                await fn()
+                print("PHASE " + name, flush=True)
+                with anyio.fail_after(20):  # a hang names its phase
+                    await fn()
                 await anyio.sleep(3 * TICK)  # let the probe see the tail of the phase
                 probe.phase = None
                 report[name] = {
                     "lag": probe.lag.get(name, 0.0),
+                    "busy": probe.busy.get(name, 0.0),
                     "seconds": time.perf_counter() - t0,
                 }
             tg.cancel_scope.cancel()
@@ -187,7 +207,7 @@ def run_script(tmp: Path, backend: str, options: dict[str, object]) -> dict[str,
     script.write_text(SCRIPT)
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(SRC), str(ROOT)]))
     argv = [sys.executable, str(script), backend, json.dumps(options)]
-    proc = subprocess.run(argv, capture_output=True, text=True, env=env, cwd=ROOT, timeout=90)
+    proc = subprocess.run(argv, capture_output=True, text=True, env=env, cwd=ROOT, timeout=100)
     line = next((x for x in proc.stdout.splitlines() if x.startswith("REPORT ")), None)
     assert proc.returncode == 0 and line is not None, f"{proc.stdout}\n{proc.stderr}"
     assert "Traceback" not in proc.stderr, proc.stderr
@@ -195,19 +215,29 @@ def run_script(tmp: Path, backend: str, options: dict[str, object]) -> dict[str,
     return report
 
 
+def over(report: dict[str, dict[str, float]]) -> list[str]:
+    return [
+        name for name, r in report.items() if r["busy"] > BUSY_BOUND or r["lag"] > LAG_BOUND
+    ]
+
+
 @pytest.mark.parametrize("loop", BACKENDS)
 def test_no_call_blocks_the_event_loop(tmp_path: Path, loop: tuple[str, dict[str, object]]) -> None:
     backend, options = loop
     report = run_script(tmp_path, backend, options)
     assert len(report) == 11, report
-    lagging = [name for name, r in report.items() if r["lag"] > BOUND]
+    lagging = over(report)
     if lagging:  # once more (a fresh process: cold again), to tell a blocking call
         # (it lags every time) from a busy machine (once)
         again = run_script(tmp_path, backend, options)
-        lagging = [name for name in lagging if again[name]["lag"] > BOUND]
-        report = {name: max(report[name], again[name], key=lambda r: r["lag"]) for name in report}
+        lagging = [name for name in lagging if name in over(again)]
+        report = {name: max(report[name], again[name], key=lambda r: r["busy"]) for name in report}
     table = "\n".join(
-        f"  {name:45} lag {r['lag'] * 1000:6.1f} ms  ({r['seconds']:.2f} s)" for name, r in report.items()
+        f"  {name:45} busy {r['busy'] * 1000:6.1f} ms  lag {r['lag'] * 1000:6.1f} ms  ({r['seconds']:.2f} s)"
+        for name, r in report.items()
     )
-    print(f"\nloop lag on {backend} {options or ''}:\n{table}")
-    assert not lagging, f"the event loop was blocked for more than {BOUND * 1000:.0f} ms:\n{table}"
+    print(f"\nloop on {backend} {options or ''}:\n{table}")
+    assert not lagging, (
+        f"the event loop was busy for more than {BUSY_BOUND * 1000:.0f} ms at once, or "
+        f"lagged more than {LAG_BOUND * 1000:.0f} ms:\n{table}"
+    )
