@@ -179,7 +179,13 @@ class PoolJob:
         the manager thread, in chunks; a task that does not pickle fails alone, with
         ``TypeError``. Ignored after :meth:`cancel` or once the pool is closed.
         """
-        if self._cancel_requested or self._pool._closed:
+        if self._cancel_requested:
+            return
+        if self._pool._closed:
+            # Nothing will run them: say so now rather than leave the caller waiting.
+            self._put += len(items)
+            self._delivered += len(items)
+            self._deliver([(index, False, _closed_error(index)) for index, _ in items])
             return
         self._queue.extend(items)
         self._put += len(items)
@@ -225,6 +231,12 @@ class PoolJob:
         ewma = self._ewma
         size = 1 if ewma is None else _size_for(ewma)
         return max(0, 2 * slots * size - len(self._queue))
+
+
+def _closed_error(index: int) -> RuntimeError:
+    return RuntimeError(
+        f"task {index} did not finish: its process pool was closed (Scheduler.close()) first"
+    )
 
 
 def _size_for(ewma: float) -> int:
@@ -1268,6 +1280,37 @@ class ProcessPool:
 
     # -------------------------------------------------------------- shutdown
 
+    def _fail_unfinished_jobs(self) -> None:
+        """At shutdown: every task of an open job that has no outcome yet fails with
+        ``RuntimeError``, and every job settles, so that no caller waits forever on a
+        pool that is gone."""
+        for job in self._jobs:
+            if job._settled:
+                continue
+            if not job._cancelled:
+                unfinished = list(job._requeue) + list(job._queue)
+                for w in self._workers:
+                    for chunk in w.inflight:
+                        if chunk.job is not job:
+                            continue
+                        for k in range(chunk.done, len(chunk.items)):
+                            if w.timed_out is None or w.timed_out != (chunk, k):
+                                unfinished.append(chunk.items[k])
+                job._out.extend((index, False, _closed_error(index)) for index, _ in unfinished)
+            job._queue.clear()
+            job._requeue.clear()
+            out, job._out = job._out, []
+            job._delivered += len(out)
+            job._settled = True
+            try:
+                if out and not job._cancelled:
+                    job._deliver(out)
+                job._on_settled()
+            except BaseException:
+                sys.stderr.write("tasklanes: a pool job's callback raised at shutdown:\n")
+                traceback.print_exc()
+        self._jobs = []
+
     def _shutdown(self) -> None:
         """On the manager thread, as it exits: no worker survives this."""
         self._closing = True
@@ -1280,6 +1323,12 @@ class ProcessPool:
             name, arg = self._commands.popleft()
             if name == "worker":
                 self._workers.append(arg)
+            elif name == "open":
+                self._jobs.append(arg)
+            elif name == "close_input":
+                arg._input_closed = True
+            elif name == "cancel":
+                arg._cancelled = True
         # Closing the alive pipe makes idle workers exit on their own; SIGTERM the rest.
         if self._alive_w >= 0:
             os.close(self._alive_w)
@@ -1297,6 +1346,14 @@ class ProcessPool:
                 with contextlib.suppress(OSError, ValueError):
                     w.proc.kill()
                 w.proc.join(5.0)
+        # Outcomes that reached the pipes or the journals before the end still count.
+        now = monotonic()
+        for w in self._workers:
+            if w.inflight:
+                with contextlib.suppress(Exception):
+                    self._drain(w, now)
+                    self._recover_held(w, now)
+        self._fail_unfinished_jobs()
         for w in self._workers:
             w.dead = True
             self._close_worker(w)
