@@ -137,3 +137,17 @@ async def test_closed_scheduler_refuses_work() -> None:
     sched.close()
     with pytest.raises(RuntimeError, match="closed"):
         await run_all([call(time.sleep, 0)], kind="blocking", scheduler=sched)
+
+
+@pytest.mark.anyio
+async def test_ordered_amap_never_waits_for_its_gate_while_results_are_owed(
+    scheduler: Scheduler,
+) -> None:
+    # The ordered window opens only as the oldest result is handed over; the lane must
+    # hand results over rather than sit waiting for the window (that deadlocked).
+    from . import _tasks as T
+
+    for repeat in range(30):
+        with anyio.fail_after(10):
+            out = [x async for x in scheduler.amap(T.double, range(200), "blocking", limit=4)]
+        assert out == [2 * i for i in range(200)], repeat

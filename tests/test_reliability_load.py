@@ -188,12 +188,6 @@ def test_fifty_calls_four_loops_one_scheduler() -> None:
     print(f"load: {CALLS} calls on {LOOPS} loops in {elapsed:.2f} s")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: an ordered amap on the cpu lane with limit == cpu capacity hangs now and "
-    "then (within ~20 repeats of 100 items; stats show running=0, waiting=0 and a few "
-    "'cancelled' tasks although nothing was cancelled)",
-)
 @pytest.mark.timeout(60)
 def test_amap_ordered_repeatedly() -> None:
     """The same small ordered amap, again and again, on one scheduler: each must finish."""

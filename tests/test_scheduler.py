@@ -194,3 +194,22 @@ def test_timeouts_reported_promptly_under_load() -> None:
     assert isinstance(results[-1], TaskTimeout)
     assert results[:-1] == list(range(50))
     assert time.monotonic() - start < 5
+
+
+def test_ordered_amap_on_a_foreign_executor_finishes() -> None:
+    # The executor lane, too, must hand results over before it waits for the window
+    # of an ordered amap.
+    from concurrent.futures import ThreadPoolExecutor
+
+    import anyio
+
+    from . import _tasks as T
+
+    async def main(sched: tasklanes.Scheduler) -> None:
+        for repeat in range(20):
+            with anyio.fail_after(10):
+                out = [x async for x in sched.amap(T.double, range(150), "cpu", limit=3)]
+            assert out == [2 * i for i in range(150)], repeat
+
+    with ThreadPoolExecutor(4) as pool, tasklanes.Scheduler(cpu_executor=pool) as sched:
+        anyio.run(main, sched)

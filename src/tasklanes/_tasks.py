@@ -240,6 +240,10 @@ class Source:
     def set_gate(self, gate: Callable[[int], bool]) -> None:
         self._gate = gate
 
+    def blocked(self) -> bool:
+        """The gate holds the next task back (the consumer must catch up first)."""
+        return self._gate is not None and not self._ended and not self._gate(self._index)
+
     def release(self) -> None:
         """The gate may say yes now: wake the pullers waiting on it."""
         if self._gate_event is not None:

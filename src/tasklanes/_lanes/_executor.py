@@ -146,6 +146,8 @@ class _ExecutorBatch:
             try:
                 item = source.next_nowait()
                 if item is WAIT:
+                    if self.futures and source.blocked():
+                        return  # outcomes owed open the gate: deliver them first
                     item = await source.next()
             except Exception as exc:
                 batch.fail(exc)

@@ -257,7 +257,10 @@ class _ThreadBatch:
             try:
                 item = source.next_nowait()
                 if item is WAIT:
-                    if added:
+                    # Never wait for the gate while outcomes are owed: they are what
+                    # opens it (an ordered amap waits for its oldest result), and they
+                    # are only handed over once this returns.
+                    if added or (self.outstanding and source.blocked()):
                         break  # hand over what we have before waiting for more
                     item = await source.next()
             except Exception as exc:
