@@ -5,7 +5,8 @@
 ``benchmarks/run.py`` calls :func:`render` at the end of a run. It writes:
 
 - ``scaling_time.png``: per-task time against the number of tasks, log-log, one panel per
-  lane, tasklanes against the best peer of that lane (the fastest at the largest size);
+  lane, tasklanes against the best peer of that lane (the fastest at the largest size; the
+  other peers measured are drawn thin and grey);
 - ``scaling_memory.png``: the peak RSS of the whole process against the number of tasks;
 - ``web_latency.png``: the web server's /ping latency (median and p99) per way of running
   the CPU-heavy requests.
@@ -38,6 +39,12 @@ def best_peer(tools: dict[str, list[dict[str, Any]]]) -> str | None:
     return min(peers, key=key)
 
 
+def _minor_label(value: float, _pos: object) -> str:
+    """Label the 2s, 3s and 5s between powers of ten (the axis may span less than a decade)."""
+    lead = f"{value:.0e}"[0]
+    return f"{value:g}" if lead in "235" else ""
+
+
 def _series(rows: list[dict[str, Any]], field: str) -> tuple[list[int], list[float]]:
     rows = sorted(rows, key=lambda r: r["n"])
     return [r["n"] for r in rows], [r[field] for r in rows]
@@ -48,6 +55,7 @@ def render(res: dict[str, Any], img_dir: Path) -> list[Path]:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter
 
     img_dir.mkdir(parents=True, exist_ok=True)
     m = res["machine"]
@@ -74,8 +82,14 @@ def render(res: dict[str, Any], img_dir: Path) -> list[Path]:
                     xs, ys = _series(tools[tool], field)
                     label = tool if tool == OURS else f"best peer: {tool}"
                     ax.plot(xs, ys, label=label, **style)  # type: ignore[arg-type]
+            for i, tool in enumerate(t for t in tools if t not in (OURS, peer)):
+                xs, ys = _series(tools[tool], field)
+                ax.plot(xs, ys, label=tool, color="0.55", linestyle=":", linewidth=1,
+                        marker="x^v+"[i % 4], markersize=4)
             ax.set_xscale("log")
             ax.set_yscale("log")
+            ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+            ax.yaxis.set_minor_formatter(FuncFormatter(_minor_label))
             ax.set_title(LANE_TITLES.get(lane, lane), fontsize=10)
             ax.set_xlabel("tasks in the batch (log)")
             ax.set_ylabel(ylabel)
@@ -101,7 +115,7 @@ def render(res: dict[str, Any], img_dir: Path) -> list[Path]:
         ax.set_xscale("log")
         ax.set_xlabel("/ping latency (ms, log)")
         ax.set_title(f"uvicorn: /ping while {web['heavy_clients']} clients request "
-                     f"{web['heavy_ms']:.0f} ms of CPU work — {subtitle}", fontsize=9)
+                     f"{web['heavy_ms']:.0f} ms of CPU work\n{subtitle}", fontsize=9)
         ax.grid(True, axis="x", which="both", alpha=0.3)
         ax.legend(fontsize=8)
         fig.tight_layout()
