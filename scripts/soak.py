@@ -201,10 +201,8 @@ async def round_async(sched: Scheduler, n: int) -> int:
                 async for index, _ in it:
                     if index % 50 == 49:
                         break  # left early: the rest is cancelled
-            # ordered=False on cpu: an ordered cpu amap at limit == capacity can hang (a
-            # known bug, tests/test_reliability_load.py::test_amap_ordered_repeatedly).
-            results = [x async for x in sched.amap(square, range(100), "cpu", limit=2, ordered=False)]
-            assert sorted(results) == [i * i for i in range(100)]
+            results = [x async for x in sched.amap(square, range(100), "cpu", limit=2)]
+            assert results == [i * i for i in range(100)]
             results = [x async for x in sched.amap(square, range(100), "blocking", limit=4)]
             assert results == [i * i for i in range(100)]
             assert await offloaded(n) == n + 1

@@ -111,8 +111,8 @@ SCRIPT = textwrap.dedent(
         async def cpu_iterators():
             seen = {i async for i, _ in sched.as_completed([call(T.square, i) for i in range(200)], "cpu")}
             assert seen == set(range(200))
-            # ordered=False: an ordered amap at limit == capacity can hang (a library
-            # bug, see test_reliability_load.py::test_amap_ordered_repeatedly).
+            out = [x async for x in sched.amap(T.square, range(200), "cpu", limit=2)]
+            assert out == [i * i for i in range(200)]
             out = [x async for x in sched.amap(T.square, range(200), "cpu", limit=2, ordered=False)]
             assert sorted(out) == [i * i for i in range(200)]
             assert await T.offloaded_square(7) == 49
