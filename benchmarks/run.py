@@ -751,7 +751,9 @@ def bench_cpu(s: Suite) -> None:
         s.compare(
             "cpu.trivial", f"cpu: {n:,} trivial tasks on warm pools", n,
             peers.contenders(B.inc, list(range(n)), tuned),
-            targets=[(f"joblib Parallel(n_jobs={peers.workers})", 0.2, "issue 4")],
+            # Issue 4's 0.2x target is against joblib's call in a *fresh* process (see
+            # cpu.warm_vs_fresh); a warm joblib is a harder yardstick, reported here.
+            targets=[],
             notes={f"ProcessPoolExecutor({peers.workers}).map chunksize {tuned}":
                    "chunksize hand-picked for this batch (n / (4 x workers))"},
         )
@@ -853,10 +855,14 @@ def bench_cold(s: Suite) -> None:
             f"assert r[-1] == {n}\n"
         ),
     }
+    joblib_name = f"joblib Parallel(n_jobs={workers})"
     if not skip_missing("joblib", "joblib"):
-        codes[f"joblib Parallel(n_jobs={workers})"] = (
-            "import bench_tasks as B\nfrom joblib import Parallel, delayed\n"
+        # It also times its own call, for the warm-pool yardstick below.
+        codes[joblib_name] = (
+            "import bench_tasks as B, json, time\nfrom joblib import Parallel, delayed\n"
+            "t0 = time.perf_counter()\n"
             f"r = Parallel(n_jobs={workers})(delayed(B.inc)(i) for i in range({n}))\n"
+            "print(json.dumps({'call_s': time.perf_counter() - t0}))\n"
             f"assert r[-1] == {n}\n"
         )
     codes[f"ProcessPoolExecutor({workers}) chunksize {tuned}"] = (
@@ -870,14 +876,36 @@ def bench_cold(s: Suite) -> None:
     print(f"\n[cpu.cold] cpu: {n:,} trivial tasks in a fresh process, pool start included "
           f"({rounds} rounds, whole subprocesses)", flush=True)
     runs: dict[str, list[float]] = {name: [] for name in codes}
-    for code in codes.values() if not s.quick else ():  # warm the OS page cache, untimed
-        run_child(code)
-    for _ in range(rounds):
-        for name, code in codes.items():
-            runs[name].append(run_child(code)[0])
+    # Issue 4 measures a warm pool against the same yardstick: joblib's call in a fresh
+    # process. A warm tasklanes pool in this process takes its turn in every round.
+    from tasklanes import Scheduler, call, run_all_sync
+
+    warm: list[float] = []
+    joblib_calls: list[float] = []
+    with Scheduler() as sched:
+        run_all_sync([call(B.inc, i) for i in range(n)], kind="cpu", scheduler=sched)
+        for code in codes.values() if not s.quick else ():  # warm the OS page cache, untimed
+            run_child(code)
+        for _ in range(rounds):
+            tasks = [call(B.inc, i) for i in range(n)]
+            t0 = time.perf_counter()
+            run_all_sync(tasks, kind="cpu", scheduler=sched)
+            warm.append(time.perf_counter() - t0)
+            for name, code in codes.items():
+                elapsed, report = run_child(code)
+                runs[name].append(elapsed)
+                if name == joblib_name and report is not None:
+                    joblib_calls.append(report["call_s"])
     s.record("cpu.cold", f"cpu: {n:,} trivial tasks, first call incl. pool start, whole fresh "
-             "process (python -c)", n, runs,
-             [(f"joblib Parallel(n_jobs={workers})", 0.7, "issue 4")], {})
+             "process (python -c)", n, runs, [(joblib_name, 0.7, "issue 4")], {})
+    if joblib_calls:
+        s.record(
+            "cpu.warm_vs_fresh",
+            f"cpu: {n:,} trivial tasks on a warm tasklanes pool (in-process) against "
+            "joblib's call in a fresh process, issue 4's yardstick (tasklanes row: warm pool)",
+            n, {TASKLANES: warm, f"{joblib_name}, its call in a fresh process": joblib_calls},
+            [(f"{joblib_name}, its call in a fresh process", 0.2, "issue 4")], {},
+        )
 
 
 CRASH_CODE = {
