@@ -187,11 +187,11 @@ ROWS: list[Row] = [
     # -- call
     Row("call(5)", lambda c: call(5), TypeError, "call.. needs a callable first, got int"),  # type: ignore[call-overload]
     # -- Scheduler(...)
-    Row("Scheduler(io_limit=0)", lambda c: Scheduler(io_limit=0), ValueError, LIMIT_VALUE),
+    Row("Scheduler(io_limit=0)", lambda c: Scheduler(io_limit=0), ValueError, "io_limit must be >= 1, got 0"),
     Row("Scheduler(io_limit=None)", lambda c: Scheduler(io_limit=None), TypeError, "io_limit must be an int >= 1"),  # type: ignore[arg-type]
-    Row("Scheduler(blocking_limit=1.5)", lambda c: Scheduler(blocking_limit=1.5), TypeError, LIMIT_TYPE),  # type: ignore[arg-type]
-    Row("Scheduler(cpu_limit=0)", lambda c: Scheduler(cpu_limit=0), ValueError, LIMIT_VALUE),
-    Row("Scheduler(cpu_limit='2')", lambda c: Scheduler(cpu_limit="2"), TypeError, LIMIT_TYPE),  # type: ignore[arg-type]
+    Row("Scheduler(blocking_limit=1.5)", lambda c: Scheduler(blocking_limit=1.5), TypeError, "blocking_limit must be an int >= 1, got float"),  # type: ignore[arg-type]
+    Row("Scheduler(cpu_limit=0)", lambda c: Scheduler(cpu_limit=0), ValueError, "cpu_limit must be >= 1 or None"),
+    Row("Scheduler(cpu_limit='2')", lambda c: Scheduler(cpu_limit="2"), TypeError, "cpu_limit must be an int >= 1 or None"),  # type: ignore[arg-type]
     Row("Scheduler(cpu_executor=object())", lambda c: Scheduler(cpu_executor=object()), TypeError, "cpu_executor must be a concurrent.futures.Executor"),  # type: ignore[arg-type]
     Row("Scheduler(mp_context='bogus')", lambda c: Scheduler(mp_context="bogus"), ValueError, "cannot find context for 'bogus'"),
     Row("Scheduler(mp_context=5)", lambda c: Scheduler(mp_context=5), TypeError, "mp_context"),  # type: ignore[arg-type]

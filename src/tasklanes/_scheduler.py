@@ -20,6 +20,18 @@ if TYPE_CHECKING:
 __all__ = ["Scheduler", "get_scheduler"]
 
 
+def _check_capacity(name: str, value: object, optional: bool) -> None:
+    """A lane capacity: an int >= 1 (``cpu_limit`` may also be None: the CPUs we may
+    use). The message names the argument, unlike a call's ``limit``."""
+    if value is None and optional:
+        return
+    hint = " or None (the CPUs this process may use)" if optional else ""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int >= 1{hint}, got {type(value).__name__}")
+    if value < 1:
+        raise ValueError(f"{name} must be >= 1{hint}, got {value}")
+
+
 class Scheduler:
     """Owns the lanes: their capacities, threads and worker processes.
 
@@ -49,10 +61,12 @@ class Scheduler:
         cpu_executor: Executor | None = None,
         mp_context: BaseContext | str | None = None,
     ) -> None:
-        for name, value in (("io_limit", io_limit), ("blocking_limit", blocking_limit)):
-            if check_limit(value) is None:
-                raise TypeError(f"{name} must be an int >= 1, got None")
-        check_limit(cpu_limit)
+        for name, value, optional in (
+            ("io_limit", io_limit, False),
+            ("blocking_limit", blocking_limit, False),
+            ("cpu_limit", cpu_limit, True),
+        ):
+            _check_capacity(name, value, optional)
         if cpu_executor is not None and not isinstance(cpu_executor, Executor):
             raise TypeError(
                 "cpu_executor must be a concurrent.futures.Executor (for Dask: "
