@@ -48,9 +48,13 @@ class Scheduler:
     block) stops its threads and processes; a closed scheduler refuses new work.
 
     ``cpu_executor`` takes any ``concurrent.futures.Executor``, in particular
-    ``distributed.Client(...).get_executor()`` to run the cpu lane on a Dask
-    cluster. ``mp_context`` picks the start method of the default process pool
-    (default: forkserver on Linux, spawn elsewhere).
+    ``distributed.Client(...).get_executor(pure=False)`` to run the cpu lane on a
+    Dask cluster (``pure=False``: by default Dask runs identical calls only once and
+    shares the result, which is wrong for tasks with side effects or randomness).
+    With a foreign executor, ``cpu_limit`` still bounds the tasks in flight: set it to
+    the cluster's worker threads or more, or tasks wait for a round trip each.
+    ``mp_context`` picks the start method of the default process pool (default:
+    forkserver on Linux, spawn elsewhere).
     """
 
     def __init__(
