@@ -41,10 +41,16 @@ __all__ = ["ThreadLane", "ThreadPool"]
 _monotonic = time.monotonic
 
 
+def _closed_error(index: int) -> RuntimeError:
+    return RuntimeError(
+        f"task {index} did not finish: its Scheduler was closed (Scheduler.close()) first"
+    )
+
+
 class _ThreadJob:
     """One batch as the worker threads see it."""
 
-    __slots__ = ("cancelled", "inbox", "lock", "ready", "running", "serving")
+    __slots__ = ("cancelled", "closed", "inbox", "lock", "ready", "running", "serving")
 
     def __init__(self, inbox: Inbox) -> None:
         self.lock = threading.Lock()
@@ -52,6 +58,7 @@ class _ThreadJob:
         self.running: dict[Ticket, float] = {}  # ticket -> start time (monotonic)
         self.serving = 0  # threads holding, or queued to hold, this job
         self.cancelled = False
+        self.closed = False  # its Scheduler was closed under it
         self.inbox = inbox
 
 
@@ -189,6 +196,19 @@ class ThreadLane:
     def close(self) -> None:
         with self._lock:
             pool, self._pool = self._pool, None
+            jobs = list(self._jobs)
+        # Batches still running fail rather than wait for threads that are going away:
+        # their queued tasks fail at once, their running ones are asked to stop
+        # (check_cancelled() raises in them) and fail when they return.
+        for job in jobs:
+            with job.lock:
+                job.cancelled = job.closed = True
+                dropped = list(job.ready)
+                job.ready.clear()
+                for ticket in job.running:
+                    ticket.cancelled = True
+            for ticket, _, _ in dropped:
+                job.inbox.put((ticket, False, _closed_error(ticket.index), 0.0, 0.0))
         if pool is not None:
             pool.close()
 
@@ -292,6 +312,10 @@ class _ThreadBatch:
             if ticket.timed_out:
                 continue  # reported when it overran; what it returns now is discarded
             if ticket.cancelled:
+                if self.job.closed and not batch.stopping:
+                    tally.failed += 1
+                    emit(ticket.index, False, _closed_error(ticket.index))
+                    continue
                 tally.cancelled += 1
                 continue
             if ok:
