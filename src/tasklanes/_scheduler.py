@@ -51,8 +51,8 @@ class Scheduler:
     ``distributed.Client(...).get_executor(pure=False)`` to run the cpu lane on a
     Dask cluster (``pure=False``: by default Dask runs identical calls only once and
     shares the result, which is wrong for tasks with side effects or randomness).
-    With a foreign executor, ``cpu_limit`` still bounds the tasks in flight: set it to
-    the cluster's worker threads or more, or tasks wait for a round trip each.
+    With a foreign executor, ``cpu_limit`` bounds the tasks in flight; by default it
+    is the executor's worker count (for Dask: twice the cluster's worker threads).
     ``mp_context`` picks the start method of the default process pool (default:
     forkserver on Linux, spawn elsewhere).
     """
@@ -309,10 +309,10 @@ class Scheduler:
 
 
 def _cpu_default(executor: Executor | None) -> int:
-    from ._lanes._executor import default_cpu_count
+    from ._lanes._executor import default_cpu_count, executor_capacity
 
     if executor is not None:
-        return getattr(executor, "_max_workers", None) or default_cpu_count()
+        return executor_capacity(executor)
     return default_cpu_count()
 
 

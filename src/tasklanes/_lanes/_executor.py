@@ -65,6 +65,28 @@ def default_cpu_count() -> int:
         return os.cpu_count() or 1
 
 
+def executor_capacity(executor: Executor) -> int:
+    """How many tasks to keep in flight on ``executor`` when ``cpu_limit`` is None.
+
+    A ``concurrent.futures`` pool says (``_max_workers``). A Dask executor gets twice
+    its cluster's worker threads: each task pays a round trip to the cluster's
+    scheduler, so one task per thread would leave threads idle between tasks.
+    Otherwise, the CPUs this process may use.
+    """
+    workers = getattr(executor, "_max_workers", None)
+    if isinstance(workers, int) and workers >= 1:
+        return workers
+    client = getattr(executor, "_client", None)
+    if client is not None and type(executor).__module__.startswith("distributed"):
+        try:
+            threads = int(sum(client.nthreads().values()))
+        except Exception:  # an unreachable cluster: fall back, the tasks will say why
+            threads = 0
+        if threads >= 1:
+            return 2 * threads
+    return default_cpu_count()
+
+
 class ExecutorLane:
     kind = "cpu"
 
@@ -72,7 +94,7 @@ class ExecutorLane:
         self, executor: Executor, capacity: int | None = None, *, own: bool = False
     ) -> None:
         if capacity is None:
-            capacity = getattr(executor, "_max_workers", None) or default_cpu_count()
+            capacity = executor_capacity(executor)
         self.capacity = capacity
         self.executor = executor
         self.stats = LaneStats("cpu", capacity, live=self._live)
