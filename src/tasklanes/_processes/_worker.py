@@ -2,7 +2,8 @@
 
 A worker reads chunks of tasks from its task pipe, runs them in order, and sends each
 task's outcome back. Quick successes are held for up to ``FLUSH_SECONDS`` and sent
-together (one pickle and one write for many tasks: most of the cost of a tiny task);
+together (one write, and one wake-up of the parent, for many tasks: most of the cost
+of a tiny task);
 a failure, the end of a chunk, or a task that ran long sends at once. Before each
 task the worker publishes how many tasks it has started in a shared slot, which is
 what lets the parent name the task that was running when the worker dies or
