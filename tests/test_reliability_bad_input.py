@@ -134,7 +134,7 @@ ROWS: list[Row] = [
     Row("tasks=None", lambda c: run_all(None, "cpu"), TypeError, NOT_ITERABLE + " NoneType"),  # type: ignore[call-overload]
     Row("tasks='abc'", lambda c: c.sched.run_all("abc", "blocking"), TypeError, NOT_ITERABLE + " str"),
     Row("tasks=b'ab'", lambda c: c.sched.run_all(b"ab", "cpu"), TypeError, NOT_ITERABLE + " bytes"),
-    Row("scheduler='x'", api("blocking", scheduler="x"), TypeError, "scheduler must be a Scheduler"),
+    Row("scheduler='x'", api("blocking", scheduler="x"), TypeError, re.escape("scheduler must be a Scheduler or None (the default one), got str")),
     # -- task forms, io
     Row("io: call(sync_fn)", batch("io", call(sync_fn)), TypeError, SYNC_ON_IO),
     Row("io: sync_fn", batch("io", sync_fn), TypeError, SYNC_ON_IO),
@@ -199,7 +199,7 @@ ROWS: list[Row] = [
     Row("offload(kind='gpu')", lambda c: offload(kind="gpu"), ValueError, KIND_VALID),  # type: ignore[call-overload]
     Row("offload(limit=0)", lambda c: offload(limit=0), ValueError, LIMIT_VALUE),
     Row("offload(timeout=-1)", lambda c: offload(timeout=-1), ValueError, TIMEOUT_VALUE),
-    Row("offload(scheduler='x')", lambda c: offload(scheduler="x"), TypeError, "scheduler must be a Scheduler, got str"),  # type: ignore[call-overload]
+    Row("offload(scheduler='x')", lambda c: offload(scheduler="x"), TypeError, re.escape("scheduler must be a Scheduler or None (the default one), got str")),  # type: ignore[call-overload]
     Row("offload(5)", lambda c: offload(5), TypeError, "@offload decorates a function, got int"),  # type: ignore[call-overload]
     Row("@offload(kind='io') on a sync def", lambda c: offload(kind="io")(sync_fn), TypeError, r"@offload\(kind='io'\) needs an async def function; sync_fn is sync"),
     Row("@offload(kind='cpu') on an async def", lambda c: offload(kind="cpu")(async_fn), TypeError, r"@offload\(kind='cpu'\) needs a sync function; async_fn is async def: use kind='io'"),

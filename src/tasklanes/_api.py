@@ -13,7 +13,7 @@ from ._backend import LoopHandle, current_backend
 from ._batch import BatchIterator
 from ._lanes._inbox import Inbox
 from ._progress import ProgressArg
-from ._scheduler import Scheduler, get_scheduler
+from ._scheduler import Scheduler, scheduler_or_default
 
 __all__ = ["amap", "as_completed", "run_all", "run_all_sync"]
 
@@ -115,22 +115,11 @@ async def run_all(
     (:func:`check_cancelled` raises in them); ``run_all`` returns or raises only once
     their threads have returned, so no work of the batch outlives the call.
     """
-    sched = _scheduler_or_default(scheduler)
+    sched = scheduler_or_default(scheduler)
     return await sched.run_all(tasks, kind, limit, timeout, return_exceptions, progress)
 
 
 # -- as_completed -------------------------------------------------------------------
-
-
-def _scheduler_or_default(scheduler: object) -> Scheduler:
-    if scheduler is None:
-        return get_scheduler()
-    if not isinstance(scheduler, Scheduler):
-        raise TypeError(
-            f"scheduler must be a Scheduler or None (the default one), "
-            f"got {type(scheduler).__name__}"
-        )
-    return scheduler
 
 
 @overload
@@ -211,7 +200,7 @@ def as_completed(
     the loop was written ``async with as_completed(...) as results: async for ...``,
     which waits for it on exit.
     """
-    sched = _scheduler_or_default(scheduler)
+    sched = scheduler_or_default(scheduler)
     return sched.as_completed(tasks, kind, limit, timeout, return_exceptions, progress)
 
 
@@ -278,7 +267,7 @@ def amap(
 
     Cancellation: as for :func:`as_completed`.
     """
-    sched = _scheduler_or_default(scheduler)
+    sched = scheduler_or_default(scheduler)
     return sched.amap(fn, items, kind, limit, timeout, ordered, return_exceptions, progress)
 
 
@@ -373,7 +362,7 @@ def run_all_sync(
     :func:`run_all` there). Ctrl-C stops the batch as a cancellation does and raises
     ``KeyboardInterrupt``.
     """
-    sched = _scheduler_or_default(scheduler)
+    sched = scheduler_or_default(scheduler)
     return sched.run_all_sync(tasks, kind, limit, timeout, return_exceptions, progress)
 
 

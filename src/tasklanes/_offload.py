@@ -13,7 +13,7 @@ from typing_extensions import ParamSpec
 
 from ._backend import LoopHandle
 from ._call import Call
-from ._scheduler import Scheduler, get_scheduler
+from ._scheduler import Scheduler, check_scheduler, scheduler_or_default
 from ._tasks import check_kind, check_limit, check_timeout
 
 __all__ = ["Offloaded", "offload"]
@@ -119,7 +119,7 @@ class Offloaded(Generic[P, R, W]):
         return name
 
     async def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
-        sched = self._scheduler if self._scheduler is not None else get_scheduler()
+        sched = scheduler_or_default(self._scheduler)
         limiter = self._limiter()
         if limiter is not None:
             await limiter.acquire()
@@ -147,7 +147,7 @@ class Offloaded(Generic[P, R, W]):
         bounds the function's calls across the process: the batch runs at most that
         many at once, on top of its own ``limit``.
         """
-        sched = self._scheduler if self._scheduler is not None else get_scheduler()
+        sched = scheduler_or_default(self._scheduler)
         check_limit(limit)
         seconds = self.timeout if timeout is None else check_timeout(timeout)
         if isinstance(items, AsyncIterable):
@@ -240,8 +240,7 @@ def offload(
     kind = check_kind(kind)
     check_limit(limit)
     seconds = check_timeout(timeout)
-    if scheduler is not None and not isinstance(scheduler, Scheduler):
-        raise TypeError(f"scheduler must be a Scheduler, got {type(scheduler).__name__}")
+    check_scheduler(scheduler)
 
     def decorate(func: Callable[..., Any]) -> Offloaded[Any, Any, Any]:
         if not callable(func):

@@ -358,6 +358,22 @@ def get_scheduler() -> Scheduler:
     return sched
 
 
+def check_scheduler(scheduler: object) -> Scheduler | None:
+    """``scheduler=`` as the API takes it: a :class:`Scheduler`, or None (the default)."""
+    if scheduler is not None and not isinstance(scheduler, Scheduler):
+        raise TypeError(
+            "scheduler must be a Scheduler or None (the default one), "
+            f"got {type(scheduler).__name__}"
+        )
+    return scheduler
+
+
+def scheduler_or_default(scheduler: object) -> Scheduler:
+    """The scheduler a call runs on: the one given, or the process-wide default."""
+    given = check_scheduler(scheduler)
+    return given if given is not None else get_scheduler()
+
+
 def _close_at_exit(ref: weakref.ref[Scheduler]) -> None:
     sched = ref()
     if sched is not None:
