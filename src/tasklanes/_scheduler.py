@@ -88,6 +88,7 @@ class Scheduler:
         self._io_limit = io_limit
         self._blocking_limit = blocking_limit
         self._cpu_limit = cpu_limit
+        self._cpu_capacity: int | None = None  # cpu_limit, or its default once resolved
         self._cpu_executor = cpu_executor
         self._mp_context = mp_context
         self._lanes: dict[str, Lane] = {}
@@ -126,10 +127,10 @@ class Scheduler:
         from ._lanes._executor import ExecutorLane
 
         if self._cpu_executor is not None:
-            return ExecutorLane(self._cpu_executor, self._cpu_limit)
+            return ExecutorLane(self._cpu_executor, self.capacity_or_default())
         from ._lanes._cpu import ProcessLane
 
-        return ProcessLane(self._cpu_limit, self._mp_context)
+        return ProcessLane(self.capacity_or_default(), self._mp_context)
 
     def _resolve(
         self, kind: object, limit: object, timeout: object
@@ -254,12 +255,7 @@ class Scheduler:
             if lane is not None:
                 out[kind] = lane.stats.snapshot()
             else:
-                capacity = (
-                    self._cpu_limit or _cpu_default(self._cpu_executor)
-                    if kind == "cpu"
-                    else self.capacity(kind)
-                )
-                out[kind] = LaneStats(kind, capacity).snapshot()
+                out[kind] = LaneStats(kind, self.capacity(kind)).snapshot()
         return out
 
     @property
@@ -305,7 +301,11 @@ class Scheduler:
         )
 
     def capacity_or_default(self) -> int:
-        return self._cpu_limit or _cpu_default(self._cpu_executor)
+        """The cpu lane's capacity: ``cpu_limit``, or its default, worked out once (for
+        a Dask executor that asks the cluster, so not on every ``stats()``)."""
+        if self._cpu_capacity is None:
+            self._cpu_capacity = self._cpu_limit or _cpu_default(self._cpu_executor)
+        return self._cpu_capacity
 
 
 def _cpu_default(executor: Executor | None) -> int:
