@@ -68,3 +68,10 @@ class TaskCancelled(Exception):
     The task's batch no longer wants its result: it timed out, failed fast, or its
     caller was cancelled. Let it propagate; tasklanes discards it.
     """
+
+
+def closed_error(index: int) -> RuntimeError:
+    """What a task gets when its Scheduler is closed before it finished."""
+    return RuntimeError(
+        f"task {index} did not finish: its Scheduler was closed (Scheduler.close()) first"
+    )

@@ -31,7 +31,7 @@ import anyio
 
 from .._batch import Batch
 from .._cancel import Ticket, set_current_ticket
-from .._errors import TaskTimeout
+from .._errors import TaskTimeout, closed_error
 from .._stats import LaneStats, Tally
 from .._tasks import END, WAIT, CachedCheck, check_sync_task
 from ._inbox import Inbox
@@ -39,12 +39,6 @@ from ._inbox import Inbox
 __all__ = ["ThreadLane", "ThreadPool"]
 
 _monotonic = time.monotonic
-
-
-def _closed_error(index: int) -> RuntimeError:
-    return RuntimeError(
-        f"task {index} did not finish: its Scheduler was closed (Scheduler.close()) first"
-    )
 
 
 class _ThreadJob:
@@ -208,7 +202,7 @@ class ThreadLane:
                 for ticket in job.running:
                     ticket.cancelled = True
             for ticket, _, _ in dropped:
-                job.inbox.put((ticket, False, _closed_error(ticket.index), 0.0, 0.0))
+                job.inbox.put((ticket, False, closed_error(ticket.index), 0.0, 0.0))
         if pool is not None:
             pool.close()
 
@@ -314,7 +308,7 @@ class _ThreadBatch:
             if ticket.cancelled:
                 if self.job.closed and not batch.stopping:
                     tally.failed += 1
-                    emit(ticket.index, False, _closed_error(ticket.index))
+                    emit(ticket.index, False, closed_error(ticket.index))
                     continue
                 tally.cancelled += 1
                 continue

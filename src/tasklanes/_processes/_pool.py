@@ -47,7 +47,7 @@ from time import monotonic
 from typing import Any
 
 from .._call import Call
-from .._errors import TaskTimeout, WorkerCrashed
+from .._errors import TaskTimeout, WorkerCrashed, closed_error
 from . import _worker
 from ._protocol import (
     CHUNK_HEADER,
@@ -185,7 +185,7 @@ class PoolJob:
             # Nothing will run them: say so now rather than leave the caller waiting.
             self._put += len(items)
             self._delivered += len(items)
-            self._deliver([(index, False, _closed_error(index)) for index, _ in items])
+            self._deliver([(index, False, closed_error(index)) for index, _ in items])
             return
         self._queue.extend(items)
         self._put += len(items)
@@ -231,12 +231,6 @@ class PoolJob:
         ewma = self._ewma
         size = 1 if ewma is None else _size_for(ewma)
         return max(0, 2 * slots * size - len(self._queue))
-
-
-def _closed_error(index: int) -> RuntimeError:
-    return RuntimeError(
-        f"task {index} did not finish: its process pool was closed (Scheduler.close()) first"
-    )
 
 
 def _size_for(ewma: float) -> int:
@@ -1162,11 +1156,12 @@ class ProcessPool:
             self._spawn_error = RuntimeError(
                 f"a worker process exited (code {exitcode}) before it was ready"
             )
-        # The task that was running takes the blame for a crash. Tasks before it in the
-        # stream finished, but their outcomes died in the worker's buffer: they run
-        # again, like every task after it. (If none was running, the worker died
-        # between tasks, or loading a chunk: the first task without an outcome takes
-        # the blame, so that a chunk that kills every worker cannot loop forever.)
+        # The task that was running takes the blame for a crash; every task after it
+        # runs again elsewhere. (Outcomes it held were read from its journal above, so
+        # the running task is normally the first without an outcome. If none was
+        # running, the worker died between tasks, or loading a chunk: the first task
+        # without an outcome takes the blame, so that a chunk that kills every worker
+        # cannot loop forever.)
         blame = max(self._running_offset(w), 0)
         position = 0
         for chunk in w.inflight:
@@ -1296,7 +1291,7 @@ class ProcessPool:
                         for k in range(chunk.done, len(chunk.items)):
                             if w.timed_out is None or w.timed_out != (chunk, k):
                                 unfinished.append(chunk.items[k])
-                job._out.extend((index, False, _closed_error(index)) for index, _ in unfinished)
+                job._out.extend((index, False, closed_error(index)) for index, _ in unfinished)
             job._queue.clear()
             job._requeue.clear()
             out, job._out = job._out, []
@@ -1322,13 +1317,9 @@ class ProcessPool:
         while self._commands:
             name, arg = self._commands.popleft()
             if name == "worker":
-                self._workers.append(arg)
-            elif name == "open":
-                self._jobs.append(arg)
-            elif name == "close_input":
-                arg._input_closed = True
-            elif name == "cancel":
-                arg._cancelled = True
+                self._workers.append(arg)  # not registered for events: only stopped below
+            else:
+                self._handle_command(name, arg, monotonic())
         # Closing the alive pipe makes idle workers exit on their own; SIGTERM the rest.
         if self._alive_w >= 0:
             os.close(self._alive_w)
