@@ -35,6 +35,15 @@ async def fail_after_delay(delay: float, exc: BaseException) -> None:
     raise exc
 
 
+async def sleep_long(i: int, cancelled: list[int]) -> None:
+    """Sleeps 10 s unless cancelled; a cancellation is recorded in ``cancelled``."""
+    try:
+        await anyio.sleep(10)
+    except anyio.get_cancelled_exc_class():
+        cancelled.append(i)
+        raise
+
+
 # -- run_all: order, input forms --------------------------------------------------------
 
 
@@ -217,18 +226,14 @@ async def test_first_failure_is_raised_as_itself_with_a_note_naming_its_index() 
 
 
 async def test_fail_fast_cancels_the_rest_promptly() -> None:
-    cancelled = []
-
-    async def long(i: int) -> None:
-        try:
-            await anyio.sleep(10)
-        except anyio.get_cancelled_exc_class():
-            cancelled.append(i)
-            raise
+    cancelled: list[int] = []
 
     start = time.monotonic()
     with pytest.raises(ValueError, match="boom"):
-        await run_all([long(0), long(1), fail_after_delay(0.05, ValueError("boom"))])
+        await run_all(
+            [sleep_long(0, cancelled), sleep_long(1, cancelled),
+             fail_after_delay(0.05, ValueError("boom"))]
+        )
     assert time.monotonic() - start < 2.0
     assert sorted(cancelled) == [0, 1]
 
@@ -266,18 +271,11 @@ async def test_return_exceptions_runs_everything_and_keeps_each_exception() -> N
 
 
 async def test_caller_deadline_cancels_io_tasks_promptly() -> None:
-    cancelled = []
-
-    async def long(i: int) -> None:
-        try:
-            await anyio.sleep(10)
-        except anyio.get_cancelled_exc_class():
-            cancelled.append(i)
-            raise
+    cancelled: list[int] = []
 
     start = time.monotonic()
     with anyio.move_on_after(0.1):
-        await run_all([long(i) for i in range(5)])
+        await run_all([sleep_long(i, cancelled) for i in range(5)])
     assert time.monotonic() - start < 1.5
     assert sorted(cancelled) == [0, 1, 2, 3, 4]
 
@@ -331,16 +329,9 @@ async def test_as_completed_return_exceptions_yields_failures() -> None:
 
 
 async def test_leaving_as_completed_early_stops_the_batch() -> None:
-    cancelled = []
+    cancelled: list[int] = []
 
-    async def long(i: int) -> None:
-        try:
-            await anyio.sleep(10)
-        except anyio.get_cancelled_exc_class():
-            cancelled.append(i)
-            raise
-
-    tasks = [echo("quick"), long(1), long(2)]
+    tasks = [echo("quick"), sleep_long(1, cancelled), sleep_long(2, cancelled)]
     async with as_completed(tasks) as results:
         async for _index, value in results:
             assert value == "quick"
@@ -350,16 +341,9 @@ async def test_leaving_as_completed_early_stops_the_batch() -> None:
 
 
 async def test_break_out_of_as_completed_cancels_in_the_background() -> None:
-    cancelled = []
+    cancelled: list[int] = []
 
-    async def long(i: int) -> None:
-        try:
-            await anyio.sleep(10)
-        except anyio.get_cancelled_exc_class():
-            cancelled.append(i)
-            raise
-
-    async for _ in as_completed([echo(0), long(1)]):
+    async for _ in as_completed([echo(0), sleep_long(1, cancelled)]):
         break
     with anyio.fail_after(2):
         while not cancelled:
