@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+from typing import Any
 
 from tasklanes import check_cancelled, offload
 
@@ -101,3 +102,31 @@ def offloaded_square(x: int) -> int:
 def offloaded_spin() -> None:
     while True:
         pass
+
+
+def close_under_a_running_batch(
+    sched: Any, tasks: list[Any], kind: str, seconds: float = 15.0
+) -> tuple[BaseException, float]:
+    """Run ``tasks`` with ``run_all_sync`` in a thread, close ``sched`` once one of them
+    runs, and return what the call raised and how long ``close()`` took to let it go.
+    ``seconds`` bounds each wait (for a task to start, for the call to return)."""
+    caught: list[BaseException] = []
+
+    def runner() -> None:
+        try:
+            sched.run_all_sync(tasks, kind=kind)
+        except BaseException as exc:
+            caught.append(exc)
+
+    thread = threading.Thread(target=runner)
+    thread.start()
+    deadline = time.monotonic() + seconds
+    while sched.stats()[kind].running < 1 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert sched.stats()[kind].running == 1
+    started = time.monotonic()
+    sched.close()
+    thread.join(seconds)
+    assert not thread.is_alive()
+    assert len(caught) == 1, caught
+    return caught[0], time.monotonic() - started

@@ -286,28 +286,8 @@ async def test_a_lazy_input_and_progress_take_the_one_by_one_path(scheduler: Sch
 
 
 def test_closing_the_scheduler_fails_a_running_batch_instead_of_leaving_it_hanging() -> None:
-    import threading
-
-    sched = Scheduler(cpu_limit=1)
-    caught: list[BaseException] = []
-
-    def runner() -> None:
-        try:
-            sched.run_all_sync(
-                [call(T.sleep_return, 30, "late"), call(T.double, 2)], kind="cpu"
-            )
-        except BaseException as exc:
-            caught.append(exc)
-
-    thread = threading.Thread(target=runner)
-    thread.start()
-    deadline = time.monotonic() + 15
-    while sched.stats()["cpu"].running < 1 and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert sched.stats()["cpu"].running == 1
-    sched.close()
-    thread.join(15)
-    assert not thread.is_alive()
-    assert len(caught) == 1
-    assert isinstance(caught[0], RuntimeError)
-    assert "closed" in str(caught[0])
+    error, _ = T.close_under_a_running_batch(
+        Scheduler(cpu_limit=1), [call(T.sleep_return, 30, "late"), call(T.double, 2)], "cpu"
+    )
+    assert isinstance(error, RuntimeError)
+    assert "closed" in str(error)

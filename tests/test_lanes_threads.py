@@ -158,31 +158,12 @@ def test_closing_the_scheduler_fails_a_running_batch_and_stops_its_tasks() -> No
     # raises in it); the caller gets a RuntimeError instead of waiting forever.
     from . import _tasks as T
 
-    sched = Scheduler(blocking_limit=1)
-    caught: list[BaseException] = []
     flag: list[str] = []
-
-    def runner() -> None:
-        try:
-            sched.run_all_sync(
-                [call(T.polite_sleeper, 30.0, flag)] + [call(T.double, i) for i in range(5)],
-                kind="blocking",
-            )
-        except BaseException as exc:
-            caught.append(exc)
-
-    thread = threading.Thread(target=runner)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while sched.stats()["blocking"].running < 1 and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert sched.stats()["blocking"].running == 1
-    started = time.monotonic()
-    sched.close()
-    thread.join(10)
-    assert not thread.is_alive()
-    assert time.monotonic() - started < 5  # the sleeper stopped at check_cancelled()
-    assert len(caught) == 1
-    assert isinstance(caught[0], RuntimeError)
-    assert "closed" in str(caught[0])
+    tasks = [call(T.polite_sleeper, 30.0, flag)] + [call(T.double, i) for i in range(5)]
+    error, took = T.close_under_a_running_batch(
+        Scheduler(blocking_limit=1), tasks, "blocking", seconds=10
+    )
+    assert took < 5  # the sleeper stopped at check_cancelled()
+    assert isinstance(error, RuntimeError)
+    assert "closed" in str(error)
     assert flag == ["TaskCancelled"]
