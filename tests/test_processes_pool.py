@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+import logging
 import multiprocessing
 import os
 import signal
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -568,3 +570,91 @@ def test_slow_tasks_behind_held_outcomes_get_their_whole_timeout(pool: ProcessPo
     assert [c.outcomes[i] for i in range(2000, 2004)] == [(True, "slow")] * 4
     assert all(c.outcomes[i] == (True, i + 1) for i in range(3000) if not 2000 <= i < 2004)
     assert pool.stats()["timed_out"] == 0
+
+
+# ---------------------------------------------------------------- lifecycle races
+# Each of these forces the interleaving that used to hang a caller: the hook runs in
+# the window between the pool's "is it closed?" check and the act that relied on the
+# answer, and lets a close() from another thread run there (waiting for it at most
+# half a second: with the check and the act atomic, close() waits for them instead).
+
+
+def _close_from_another_thread(pool: ProcessPool) -> threading.Thread:
+    closer = threading.Thread(target=pool.close)
+    closer.start()
+    closer.join(0.5)
+    return closer
+
+
+def test_open_job_racing_close_settles(pool: ProcessPool) -> None:
+    run(pool, [P(T.inc, 1)])  # the manager thread runs
+    closers: list[threading.Thread] = []
+    command = pool._command
+
+    def racing(*args: Any) -> None:
+        closers.append(_close_from_another_thread(pool))
+        command(*args)
+
+    pool._command = racing  # type: ignore[method-assign]
+    c = Collector()
+    try:
+        job = pool.open_job(limit=1, timeout=None, deliver=c.deliver, on_settled=c.settled.set)
+    except RuntimeError as exc:
+        assert "closed" in str(exc)
+    else:
+        job.put([(0, P(T.inc, 1))])
+        job.close_input()
+        assert c.settled.wait(10), "a job opened while the pool closed never settled"
+        ok, value = c.outcomes[0]
+        assert (ok and value == 2) or "closed" in str(value)
+    for closer in closers:
+        closer.join(10)
+        assert not closer.is_alive()
+
+
+class _RacyDeque(deque[Any]):
+    """A job queue whose ``extend`` first lets a ``close()`` run."""
+
+    def __init__(self, pool: ProcessPool) -> None:
+        super().__init__()
+        self.pool = pool
+        self.closers: list[threading.Thread] = []
+
+    def extend(self, items: Any) -> None:
+        if not self.closers:
+            self.closers.append(_close_from_another_thread(self.pool))
+        super().extend(items)
+
+
+def test_put_racing_close_gets_an_outcome(pool: ProcessPool) -> None:
+    run(pool, [P(T.inc, 1)])
+    c = Collector()
+    job = pool.open_job(limit=1, timeout=None, deliver=c.deliver, on_settled=c.settled.set)
+    racy = _RacyDeque(pool)
+    job._queue = racy
+    core = getattr(job, "_core", None)  # the manager-owned half, where there is one
+    if core is not None:
+        core.queue = racy
+    job.put([(0, P(T.inc, 1))])
+    assert wait_for(lambda: 0 in c.outcomes, 10), "a task put while the pool closed got no outcome"
+    ok, value = c.outcomes[0]
+    assert (ok and value == 2) or "closed" in str(value)
+    for closer in racy.closers:
+        closer.join(10)
+        assert not closer.is_alive()
+
+
+def test_crash_is_logged_at_warning(pool: ProcessPool, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="tasklanes.processes")
+    c = run(pool, [P(T.exit_now, 3)])
+    assert isinstance(c.outcomes[0][1], WorkerCrashed)
+    crashes = [
+        r
+        for r in caplog.records
+        if r.name == "tasklanes.processes"
+        and r.levelno == logging.WARNING
+        and getattr(r, "exitcode", None) == 3
+    ]
+    assert len(crashes) == 1, caplog.records
+    record: Any = crashes[0]
+    assert record.lane == "cpu" and record.index == 0 and record.pid > 0
