@@ -44,10 +44,7 @@ class Delivery(Reaper):
                 if job.holders == 0:
                     job.settled = settled = True
             elif (
-                job.input_closed
-                and job.delivered == job.put
-                and not job.queue
-                and job.holders == 0
+                job.input_closed and job.delivered == job.put and not job.queue and job.holders == 0
             ):
                 job.settled = settled = True
         if settled:

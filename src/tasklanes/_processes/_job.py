@@ -45,8 +45,8 @@ class JobCore:
 
     __slots__ = (
         "cancelled",
-        "delivered",
         "deliver",
+        "delivered",
         "ewma",
         "holders",
         "input_closed",

@@ -2,11 +2,11 @@
 (as CPython's `_ExecutorManagerThread`).
 
 Its behaviour is written in layers (see `_state`); this last one holds the loop, the
-door through which other threads hand it work ([submit][tasklanes._processes._manager.Manager.submit]
-and `PoolJob.put`) and the shutdown. One turn of the loop: wait on the selector (the
-wake-up pipe, each worker's result pipe, its sentinel, and its task pipe while a
-write is pending) until the next deadline; handle the events; run the queued
-commands; enforce deadlines; requeue, retire and respawn; dispatch; deliver.
+door through which other threads hand it work (`Manager.submit` and `PoolJob.put`)
+and the shutdown. One turn of the loop: wait on the selector (the wake-up pipe, each
+worker's result pipe, its sentinel, and its task pipe while a write is pending) until
+the next deadline; handle the events; run the queued commands; enforce deadlines;
+requeue, retire and respawn; dispatch; deliver.
 """
 
 from __future__ import annotations

@@ -259,5 +259,3 @@ class Reaper(Dispatcher):
                 )
                 error.__cause__ = cause
                 job.out.append((index, False, error))
-
-

@@ -216,9 +216,7 @@ class ResultReader(ManagerState):
         exc.add_note(f"Traceback in worker process (pid {w.pid}):\n{text.rstrip()}")
         return exc
 
-    def _chunk_done(
-        self, w: WorkerHandle, chunk: Chunk, seconds: float | None, count: int
-    ) -> None:
+    def _chunk_done(self, w: WorkerHandle, chunk: Chunk, seconds: float | None, count: int) -> None:
         w.inflight.popleft()
         job = chunk.job
         if seconds is not None and count:

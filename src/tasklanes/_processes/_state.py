@@ -141,7 +141,5 @@ class ManagerState:
         self.pids = [w.pid for w in serving]
         stats = self.stats
         stats["workers"] = len(serving)
-        stats["starting"] = self.spawning + sum(
-            1 for w in self.workers if w.state is STARTING
-        )
+        stats["starting"] = self.spawning + sum(1 for w in self.workers if w.state is STARTING)
         stats["jobs"] = len(self.jobs)

@@ -139,12 +139,10 @@ class WorkerHandle:
         return None
 
 
-def spawn_worker(
-    ctx: BaseContext, alive_r: multiprocessing.connection.Connection
-) -> WorkerHandle:
+def spawn_worker(ctx: BaseContext, alive_r: multiprocessing.connection.Connection) -> WorkerHandle:
     """Start one worker process (blocks for as long as the start method takes)."""
-    task_r, task_w = ctx.Pipe(duplex=False)  # type: ignore[attr-defined]
-    result_r, result_w = ctx.Pipe(duplex=False)  # type: ignore[attr-defined]
+    task_r, task_w = ctx.Pipe(duplex=False)
+    result_r, result_w = ctx.Pipe(duplex=False)
     block = SharedBlock(SLOT_BYTES + JOURNAL_BYTES)
     try:
         proc = ctx.Process(  # type: ignore[attr-defined]
