@@ -142,7 +142,8 @@ class ProcessPool:
         """Counters: `workers` (alive and serving), `starting`, `started` (in total),
         `crashed`, `killed` (by timeouts and cancels), `timed_out`, `recycled`
         (workers replaced after `max_tasks_per_worker` tasks or past
-        `max_worker_memory`), `chunks` and `tasks` (sent to workers), `returned`
+        `max_worker_memory`), `chunks` and `tasks` (sent to workers; a task handed back
+        unstarted and sent again counts once), `returned`
         (chunks handed back over budget), `jobs` (open), `spawn_errors`."""
         return dict(self._stats)
 

@@ -173,6 +173,7 @@ class Reaper(Dispatcher):
                     blamed = index
                 else:
                     job.requeue.append((index, task))
+                    self.stats["tasks"] -= 1  # sent again: counted once
         if crashed:
             log.warning(
                 "worker process %d crashed (exit code %s)%s",

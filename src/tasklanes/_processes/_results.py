@@ -260,6 +260,8 @@ class ResultReader(ManagerState):
         if chunk.id != chunk_id:
             raise RuntimeError(f"worker {w.pid} returned chunk {chunk_id}, not {chunk.id}")
         self.stats["returned"] += 1
+        # They will be sent again: count each task once in `tasks`.
+        self.stats["tasks"] -= len(chunk.items) - position
         job = chunk.job
         if not job.cancelled:
             job.requeue.extend(chunk.items[position:])
@@ -279,6 +281,7 @@ class ResultReader(ManagerState):
                 job.out.append((chunk.items[0][0], False, exc))
             else:
                 # Which task does not unpickle? Send them one by one to find out.
+                self.stats["tasks"] -= len(chunk.items)
                 job.requeue.extend(chunk.items)
                 job.singles += len(chunk.items)
         chunk.items = []
