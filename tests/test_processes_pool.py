@@ -10,6 +10,7 @@ import logging
 import multiprocessing
 import os
 import signal
+import sys
 import threading
 import time
 from collections import deque
@@ -709,3 +710,47 @@ def test_worker_resources(pool: ProcessPool) -> None:
     assert res["workers"] == 2
     assert res["rss_bytes"] > 1 << 20
     assert res["cpu_seconds"] > 0
+
+
+def test_puts_and_jobs_racing_close_all_settle() -> None:
+    """Unforced: threads that open jobs and put tasks while another thread closes the
+    pool, with a tiny switch interval so that the threads interleave finely. Every job
+    opened settles and every task put gets exactly one outcome. (The forced tests
+    above are the regression tests of the two races; this one guards the whole
+    shape, at a cost of a few seconds.)"""
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(1e-5)
+    try:
+        for _ in range(10):
+            pool = ProcessPool(1)
+            collectors: list[tuple[PoolJob, Collector, list[int]]] = []
+
+            def feed(pool: ProcessPool = pool, out: list[Any] = collectors) -> None:
+                for _ in range(5):
+                    c = Collector()
+                    try:
+                        job = pool.open_job(
+                            limit=1, timeout=None, deliver=c.deliver, on_settled=c.settled.set
+                        )
+                    except RuntimeError:
+                        return  # closed: refused at once, fine
+                    put: list[int] = []
+                    out.append((job, c, put))
+                    for i in range(0, 40, 4):
+                        job.put([(j, P(T.inc, j)) for j in range(i, i + 4)])
+                        put.extend(range(i, i + 4))
+                    job.close_input()
+
+            feeders = [threading.Thread(target=feed) for _ in range(2)]
+            for t in feeders:
+                t.start()
+            pool.close()
+            for t in feeders:
+                t.join(10)
+            for job, c, put in collectors:
+                assert c.settled.wait(10), "a job never settled"
+                assert wait_for(lambda c=c, put=put: len(c.outcomes) == len(put), 10), (
+                    f"{len(put) - len(c.outcomes)} tasks put got no outcome"
+                )
+    finally:
+        sys.setswitchinterval(old)
