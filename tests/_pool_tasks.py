@@ -134,3 +134,12 @@ def timed_sleep(seconds: float) -> tuple[float, float, int]:
     start = time.monotonic()
     time.sleep(seconds)
     return (start, time.monotonic(), os.getpid())
+
+
+_HOARD: list[bytes] = []
+
+
+def hog(megabytes: int) -> int:
+    """Keep `megabytes` of memory for the rest of the process's life; the pid."""
+    _HOARD.append(b"x" * (megabytes << 20))
+    return os.getpid()

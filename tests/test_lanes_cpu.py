@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import os
 import signal
 import time
@@ -12,6 +13,7 @@ import pytest
 
 from tasklanes import Scheduler, TaskTimeout, WorkerCrashed, call, run_all
 
+from . import _pool_tasks as PT
 from . import _tasks as T
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(60)]
@@ -38,7 +40,9 @@ async def wait_for_file(path: Path, seconds: float = 10.0) -> str:
 
 
 async def test_results_in_order(scheduler: Scheduler) -> None:
-    results = await run_all([call(T.double, i) for i in range(200)], kind="cpu", scheduler=scheduler)
+    results = await run_all(
+        [call(T.double, i) for i in range(200)], kind="cpu", scheduler=scheduler
+    )
     assert results == [2 * i for i in range(200)]
 
 
@@ -64,7 +68,9 @@ async def test_exception_keeps_its_type_and_carries_the_worker_traceback(
 async def test_a_crash_costs_only_the_task_that_was_running(scheduler: Scheduler) -> None:
     results = await run_all(
         [call(T.exit_on, i, 10) for i in range(40)],
-        kind="cpu", return_exceptions=True, scheduler=scheduler,
+        kind="cpu",
+        return_exceptions=True,
+        scheduler=scheduler,
     )
     crashed = [r for r in results if isinstance(r, WorkerCrashed)]
     assert len(crashed) == 1 and crashed[0].index == 10
@@ -89,7 +95,9 @@ async def test_sigkill_from_outside_is_a_worker_crash(scheduler: Scheduler, tmp_
         tg.start_soon(kill_it)
         results = await run_all(
             [call(T.write_pid_and_spin, str(marker)), call(T.double, 21)],
-            kind="cpu", return_exceptions=True, scheduler=scheduler,
+            kind="cpu",
+            return_exceptions=True,
+            scheduler=scheduler,
         )
     assert isinstance(results[0], WorkerCrashed)
     assert results[0].signal == "SIGKILL"
@@ -101,7 +109,10 @@ async def test_timeout_kills_the_worker_process(scheduler: Scheduler, tmp_path: 
     start = time.monotonic()
     results = await run_all(
         [call(T.write_pid_and_spin, str(marker)), call(T.double, 1)],
-        kind="cpu", timeout=0.5, return_exceptions=True, scheduler=scheduler,
+        kind="cpu",
+        timeout=0.5,
+        return_exceptions=True,
+        scheduler=scheduler,
     )
     elapsed = time.monotonic() - start
     assert isinstance(results[0], TaskTimeout) and results[0].index == 0
@@ -114,7 +125,9 @@ async def test_timeout_kills_the_worker_process(scheduler: Scheduler, tmp_path: 
     assert scheduler.stats()["cpu"].timed_out == 1
 
 
-async def test_cancelling_the_caller_kills_running_tasks(scheduler: Scheduler, tmp_path: Path) -> None:
+async def test_cancelling_the_caller_kills_running_tasks(
+    scheduler: Scheduler, tmp_path: Path
+) -> None:
     marker = tmp_path / "pid"
     with anyio.move_on_after(1.0):
         await run_all([call(T.write_pid_and_spin, str(marker))], kind="cpu", scheduler=scheduler)
@@ -129,9 +142,13 @@ async def test_fail_fast_kills_the_batch_s_other_running_task(
 
     with pytest.raises(T.CustomError):
         await run_all(
-            [call(T.write_pid_and_spin, str(marker)), call(T.sleep_return, 0.5, None),
-             call(T.raise_custom, "now")],
-            kind="cpu", scheduler=scheduler,
+            [
+                call(T.write_pid_and_spin, str(marker)),
+                call(T.sleep_return, 0.5, None),
+                call(T.raise_custom, "now"),
+            ],
+            kind="cpu",
+            scheduler=scheduler,
         )
     if marker.exists() and marker.read_text():
         assert not pid_alive(int(marker.read_text()))
@@ -139,9 +156,7 @@ async def test_fail_fast_kills_the_batch_s_other_running_task(
 
 async def test_other_batches_are_untouched_by_a_kill(scheduler: Scheduler) -> None:
     async def other() -> list[object]:
-        return await run_all(
-            [call(T.sleep_return, 0.3, "kept")], kind="cpu", scheduler=scheduler
-        )
+        return await run_all([call(T.sleep_return, 0.3, "kept")], kind="cpu", scheduler=scheduler)
 
     async with anyio.create_task_group() as tg:
         box: list[list[object]] = []
@@ -152,8 +167,11 @@ async def test_other_batches_are_untouched_by_a_kill(scheduler: Scheduler) -> No
         tg.start_soon(keep)
         await anyio.sleep(0.05)
         results = await run_all(
-            [call(T.write_pid_and_spin, "/dev/null")], kind="cpu", timeout=0.2,
-            return_exceptions=True, scheduler=scheduler,
+            [call(T.write_pid_and_spin, "/dev/null")],
+            kind="cpu",
+            timeout=0.2,
+            return_exceptions=True,
+            scheduler=scheduler,
         )
     assert isinstance(results[0], TaskTimeout)
     assert box == [["kept"]]
@@ -178,7 +196,9 @@ async def test_unpicklable_argument_names_the_task(scheduler: Scheduler) -> None
 async def test_unpicklable_result_fails_that_task_only(scheduler: Scheduler) -> None:
     results = await run_all(
         [call(T.return_unpicklable), call(T.double, 2)],
-        kind="cpu", return_exceptions=True, scheduler=scheduler,
+        kind="cpu",
+        return_exceptions=True,
+        scheduler=scheduler,
     )
     assert isinstance(results[0], TypeError) and "pickle" in str(results[0])
     assert results[1] == 4
@@ -207,10 +227,12 @@ async def test_offload_cpu_timeout_kills() -> None:
 
 async def test_tiny_and_long_batches_at_once(scheduler: Scheduler) -> None:
     """Long tasks are not starved by a flood of tiny ones, nor tiny ones serialized."""
+
     async def long_batch() -> float:
         t = time.monotonic()
-        await run_all([call(T.sleep_return, 0.3, i) for i in range(2)], kind="cpu",
-                      scheduler=scheduler)
+        await run_all(
+            [call(T.sleep_return, 0.3, i) for i in range(2)], kind="cpu", scheduler=scheduler
+        )
         return time.monotonic() - t
 
     async def tiny_batch() -> float:
@@ -291,3 +313,35 @@ def test_closing_the_scheduler_fails_a_running_batch_instead_of_leaving_it_hangi
     )
     assert isinstance(error, RuntimeError)
     assert "closed" in str(error)
+
+
+async def test_workers_recycled_after_max_tasks() -> None:
+    with Scheduler(cpu_limit=2, cpu_max_tasks_per_worker=3) as sched:
+        pids = await run_all(
+            [call(T.getpid_sleep, 0) for _ in range(40)], kind="cpu", scheduler=sched
+        )
+        assert len(pids) == 40
+        assert max(collections.Counter(pids).values()) <= 3
+        assert sched.stats()["cpu"].recycled > 0
+        assert sched.stats()["cpu"].crashed == 0
+
+
+async def test_workers_recycled_past_memory_limit() -> None:
+    with Scheduler(cpu_limit=1, cpu_max_worker_memory=100 << 20) as sched:
+        [first] = await run_all([call(PT.hog, 150)], kind="cpu", scheduler=sched)
+        later = await run_all(
+            [call(T.getpid_sleep, 0) for _ in range(3)], kind="cpu", scheduler=sched
+        )
+        assert first not in later
+        assert sched.stats()["cpu"].recycled >= 1
+
+
+def test_recycling_arguments_are_checked() -> None:
+    with pytest.raises(ValueError, match="cpu_max_tasks_per_worker"):
+        Scheduler(cpu_max_tasks_per_worker=0)
+    with pytest.raises(TypeError, match="cpu_max_worker_memory"):
+        Scheduler(cpu_max_worker_memory="1GB")  # type: ignore[arg-type]
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(1) as executor, pytest.raises(ValueError, match="cpu_executor"):
+        Scheduler(cpu_executor=executor, cpu_max_tasks_per_worker=5)

@@ -3,13 +3,17 @@ from sync code: real worker processes, no mocks."""
 
 from __future__ import annotations
 
+import collections
 import functools
 import importlib.util
+import logging
 import multiprocessing
 import os
 import signal
+import sys
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -568,3 +572,185 @@ def test_slow_tasks_behind_held_outcomes_get_their_whole_timeout(pool: ProcessPo
     assert [c.outcomes[i] for i in range(2000, 2004)] == [(True, "slow")] * 4
     assert all(c.outcomes[i] == (True, i + 1) for i in range(3000) if not 2000 <= i < 2004)
     assert pool.stats()["timed_out"] == 0
+
+
+# ---------------------------------------------------------------- lifecycle races
+# Each of these forces the interleaving that used to hang a caller: the hook runs in
+# the window between the pool's "is it closed?" check and the act that relied on the
+# answer, and lets a close() from another thread run there (waiting for it at most
+# half a second: with the check and the act atomic, close() waits for them instead).
+
+
+def _close_from_another_thread(pool: ProcessPool) -> threading.Thread:
+    closer = threading.Thread(target=pool.close)
+    closer.start()
+    closer.join(0.5)
+    return closer
+
+
+def test_open_job_racing_close_settles(pool: ProcessPool) -> None:
+    run(pool, [P(T.inc, 1)])  # the manager thread runs
+    closers: list[threading.Thread] = []
+    command = pool._command
+
+    def racing(*args: Any) -> None:
+        closers.append(_close_from_another_thread(pool))
+        command(*args)
+
+    pool._command = racing  # type: ignore[method-assign]
+    c = Collector()
+    refused: RuntimeError | None = None
+    try:
+        job = pool.open_job(limit=1, timeout=None, deliver=c.deliver, on_settled=c.settled.set)
+    except RuntimeError as exc:
+        refused = exc
+    if refused is not None:
+        assert "closed" in str(refused)
+    else:
+        job.put([(0, P(T.inc, 1))])
+        job.close_input()
+        assert c.settled.wait(10), "a job opened while the pool closed never settled"
+        ok, value = c.outcomes[0]
+        assert (ok and value == 2) or "closed" in str(value)
+    for closer in closers:
+        closer.join(10)
+        assert not closer.is_alive()
+
+
+class _RacyDeque(deque[Any]):
+    """A job queue whose ``extend`` first lets a ``close()`` run."""
+
+    def __init__(self, pool: ProcessPool) -> None:
+        super().__init__()
+        self.pool = pool
+        self.closers: list[threading.Thread] = []
+
+    def extend(self, items: Any) -> None:
+        if not self.closers:
+            self.closers.append(_close_from_another_thread(self.pool))
+        super().extend(items)
+
+
+def test_put_racing_close_gets_an_outcome(pool: ProcessPool) -> None:
+    run(pool, [P(T.inc, 1)])
+    c = Collector()
+    job = pool.open_job(limit=1, timeout=None, deliver=c.deliver, on_settled=c.settled.set)
+    racy = _RacyDeque(pool)
+    job._queue = racy
+    core = getattr(job, "_core", None)  # the manager-owned half, where there is one
+    if core is not None:
+        core.queue = racy
+    job.put([(0, P(T.inc, 1))])
+    assert wait_for(lambda: 0 in c.outcomes, 10), "a task put while the pool closed got no outcome"
+    ok, value = c.outcomes[0]
+    assert (ok and value == 2) or "closed" in str(value)
+    for closer in racy.closers:
+        closer.join(10)
+        assert not closer.is_alive()
+
+
+def test_crash_is_logged_at_warning(pool: ProcessPool, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="tasklanes.processes")
+    c = run(pool, [P(T.exit_now, 3)])
+    assert isinstance(c.outcomes[0][1], WorkerCrashed)
+    crashes = [
+        r
+        for r in caplog.records
+        if r.name == "tasklanes.processes"
+        and r.levelno == logging.WARNING
+        and getattr(r, "exitcode", None) == 3
+    ]
+    assert len(crashes) == 1, caplog.records
+    record: Any = crashes[0]
+    assert record.lane == "cpu" and record.index == 0 and record.pid > 0
+
+
+# ---------------------------------------------------------------- worker recycling
+
+
+def test_recycle_after_max_tasks_respects_the_budget() -> None:
+    pool = ProcessPool(2, max_tasks_per_worker=7)
+    try:
+        # Quick tasks: chunks would hold many tasks, but never more than a worker has left.
+        c = run(pool, [P(T.getpid_after, 0) for _ in range(300)])
+        pids = collections.Counter(c.values())
+        assert len(c.outcomes) == 300 and all(ok for ok, _ in c.outcomes.values())
+        assert max(pids.values()) <= 7, pids
+        stats = pool.stats()
+        assert stats["recycled"] >= 300 // 7 - 2, stats
+        assert stats["crashed"] == 0 and stats["killed"] == 0
+    finally:
+        pool.close()
+
+
+def test_recycle_on_memory(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="tasklanes.processes")
+    pool = ProcessPool(1, max_worker_memory=100 << 20)
+    try:
+        first = run(pool, [P(T.hog, 150)]).values()[0]
+        later = run(pool, [P(T.getpid_after, 0) for _ in range(3)]).values()
+        assert first not in later  # the hog's worker was replaced
+        assert pool.stats()["recycled"] >= 1
+        assert any(getattr(r, "reason", None) == "memory" for r in caplog.records)
+    finally:
+        pool.close()
+
+
+def test_recycling_arguments_are_checked() -> None:
+    with pytest.raises(ValueError, match="max_tasks_per_worker"):
+        ProcessPool(1, max_tasks_per_worker=0)
+    with pytest.raises(TypeError, match="max_worker_memory"):
+        ProcessPool(1, max_worker_memory=1.5)  # type: ignore[arg-type]
+
+
+def test_worker_resources(pool: ProcessPool) -> None:
+    run(pool, [P(T.spin, 0.05) for _ in range(4)])
+    assert wait_for(lambda: len(pool.worker_pids()) == 2)
+    res = pool.worker_resources()
+    assert res["workers"] == 2
+    assert res["rss_bytes"] > 1 << 20
+    assert res["cpu_seconds"] > 0
+
+
+def test_puts_and_jobs_racing_close_all_settle() -> None:
+    """Unforced: threads that open jobs and put tasks while another thread closes the
+    pool, with a tiny switch interval so that the threads interleave finely. Every job
+    opened settles and every task put gets exactly one outcome. (The forced tests
+    above are the regression tests of the two races; this one guards the whole
+    shape, at a cost of a few seconds.)"""
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(1e-5)
+    try:
+        for _ in range(10):
+            pool = ProcessPool(1)
+            collectors: list[tuple[PoolJob, Collector, list[int]]] = []
+
+            def feed(pool: ProcessPool = pool, out: list[Any] = collectors) -> None:
+                for _ in range(5):
+                    c = Collector()
+                    try:
+                        job = pool.open_job(
+                            limit=1, timeout=None, deliver=c.deliver, on_settled=c.settled.set
+                        )
+                    except RuntimeError:
+                        return  # closed: refused at once, fine
+                    put: list[int] = []
+                    out.append((job, c, put))
+                    for i in range(0, 40, 4):
+                        job.put([(j, P(T.inc, j)) for j in range(i, i + 4)])
+                        put.extend(range(i, i + 4))
+                    job.close_input()
+
+            feeders = [threading.Thread(target=feed) for _ in range(2)]
+            for t in feeders:
+                t.start()
+            pool.close()
+            for t in feeders:
+                t.join(10)
+            for job, c, put in collectors:
+                assert c.settled.wait(10), "a job never settled"
+                assert wait_for(lambda c=c, put=put: len(c.outcomes) == len(put), 10), (
+                    f"{len(put) - len(c.outcomes)} tasks put got no outcome"
+                )
+    finally:
+        sys.setswitchinterval(old)

@@ -55,6 +55,12 @@ class Scheduler:
     is the executor's worker count (for Dask: twice the cluster's worker threads).
     ``mp_context`` picks the start method of the default process pool (default:
     forkserver on Linux, spawn elsewhere).
+
+    ``cpu_max_tasks_per_worker`` and ``cpu_max_worker_memory`` (bytes of resident
+    memory) recycle the default pool's worker processes: a worker that has run that
+    many tasks, or whose memory exceeds the limit after a chunk of tasks, is replaced
+    once its current work is over. No task is lost or run twice;
+    ``stats()["cpu"].recycled`` counts replacements.
     """
 
     def __init__(
@@ -64,6 +70,8 @@ class Scheduler:
         cpu_limit: int | None = None,
         cpu_executor: Executor | None = None,
         mp_context: BaseContext | str | None = None,
+        cpu_max_tasks_per_worker: int | None = None,
+        cpu_max_worker_memory: int | None = None,
     ) -> None:
         for name, value, optional in (
             ("io_limit", io_limit, False),
@@ -76,6 +84,23 @@ class Scheduler:
                 "cpu_executor must be a concurrent.futures.Executor (for Dask: "
                 f"client.get_executor()), got {type(cpu_executor).__name__}"
             )
+        for name, limit in (
+            ("cpu_max_tasks_per_worker", cpu_max_tasks_per_worker),
+            ("cpu_max_worker_memory", cpu_max_worker_memory),
+        ):
+            if limit is None:
+                continue
+            if isinstance(limit, bool) or not isinstance(limit, int):
+                raise TypeError(
+                    f"{name} must be an int >= 1 or None (no limit), got {type(limit).__name__}"
+                )
+            if limit < 1:
+                raise ValueError(f"{name} must be >= 1 or None (no limit), got {limit}")
+            if cpu_executor is not None:
+                raise ValueError(
+                    f"{name} recycles tasklanes' own worker processes; it does not apply "
+                    "with cpu_executor (configure recycling on that executor instead)"
+                )
         if isinstance(mp_context, str):
             import multiprocessing
 
@@ -91,6 +116,7 @@ class Scheduler:
         self._cpu_capacity: int | None = None  # cpu_limit, or its default once resolved
         self._cpu_executor = cpu_executor
         self._mp_context = mp_context
+        self._cpu_recycling = (cpu_max_tasks_per_worker, cpu_max_worker_memory)
         self._lanes: dict[str, Lane] = {}
         self._lock = threading.Lock()
         self._closed = False
@@ -130,7 +156,13 @@ class Scheduler:
             return ExecutorLane(self._cpu_executor, self.capacity_or_default())
         from ._lanes._cpu import ProcessLane
 
-        return ProcessLane(self.capacity_or_default(), self._mp_context)
+        max_tasks, max_memory = self._cpu_recycling
+        return ProcessLane(
+            self.capacity_or_default(),
+            self._mp_context,
+            max_tasks_per_worker=max_tasks,
+            max_worker_memory=max_memory,
+        )
 
     def _resolve(
         self, kind: object, limit: object, timeout: object

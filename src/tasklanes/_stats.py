@@ -62,6 +62,9 @@ class LaneSnapshot(_ItemAccess):
     killed: int
     wait: TimingSummary
     run: TimingSummary
+    #: Worker processes replaced by recycling (``Scheduler(cpu_max_tasks_per_worker=,
+    #: cpu_max_worker_memory=)``); 0 on other lanes.
+    recycled: int = 0
 
 
 @dataclass
@@ -138,7 +141,8 @@ class LaneStats:
 
     def snapshot(self) -> LaneSnapshot:
         running, waiting = self.live() if self.live is not None else (0, 0)
-        killed = self.extra().get("killed", 0) if self.extra is not None else 0
+        extra = self.extra() if self.extra is not None else {}
+        killed = extra.get("killed", 0)
         with self.lock:
             t = self.total
             return LaneSnapshot(
@@ -158,4 +162,5 @@ class LaneStats:
                 run=TimingSummary(
                     t.run_count, t.run_total / t.run_count if t.run_count else 0.0, t.run_max
                 ),
+                recycled=extra.get("recycled", 0),
             )

@@ -41,9 +41,17 @@ _MAX_QUEUED = 8192
 class ProcessLane:
     kind = "cpu"
 
-    def __init__(self, capacity: int | None, mp_context: BaseContext | None) -> None:
+    def __init__(
+        self,
+        capacity: int | None,
+        mp_context: BaseContext | None,
+        *,
+        max_tasks_per_worker: int | None = None,
+        max_worker_memory: int | None = None,
+    ) -> None:
         self.capacity = capacity or default_cpu_count()
         self._context = mp_context
+        self._recycling = (max_tasks_per_worker, max_worker_memory)
         self._pool: ProcessPool | None = None
         self._lock = threading.Lock()
         self._jobs: set[PoolJob] = set()
@@ -60,7 +68,13 @@ class ProcessLane:
     def pool(self) -> ProcessPool:
         with self._lock:
             if self._pool is None:
-                self._pool = ProcessPool(self.capacity, self._context or default_context())
+                max_tasks, max_memory = self._recycling
+                self._pool = ProcessPool(
+                    self.capacity,
+                    self._context or default_context(),
+                    max_tasks_per_worker=max_tasks,
+                    max_worker_memory=max_memory,
+                )
             return self._pool
 
     @staticmethod

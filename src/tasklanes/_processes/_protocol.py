@@ -17,7 +17,9 @@ Parent -> worker:
   task than pickling tasks one by one, and this form cheaper again. No indices travel:
   the parent knows which tasks it put in which chunk. The header is outside the pickle
   so that a worker can hand back a chunk it has not started without unpickling it.
-* ``STOP`` (an empty payload): exit.
+
+There is no stop message: a worker exits at end of file on its task pipe (the parent
+closes it to retire a worker) or when the parent dies (see ``_worker.main``).
 
 Worker -> parent, one message per event, told apart by their first byte:
 
@@ -75,7 +77,6 @@ __all__ = [
     "MANY_HEADER",
     "RECORD_LEN",
     "SECONDS",
-    "STOP",
     "TAG_OK",
     "TAG_OK_LAST",
     "TAG_OTHER",
@@ -87,8 +88,6 @@ __all__ = [
 FRAME_HEADER = struct.Struct("!i")
 FRAME_HEADER_LONG = struct.Struct("!Q")
 CHUNK_HEADER = struct.Struct("<qd")
-
-STOP = b""
 
 SECONDS = struct.Struct("<d")
 # TAG_OK_MANY's header: the chunk's run time (NaN: the chunk goes on), how many

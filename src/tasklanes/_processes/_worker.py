@@ -64,7 +64,7 @@ FLUSH_COUNT = 1024
 
 
 def main(tasks: Connection, results: Connection, alive: Connection, block: mmap.mmap) -> None:
-    """The worker's whole life: runs until ``STOP``, end of file on ``tasks``, or the
+    """The worker's whole life: runs until end of file on ``tasks``, or the
     parent's death (end of file on ``alive``).
 
     ``tasks`` carries chunks from the parent, ``results`` carries messages back (written
@@ -102,8 +102,6 @@ def main(tasks: Connection, results: Connection, alive: Connection, block: mmap.
         try:
             raw = recv()
         except (EOFError, OSError):
-            return
-        if not raw:  # STOP
             return
         chunk_id, budget = unpack_header(raw)
         try:
@@ -252,16 +250,12 @@ def _read_queued(
     recv: Callable[[], bytes], poll: Callable[[float], bool]
 ) -> tuple[list[int], bool]:
     """The ids of the chunks already waiting in the task pipe (read, so consumed), and
-    whether a ``STOP`` was among them."""
+    whether the pipe was closed behind them (then we exit once they are handed back)."""
     ids: list[int] = []
     stop = False
     try:
         while poll(0):
-            raw = recv()
-            if raw:
-                ids.append(CHUNK_HEADER.unpack_from(raw)[0])
-            else:
-                stop = True
+            ids.append(CHUNK_HEADER.unpack_from(recv())[0])
     except (EOFError, OSError):
         stop = True
     return ids, stop

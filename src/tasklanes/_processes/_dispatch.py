@@ -1,0 +1,202 @@
+"""Manager layer: which job's tasks go to which worker, in chunks of what size.
+
+A new job's chunks hold one task. Every outcome carries the task's run time as
+measured in the worker; a job keeps a moving average of them and sizes its chunks to
+last about `TARGET_CHUNK_SECONDS`. A chunk also carries a time budget: a worker that
+runs past it hands the unstarted rest back. Jobs share the workers round-robin, each
+within its own `limit`. When no job is waiting for a worker, a worker running short
+tasks gets a second chunk queued behind its current one, so that it never waits for a
+round trip. A worker with a task budget (`max_tasks_per_worker`) never gets a chunk
+bigger than what it has left, and retires once it has been sent its last task.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import selectors
+
+from ._job import JobCore, size_for
+from ._log import log
+from ._results import ResultReader
+from ._wire import Item, chunk_message, encode_chunk
+from ._workers import READY, RETIRING, Chunk, WorkerHandle
+
+__all__ = ["CHUNK_BUDGET_SECONDS", "PIPELINE_BELOW_SECONDS", "Dispatcher"]
+
+CHUNK_BUDGET_SECONDS = 0.02
+"""A worker that has spent this long on a chunk gives back the tasks it has not started."""
+
+PIPELINE_BELOW_SECONDS = 0.002
+"""Queue a second chunk behind a running one only for tasks shorter than this."""
+
+_dumps = pickle.dumps
+_PROTOCOL = pickle.HIGHEST_PROTOCOL
+
+
+class Dispatcher(ResultReader):
+    def _dispatch(self, now: float) -> None:
+        jobs = self.jobs
+        if not jobs:
+            return
+        for w in self.workers:
+            if w.inflight or w.state is not READY:
+                continue
+            job = self._next_job()
+            if job is None:
+                break
+            self._send_chunk(w, job, now)
+        # Pipelining: with short tasks, a worker that finishes a chunk should find the
+        # next one already in its pipe. Only when no job is waiting for a worker, so
+        # that fairness between jobs does not suffer.
+        for job in jobs:
+            if job.queue and job.holders < job.limit and not job.cancelled:
+                return
+        for w in self.workers:
+            held = w.job
+            if (
+                held is not None
+                and len(w.inflight) == 1
+                and w.state is READY
+                and held.queue
+                and held.ewma is not None
+                and held.ewma < PIPELINE_BELOW_SECONDS
+                and not held.cancelled
+                and not held.singles
+            ):
+                self._send_chunk(w, held, now)
+
+    def _next_job(self) -> JobCore | None:
+        jobs = self.jobs
+        n = len(jobs)
+        for i in range(n):
+            j = (self.rr + i) % n
+            job = jobs[j]
+            if job.queue and job.holders < job.limit and not job.cancelled:
+                self.rr = (j + 1) % n
+                return job
+        return None
+
+    def _chunk_size(self, job: JobCore) -> int:
+        if job.singles:
+            job.singles -= 1
+            return 1
+        ewma = job.ewma
+        if ewma is None:
+            return 1  # nothing measured yet: a long task must not hold others back
+        size = min(size_for(ewma), job.max_size * 4)
+        # Leave some for the other workers the job may use, so that the tail of a
+        # batch spreads out instead of landing on one worker.
+        slots = min(job.limit, self.max_workers)
+        share = -(-len(job.queue) // slots)
+        size = max(1, min(size, share))
+        if size > job.max_size:
+            job.max_size = size
+        return size
+
+    def _send_chunk(self, w: WorkerHandle, job: JobCore, now: float) -> None:
+        q = job.queue
+        budget = self.max_tasks_per_worker
+        while q:
+            size = min(self._chunk_size(job), len(q))
+            if budget is not None:
+                # Never more than the worker has left: it must not run past its budget.
+                size = min(size, budget - w.assigned)
+            popleft = q.popleft
+            items = [popleft() for _ in range(size)]
+            payload = self._pickle_chunk(job, items)
+            if payload is not None:
+                break
+        else:
+            return
+        chunk_id = self.next_chunk_id
+        self.next_chunk_id = chunk_id + 1
+        chunk = Chunk(chunk_id, job, items)
+        if not w.inflight:
+            w.task_start = now
+            w.job = job
+            job.holders += 1
+        w.inflight.append(chunk)
+        stats = self.stats
+        stats["chunks"] += 1
+        stats["tasks"] += len(items)
+        self._write(w, chunk_message(chunk_id, CHUNK_BUDGET_SECONDS, payload))
+        if budget is not None:
+            w.assigned += len(items)
+            if w.assigned >= budget:
+                w.state = RETIRING
+                log.info(
+                    "recycling worker process %d after %d tasks",
+                    w.pid,
+                    w.assigned,
+                    extra={"lane": "cpu", "pid": w.pid, "reason": "tasks", "tasks": w.assigned},
+                )
+
+    def _pickle_chunk(self, job: JobCore, items: list[Item]) -> bytes | None:
+        """Pickle a chunk as one list (much cheaper per task than one by one).
+
+        If that fails, find the culprits by pickling each task alone: each one fails
+        with `TypeError`, the others are kept in `items` (edited in place). None if no
+        task is left.
+        """
+        try:
+            return encode_chunk(items)
+        except Exception:
+            pass  # find the culprits below
+        good = []
+        for index, task in items:
+            try:
+                _dumps(task, _PROTOCOL)
+            except Exception as exc:
+                error = TypeError(f"task {index} could not be pickled: {exc!r}")
+                error.__cause__ = exc
+                job.out.append((index, False, error))
+            else:
+                good.append((index, task))
+        items[:] = good
+        if not good:
+            return None
+        try:
+            return encode_chunk(items)
+        except Exception as exc:
+            for index, _ in items:
+                job.out.append(
+                    (index, False, TypeError(f"task {index} could not be pickled: {exc!r}"))
+                )
+            items.clear()
+            return None
+
+    # ------------------------------------------------------------------ writing
+
+    def _write(self, w: WorkerHandle, data: bytes) -> None:
+        if w.outbuf:
+            w.outbuf += data
+            return
+        try:
+            written = os.write(w.wfd, data)
+        except BlockingIOError:
+            written = 0
+        except OSError:
+            return  # the worker is gone; its sentinel will tell
+        if written < len(data):
+            w.outbuf += memoryview(data)[written:]
+            self.selector.register(w.wfd, selectors.EVENT_WRITE, (self._flush, w))
+            w.writing = True
+
+    def _flush(self, w: WorkerHandle, now: float) -> None:
+        if not w.writing:
+            return  # stopped earlier in the same turn (the worker died)
+        try:
+            written = os.write(w.wfd, w.outbuf)
+        except BlockingIOError:
+            return
+        except OSError:
+            written = len(w.outbuf)
+        del w.outbuf[:written]
+        if not w.outbuf:
+            self._stop_writing(w)
+
+    def _stop_writing(self, w: WorkerHandle) -> None:
+        if w.writing:
+            w.writing = False
+            self.selector.unregister(w.wfd)

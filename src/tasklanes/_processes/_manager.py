@@ -1,0 +1,168 @@
+"""The manager thread: one object that owns the workers and runs the pool's loop
+(as CPython's `_ExecutorManagerThread`).
+
+Its behaviour is written in layers (see `_state`); this last one holds the loop, the
+door through which other threads hand it work (`Manager.submit` and `PoolJob.put`)
+and the shutdown. One turn of the loop: wait on the selector (the wake-up pipe, each
+worker's result pipe, its sentinel, and its task pipe while a write is pending) until
+the next deadline; handle the events; run the queued commands; enforce deadlines;
+requeue, retire and respawn; dispatch; deliver.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import selectors
+import threading
+from multiprocessing.context import BaseContext
+from time import monotonic
+
+from ._commands import Command
+from ._delivery import Delivery
+from ._log import log
+from ._reaper import KILL_GRACE_SECONDS
+from ._spawner import Spawner
+from ._workers import DEAD, WorkerHandle
+
+__all__ = ["Manager"]
+
+
+class Manager(Delivery):
+    def __init__(
+        self,
+        max_workers: int,
+        ctx: BaseContext,
+        stats: dict[str, int],
+        max_tasks_per_worker: int | None,
+        max_worker_memory: int | None,
+    ) -> None:
+        super().__init__(max_workers, ctx, stats, max_tasks_per_worker, max_worker_memory)
+        self.selector.register(self.wakeup.r, selectors.EVENT_READ, (self._on_wake, None))
+        self.spawner = Spawner(self)
+        # Daemon, so that it never holds up interpreter exit; the pool's atexit hook
+        # closes it (atexit hooks run before daemon threads are frozen).
+        self.thread = threading.Thread(target=self._main, name="tasklanes-pool", daemon=True)
+
+    def start(self) -> None:
+        assert self.spawner is not None
+        self.spawner.start()
+        self.thread.start()
+
+    # ------------------------------------------------------------------ any thread
+
+    def submit(self, command: Command) -> bool:
+        """Queue `command` for the manager thread; False if it no longer takes any
+        (it has shut down, or is in its last look at the queues)."""
+        with self.door:
+            if not self.accepting:
+                return False
+            self.commands.append(command)
+            self.wakeup.wake()
+            return True
+
+    def request_stop(self) -> None:
+        with self.door:
+            self.stopping = True
+            if self.accepting:
+                self.wakeup.wake()
+
+    # ------------------------------------------------------------------ manager thread
+
+    def _main(self) -> None:
+        try:
+            self._loop()
+        except BaseException:
+            # A bug here would leave jobs hanging: say so, then shut down, which
+            # fails every unfinished task so that no caller waits forever.
+            log.critical("the process pool's manager thread crashed", exc_info=True)
+        finally:
+            try:
+                self._shutdown()
+            except BaseException:
+                log.critical("the process pool's shutdown failed", exc_info=True)
+
+    def _loop(self) -> None:
+        sel = self.selector
+        commands = self.commands
+        while not self.stopping:
+            events = sel.select(self._next_timeout(monotonic()))
+            now = monotonic()
+            for key, _ in events:
+                handler, worker = key.data
+                handler(worker, now)
+            while commands:
+                commands.popleft().run(self, now)
+            self._check_deadlines(now)
+            self._requeue_and_spawn(now)
+            self._dispatch(now)
+            self._deliver_and_settle()
+
+    def _on_wake(self, _: object, now: float) -> None:
+        self.wakeup.drain()
+
+    def _add_worker(self, w: WorkerHandle) -> None:
+        self.workers.append(w)
+        self.stats["started"] += 1
+        self.selector.register(w.rfd, selectors.EVENT_READ, (self._read, w))
+        self.selector.register(w.sentinel, selectors.EVENT_READ, (self._on_exit, w))
+        w.reading = True
+        self._update_counts()
+
+    def _shutdown(self) -> None:
+        """On the manager thread, as it exits: no worker survives this, and every job
+        settles."""
+        self.stopping = True
+        if self.spawner is not None:
+            self.spawner.stop()
+        # The last look at the queues: from here on, submit() and put() see the door
+        # closed and fail fast instead of queuing work nobody would do.
+        with self.door:
+            self.accepting = False
+            commands = list(self.commands)
+            self.commands.clear()
+        now = monotonic()
+        for command in commands:
+            command.run(self, now)
+        # Closing the alive pipe makes idle workers exit on their own; SIGTERM the rest.
+        if self.alive_w >= 0:
+            os.close(self.alive_w)
+            self.alive_w = -1
+        for w in self.workers:
+            if w.state is not DEAD:
+                with contextlib.suppress(OSError, ValueError):  # already gone
+                    w.proc.terminate()
+        deadline = monotonic() + KILL_GRACE_SECONDS
+        for w in self.workers:
+            if w.state is not DEAD:
+                w.proc.join(max(0.0, deadline - monotonic()))
+        for w in self.workers:
+            if w.state is not DEAD and w.proc.exitcode is None:
+                with contextlib.suppress(OSError, ValueError):  # already gone
+                    w.proc.kill()
+                w.proc.join(5.0)
+        # Outcomes that reached the pipes or the journals before the end still count.
+        now = monotonic()
+        for w in self.workers:
+            if w.inflight:
+                try:
+                    self._drain(w, now)
+                    self._recover_held(w, now)
+                except Exception:
+                    log.error(
+                        "could not read the last outcomes of worker process %d",
+                        w.pid,
+                        exc_info=True,
+                        extra={"lane": "cpu", "pid": w.pid},
+                    )
+        self._fail_unfinished_jobs()
+        for w in self.workers:
+            w.state = DEAD
+            self._close_worker(w)
+        self.workers.clear()
+        self._update_counts()
+        self.selector.close()
+        self.wakeup.close()  # nobody writes to it any more: accepting is off
+        if self.alive_r is not None:
+            self.alive_r.close()
+            self.alive_r = None

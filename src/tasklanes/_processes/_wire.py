@@ -1,0 +1,175 @@
+"""The pool's side of the wire, as pure code on bytes (no processes, no threads).
+
+The formats are described in `_protocol`. Here: encoding a chunk of tasks, splitting
+the byte stream a worker sends into frames, decoding the header of a batch of held
+outcomes and walking its records, and reading a dead worker's journal. The manager
+calls these on its hot path, so they stay small and allocation-light; the tests in
+`tests/test_processes_wire.py` drive them on hand-made bytes.
+"""
+
+from __future__ import annotations
+
+import functools
+import pickle
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from .._call import Call
+from ._protocol import (
+    CHUNK_HEADER,
+    FRAME_HEADER,
+    FRAME_HEADER_LONG,
+    JOURNAL_HEADER,
+    MANY_HEADER,
+    RECORD_LEN,
+    frame,
+)
+
+__all__ = [
+    "FrameSplitter",
+    "Item",
+    "chunk_message",
+    "decode_many",
+    "encode_chunk",
+    "iter_records",
+    "read_journal",
+]
+
+Item = tuple[int, Callable[[], object]]
+"""`(index, task)`: one task of a job, as the pool queues it."""
+
+_dumps = pickle.dumps
+_PROTOCOL = pickle.HIGHEST_PROTOCOL
+_partial = functools.partial
+_unpack_len = FRAME_HEADER.unpack_from
+_unpack_long = FRAME_HEADER_LONG.unpack_from
+_unpack_many = MANY_HEADER.unpack_from
+_MANY_SIZE = MANY_HEADER.size
+_unpack_record = RECORD_LEN.unpack_from
+_REC = RECORD_LEN.size
+_HEAD = JOURNAL_HEADER.size
+
+
+def encode_chunk(items: list[Item]) -> bytes:
+    """Pickle a chunk's tasks as `(fn, seq)` (see `_protocol`).
+
+    When every task calls the same function with positional arguments only, `fn` is
+    that function (pickled once) and `seq` the argument tuples; otherwise `fn` is
+    None and `seq` the tasks. Raises whatever pickling raises.
+    """
+    first = items[0][1]
+    args: list[tuple[Any, ...]] = []
+    append = args.append
+    if type(first) is _partial:
+        fn = first.func
+        for _, t in items:
+            if type(t) is not _partial or t.func is not fn or t.keywords:
+                break
+            append(t.args)
+        else:
+            return _dumps((fn, args), _PROTOCOL)
+    elif type(first) is Call:
+        fn = first.fn
+        for _, t in items:
+            if type(t) is not Call or t.fn is not fn or t.kwargs:
+                break
+            append(t.args)
+        else:
+            return _dumps((fn, args), _PROTOCOL)
+    return _dumps((None, [t for _, t in items]), _PROTOCOL)
+
+
+def chunk_message(chunk_id: int, budget: float, payload: bytes) -> bytes:
+    """The framed message that carries a chunk to a worker."""
+    return frame(CHUNK_HEADER.pack(chunk_id, budget) + payload)
+
+
+class FrameSplitter:
+    """Splits the byte stream read from one worker into frames.
+
+    [feed][tasklanes._processes._wire.FrameSplitter.feed] takes whatever one read
+    returned and gives back the complete frames; an incomplete tail is kept for the
+    next call. A big message arrives in many reads: they are gathered and parsed
+    once, not re-joined on every read.
+    """
+
+    __slots__ = ("_need", "_pending")
+
+    def __init__(self) -> None:
+        self._pending = bytearray()
+        self._need = 0  # the length of the pending message once whole (0: not known yet)
+
+    def feed(self, data: bytes) -> tuple[bytes, list[tuple[int, int]]]:
+        """`(buffer, spans)`: each span is the `(start, end)` of one frame's payload
+        in `buffer`, in order."""
+        if self._pending:
+            pending = self._pending
+            pending += data
+            if len(pending) < self._need:
+                return b"", []
+            data = bytes(pending)
+            self._pending = bytearray()
+            self._need = 0
+        spans: list[tuple[int, int]] = []
+        n = len(data)
+        pos = 0
+        while n - pos >= 4:
+            size = _unpack_len(data, pos)[0]
+            start = pos + 4
+            if size < 0:
+                if n - start < 8:
+                    break
+                size = _unpack_long(data, start)[0]
+                start += 8
+            end = start + size
+            if end > n:
+                break
+            spans.append((start, end))
+            pos = end
+        if pos < n:
+            self._pending = bytearray(memoryview(data)[pos:])
+            rest = n - pos
+            if rest >= 4:
+                size = _unpack_len(data, pos)[0]
+                if size >= 0:
+                    self._need = 4 + size
+                elif rest >= 12:
+                    self._need = 12 + _unpack_long(data, pos + 4)[0]
+        return data, spans
+
+    @property
+    def pending(self) -> int:
+        """Bytes of an incomplete message kept for the next call."""
+        return len(self._pending)
+
+
+def decode_many(payload: memoryview) -> tuple[float | None, int, int, memoryview]:
+    """A `TAG_OK_MANY` payload (after the tag): `(chunk_seconds, count, epoch, records)`;
+    `chunk_seconds` is None when the chunk goes on (NaN on the wire)."""
+    seconds, count, epoch = _unpack_many(payload, 0)
+    return (None if seconds != seconds else seconds), count, epoch, payload[_MANY_SIZE:]
+
+
+def iter_records(records: memoryview, count: int) -> Iterator[memoryview]:
+    """The `count` pickles of a block of records (a `TAG_OK_MANY` message, a journal)."""
+    pos = 0
+    for _ in range(count):
+        n = _unpack_record(records, pos)[0]
+        start = pos + _REC
+        pos = start + n
+        yield records[start:pos]
+
+
+def read_journal(journal: memoryview, last_epoch: int) -> tuple[int, memoryview] | None:
+    """The outcomes a dead worker held and never sent: `(count, records)`, or None.
+
+    None when nothing is held, when that epoch's message already arrived
+    (`epoch <= last_epoch`), or when the header is torn (those tasks then run again
+    rather than take a garbled result).
+    """
+    epoch, used, count = JOURNAL_HEADER.unpack_from(journal, 0)
+    if not count or epoch <= last_epoch:
+        return None
+    if used > len(journal) - _HEAD or count * _REC > used:
+        return None
+    return count, journal[_HEAD : _HEAD + used]
