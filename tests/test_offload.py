@@ -121,3 +121,53 @@ def test_wrong_kind_for_the_function_is_refused_at_decoration() -> None:
         offload(kind="gpu")  # type: ignore[call-overload]
     with pytest.raises(ValueError, match=">= 1"):
         offload(limit=0)
+
+
+@pytest.mark.parametrize("kind", ["blocking", "io"])
+async def test_two_maps_beside_full_single_calls_never_deadlock(kind: str) -> None:
+    """Four single calls hold all four permits; two maps then wait. Each map must get
+    its work done as permits come free, not wait for a block of them (issue 10, #1)."""
+    gate = threading.Event()
+    running = Gauge()
+
+    if kind == "blocking":
+
+        @offload(kind="blocking", limit=4)
+        def work(x: int) -> int:
+            if x < 0:
+                with running:
+                    gate.wait(30)
+            return x
+
+    else:
+
+        @offload(kind="io", limit=4)
+        async def work(x: int) -> int:  # type: ignore[misc]
+            if x < 0:
+                with running:
+                    while not gate.is_set():
+                        await anyio.sleep(0.01)
+            return x
+
+    maps: list[list[int]] = []
+
+    async def single(x: int) -> None:
+        await work(x)
+
+    async def many(start: int) -> None:
+        maps.append(await work.map(range(start, start + 8)))
+
+    try:
+        with anyio.fail_after(20):
+            async with anyio.create_task_group() as tg:
+                for x in range(-4, 0):
+                    tg.start_soon(single, x)
+                while running.started < 4:
+                    await anyio.sleep(0.01)
+                tg.start_soon(many, 0)
+                tg.start_soon(many, 100)
+                await anyio.sleep(0.1)  # both maps wait for permits now
+                gate.set()
+    finally:
+        gate.set()
+    assert sorted(maps) == [list(range(8)), list(range(100, 108))]
