@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import gc
 import threading
 import time
+import weakref
 
 import anyio
 import pytest
@@ -171,3 +173,33 @@ async def test_two_maps_beside_full_single_calls_never_deadlock(kind: str) -> No
     finally:
         gate.set()
     assert sorted(maps) == [list(range(8)), list(range(100, 108))]
+
+
+@offload(kind="io", limit=2)
+async def limited_echo(x: int) -> int:
+    await anyio.sleep(0)
+    return x
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_io_limit_budget_goes_with_its_event_loop(backend: str) -> None:
+    """The per-loop budget of ``@offload(kind="io", limit=...)`` must not keep the
+    loop alive once it is closed (issue 10, #2)."""
+    loops: list[weakref.ref[object]] = []
+
+    async def main() -> None:
+        if backend == "trio":
+            import trio
+
+            loops.append(weakref.ref(trio.lowlevel.current_trio_token()))
+        else:
+            import asyncio
+
+            loops.append(weakref.ref(asyncio.get_running_loop()))
+        assert await limited_echo(1) == 1
+        assert await limited_echo.map(range(5)) == list(range(5))
+
+    for _ in range(3):
+        anyio.run(main, backend=backend)
+    gc.collect()
+    assert [ref() for ref in loops] == [None, None, None]
