@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import threading
+import weakref
 from collections import deque
 from collections.abc import AsyncIterable, Awaitable, Callable, Iterable
 from typing import Any, Generic, Literal, TypeVar, overload
@@ -12,9 +13,11 @@ import anyio
 from typing_extensions import ParamSpec
 
 from ._backend import LoopHandle
+from ._batch import annotate
 from ._call import Call
+from ._errors import TaskTimeout, WorkerCrashed
 from ._scheduler import Scheduler, check_scheduler, scheduler_or_default
-from ._tasks import check_kind, check_limit, check_timeout
+from ._tasks import END, Source, check_kind, check_limit, check_timeout
 
 __all__ = ["Offloaded", "offload"]
 
@@ -94,17 +97,24 @@ class Offloaded(Generic[P, R, W]):
         self.limit = limit
         self.timeout = timeout
         self._scheduler = scheduler
-        self._limiters: dict[object, _ProcessLimiter] = {}
+        self._process_limiter = None if limit is None else _ProcessLimiter(limit)
+        # io: one budget per event loop, keyed weakly so that it goes with its loop
+        # (an asyncio loop, or a trio run's token): every asyncio.run would leak one.
+        self._loop_limiters: weakref.WeakKeyDictionary[object, _ProcessLimiter] = (
+            weakref.WeakKeyDictionary()
+        )
         self._lock = threading.Lock()
 
     def _limiter(self) -> _ProcessLimiter | None:
         if self.limit is None:
             return None
-        key = LoopHandle().key if self.kind == "io" else None  # io: per event loop
+        if self.kind != "io":
+            return self._process_limiter
+        key = LoopHandle().key
         with self._lock:
-            limiter = self._limiters.get(key)
+            limiter = self._loop_limiters.get(key)
             if limiter is None:
-                limiter = self._limiters[key] = _ProcessLimiter(self.limit)
+                limiter = self._loop_limiters[key] = _ProcessLimiter(self.limit)
             return limiter
 
     def _task(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Call[Any]:
@@ -162,18 +172,66 @@ class Offloaded(Generic[P, R, W]):
         limiter = self._limiter()
         if limiter is None:
             return await sched.run_all(tasks, self.kind, limit, seconds, return_exceptions)
-        # Hold that many of the function's permits for the whole batch.
         width = self.limit if limit is None else min(limit, self.limit or limit)
         assert width is not None
-        held = 0
-        try:
-            for _ in range(width):
+        return await self._map_with_permits(
+            sched, limiter, tasks, width, seconds, return_exceptions
+        )
+
+    async def _map_with_permits(
+        self,
+        sched: Scheduler,
+        limiter: _ProcessLimiter,
+        tasks: Any,
+        width: int,
+        seconds: float | None,
+        return_exceptions: bool,
+    ) -> list[Any]:
+        """``map`` for a function with a ``limit``: ``width`` workers, each taking one of
+        the function's permits per task, exactly like single calls.
+
+        Why not take ``width`` permits up front: two maps that each hold part of them
+        would wait for the rest forever. A worker holds at most one permit, and only
+        while its task runs, so every permit taken is given back.
+        """
+        lane = sched._lane(self.kind)
+        source = Source(tasks, lane.check_task)  # a list is checked before anything runs
+        results: dict[int, Any] = {}
+        failure: list[BaseException] = []
+
+        async def worker(scope: anyio.CancelScope) -> None:
+            while True:
+                item = await source.next()
+                if item is END:
+                    return
+                index, task = item
                 await limiter.acquire()
-                held += 1
-            return await sched.run_all(tasks, self.kind, width, seconds, return_exceptions)
+                try:
+                    value = (await sched.run_all([task], self.kind, 1, seconds))[0]
+                except Exception as exc:
+                    _drop_batch_note(exc)
+                    if isinstance(exc, (TaskTimeout, WorkerCrashed)):
+                        exc.index = index  # it ran as task 0 of a batch of one
+                    annotate(exc, index)
+                    if not return_exceptions:
+                        if not failure:
+                            failure.append(exc)
+                        scope.cancel()
+                        return
+                    value = exc
+                finally:
+                    limiter.release()
+                results[index] = value
+
+        try:
+            async with anyio.create_task_group() as tg:
+                for _ in range(width):
+                    tg.start_soon(worker, tg.cancel_scope)
         finally:
-            for _ in range(held):
-                limiter.release()
+            source.close()
+        if failure:
+            raise failure[0]
+        return [results[i] for i in range(source.pulled)]
 
     def __repr__(self) -> str:
         return f"<offloaded {self.__qualname__} kind={self.kind!r}>"
