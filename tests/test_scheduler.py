@@ -19,6 +19,7 @@ import tasklanes
 from tasklanes import LaneSnapshot, Scheduler, TaskTimeout, call, get_scheduler, run_all
 
 from . import _tasks as T
+from ._helpers import pid_exists, tasklanes_threads, wait_for
 
 pytestmark = pytest.mark.anyio
 
@@ -219,3 +220,110 @@ def test_ordered_amap_on_a_foreign_executor_finishes() -> None:
 
     with ThreadPoolExecutor(4) as pool, tasklanes.Scheduler(cpu_executor=pool) as sched:
         anyio.run(main, sched)
+
+
+def test_schedulers_share_one_exit_hook() -> None:
+    """Each Scheduler used to add an atexit entry it never removed (issue 10, #5)."""
+    import atexit
+
+    first = Scheduler()
+    first.run_all_sync([call(T.double, 1)], kind="blocking")
+    first.close()
+    before = atexit._ncallbacks()
+    for _ in range(5):
+        with Scheduler() as sched:
+            sched.run_all_sync([call(T.double, 1)], kind="blocking")
+    assert atexit._ncallbacks() == before
+
+
+def test_close_waits_a_bounded_time_for_a_thread_that_ignores_it(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A blocking task that never calls check_cancelled() cannot hold close() for
+    ever (issue 10, #6): after ``timeout`` its thread is abandoned, with a warning."""
+    release = threading.Event()
+    sched = Scheduler(blocking_limit=2)
+    started = threading.Event()
+
+    def stubborn() -> None:
+        started.set()
+        release.wait(60)  # never looks at check_cancelled()
+
+    outcome: list[BaseException] = []
+
+    def batch() -> None:
+        try:
+            sched.run_all_sync([stubborn], kind="blocking")
+        except BaseException as exc:
+            outcome.append(exc)
+
+    caller = threading.Thread(target=batch)
+    caller.start()
+    try:
+        assert started.wait(10)
+        caplog.set_level("WARNING", logger="tasklanes")
+        began = time.monotonic()
+        sched.close(timeout=0.5)
+        took = time.monotonic() - began
+        assert took < 10, f"close(timeout=0.5) took {took:.1f} s"
+        assert sched.closed
+        warnings = [r for r in caplog.records if r.name.startswith("tasklanes")]
+        assert warnings and warnings[0].levelname == "WARNING"
+        assert "abandon" in warnings[0].getMessage()
+    finally:
+        release.set()
+        caller.join(30)
+    assert isinstance(outcome[0], RuntimeError) and "closed" in str(outcome[0])
+    wait_for(lambda: not tasklanes_threads(), 10, "the abandoned thread to end")
+
+
+def test_interpreter_exit_is_not_held_by_a_sleeping_thread(tmp_path: Path) -> None:
+    """``time.sleep(3600)`` in a blocking task must not hang interpreter exit past the
+    documented bound (issue 10, #6)."""
+    script = tmp_path / "sleeper.py"
+    script.write_text(
+        "import logging, threading, time\n"
+        "import tasklanes\n"
+        "from tasklanes import call\n"
+        "logging.basicConfig(level=logging.WARNING)\n"
+        "def batch():\n"
+        "    try:\n"
+        "        tasklanes.run_all_sync([call(time.sleep, 3600)], kind='blocking')\n"
+        "    except RuntimeError:\n"
+        "        pass\n"
+        "threading.Thread(target=batch, daemon=True).start()\n"
+        "while tasklanes.get_scheduler().stats()['blocking'].running < 1:\n"
+        "    time.sleep(0.01)\n"
+        "print('running', flush=True)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    began = time.monotonic()
+    try:
+        proc = subprocess.run(
+            [sys.executable, str(script)], capture_output=True, text=True, timeout=60, env=env
+        )
+    except subprocess.TimeoutExpired:
+        pytest.fail("interpreter exit hung on a sleeping blocking task")
+    took = time.monotonic() - began
+    assert proc.stdout.strip() == "running", proc.stderr
+    assert proc.returncode == 0, proc.stderr
+    assert "abandon" in proc.stderr
+    assert took < 45
+
+
+def test_a_dropped_scheduler_stops_its_threads_and_processes() -> None:
+    """Like the standard library's executors, a Scheduler collected without close()
+    stops its threads and worker processes (issue 10, #11)."""
+    import gc
+    import weakref
+
+    sched = Scheduler(blocking_limit=3, cpu_limit=1)
+    sched.run_all_sync([call(T.sleep_return, 0.01, i) for i in range(6)], kind="blocking")
+    (pid,) = set(sched.run_all_sync([call(T.getpid_sleep, 0.0)], kind="cpu"))
+    assert tasklanes_threads()
+    ref = weakref.ref(sched)
+    del sched
+    gc.collect()
+    assert ref() is None
+    wait_for(lambda: not tasklanes_threads(), 10, "the dropped scheduler's threads to stop")
+    wait_for(lambda: not pid_exists(pid), 10, "its worker process to stop")
