@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 import pickle
@@ -79,9 +80,43 @@ def test_close_stops_threads_and_processes_and_refuses_new_work() -> None:
 
 
 async def test_async_context_manager_closes_without_blocking_the_loop() -> None:
-    async with Scheduler() as sched:
-        assert await run_all([call(T.double, 2)], kind="cpu", scheduler=sched) == [4]
+    """While ``async with`` waits for close(), the loop keeps running: a blocking task
+    that only returns once the loop has ticked during the close proves it."""
+    closing = threading.Event()
+    loop_ran_during_close = threading.Event()
+    started = threading.Event()
+
+    def waits_for_the_loop() -> None:
+        started.set()
+        loop_ran_during_close.wait(20)
+
+    async def ticker() -> None:
+        ticks = 0
+        while True:
+            await anyio.sleep(0.01)
+            if closing.is_set():
+                ticks += 1
+                if ticks >= 3:
+                    loop_ran_during_close.set()
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(ticker)
+        async with Scheduler() as sched:
+            assert await run_all([call(T.double, 2)], kind="cpu", scheduler=sched) == [4]
+            caller = threading.Thread(target=_run_ignoring_close, args=(sched, waits_for_the_loop))
+            caller.start()
+            while not started.is_set():
+                await anyio.sleep(0.01)
+            closing.set()
+        tg.cancel_scope.cancel()
+    caller.join(30)
     assert sched.closed
+    assert loop_ran_during_close.is_set(), "the loop stood still while the scheduler closed"
+
+
+def _run_ignoring_close(sched: Scheduler, task: object) -> None:
+    with contextlib.suppress(RuntimeError):  # the batch fails: its scheduler closed
+        sched.run_all_sync([task], kind="blocking")
 
 
 def test_get_scheduler_is_one_per_process_and_recreated_after_close() -> None:
@@ -97,12 +132,24 @@ async def test_stats_add_up_across_lanes() -> None:
         raise ValueError
 
     with Scheduler() as sched:
-        await run_all([call(anyio.sleep, 0) for _ in range(3)] + [boom()],
-                      return_exceptions=True, scheduler=sched)
-        await run_all([call(T.double, 1), call(T.raise_custom, "x")], kind="blocking",
-                      return_exceptions=True, scheduler=sched)
-        await run_all([call(T.double, 1), call(T.exit_hard, 1), call(T.sleep_return, 5, 0)],
-                      kind="cpu", timeout=0.5, return_exceptions=True, scheduler=sched)
+        await run_all(
+            [call(anyio.sleep, 0) for _ in range(3)] + [boom()],
+            return_exceptions=True,
+            scheduler=sched,
+        )
+        await run_all(
+            [call(T.double, 1), call(T.raise_custom, "x")],
+            kind="blocking",
+            return_exceptions=True,
+            scheduler=sched,
+        )
+        await run_all(
+            [call(T.double, 1), call(T.exit_hard, 1), call(T.sleep_return, 5, 0)],
+            kind="cpu",
+            timeout=0.5,
+            return_exceptions=True,
+            scheduler=sched,
+        )
         stats = sched.stats()
     io, blocking, cpu = stats["io"], stats["blocking"], stats["cpu"]
     assert (io.completed, io.failed) == (3, 1)
@@ -117,11 +164,15 @@ async def test_cpu_on_a_thread_pool_executor() -> None:
     """Any concurrent.futures.Executor can carry the cpu lane (here: threads)."""
     with ThreadPoolExecutor(3) as pool, Scheduler(cpu_executor=pool) as sched:
         assert sched.capacity("cpu") == 3
-        results = await run_all([call(T.double, i) for i in range(10)], kind="cpu",
-                                scheduler=sched)
+        results = await run_all([call(T.double, i) for i in range(10)], kind="cpu", scheduler=sched)
         assert results == [2 * i for i in range(10)]
-        timed = await run_all([call(T.sleep_return, 0.5, 1)], kind="cpu", timeout=0.1,
-                              return_exceptions=True, scheduler=sched)
+        timed = await run_all(
+            [call(T.sleep_return, 0.5, 1)],
+            kind="cpu",
+            timeout=0.1,
+            return_exceptions=True,
+            scheduler=sched,
+        )
         assert isinstance(timed[0], TaskTimeout)
 
 
@@ -196,7 +247,9 @@ def test_timeouts_reported_promptly_under_load() -> None:
     with Scheduler() as sched:
         results = sched.run_all_sync(
             [call(T.sleep_return, 0.01, i) for i in range(50)] + [call(T.sleep_return, 3, -1)],
-            kind="blocking", timeout=0.3, return_exceptions=True,
+            kind="blocking",
+            timeout=0.3,
+            return_exceptions=True,
         )
     assert isinstance(results[-1], TaskTimeout)
     assert results[:-1] == list(range(50))
