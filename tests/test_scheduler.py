@@ -132,24 +132,12 @@ async def test_stats_add_up_across_lanes() -> None:
         raise ValueError
 
     with Scheduler() as sched:
-        await run_all(
-            [call(anyio.sleep, 0) for _ in range(3)] + [boom()],
-            return_exceptions=True,
-            scheduler=sched,
-        )
-        await run_all(
-            [call(T.double, 1), call(T.raise_custom, "x")],
-            kind="blocking",
-            return_exceptions=True,
-            scheduler=sched,
-        )
-        await run_all(
-            [call(T.double, 1), call(T.exit_hard, 1), call(T.sleep_return, 5, 0)],
-            kind="cpu",
-            timeout=0.5,
-            return_exceptions=True,
-            scheduler=sched,
-        )
+        await run_all([call(anyio.sleep, 0) for _ in range(3)] + [boom()],
+                      return_exceptions=True, scheduler=sched)
+        await run_all([call(T.double, 1), call(T.raise_custom, "x")], kind="blocking",
+                      return_exceptions=True, scheduler=sched)
+        await run_all([call(T.double, 1), call(T.exit_hard, 1), call(T.sleep_return, 5, 0)],
+                      kind="cpu", timeout=0.5, return_exceptions=True, scheduler=sched)
         stats = sched.stats()
     io, blocking, cpu = stats["io"], stats["blocking"], stats["cpu"]
     assert (io.completed, io.failed) == (3, 1)
@@ -164,15 +152,11 @@ async def test_cpu_on_a_thread_pool_executor() -> None:
     """Any concurrent.futures.Executor can carry the cpu lane (here: threads)."""
     with ThreadPoolExecutor(3) as pool, Scheduler(cpu_executor=pool) as sched:
         assert sched.capacity("cpu") == 3
-        results = await run_all([call(T.double, i) for i in range(10)], kind="cpu", scheduler=sched)
+        results = await run_all([call(T.double, i) for i in range(10)], kind="cpu",
+                                scheduler=sched)
         assert results == [2 * i for i in range(10)]
-        timed = await run_all(
-            [call(T.sleep_return, 0.5, 1)],
-            kind="cpu",
-            timeout=0.1,
-            return_exceptions=True,
-            scheduler=sched,
-        )
+        timed = await run_all([call(T.sleep_return, 0.5, 1)], kind="cpu", timeout=0.1,
+                              return_exceptions=True, scheduler=sched)
         assert isinstance(timed[0], TaskTimeout)
 
 
@@ -247,9 +231,7 @@ def test_timeouts_reported_promptly_under_load() -> None:
     with Scheduler() as sched:
         results = sched.run_all_sync(
             [call(T.sleep_return, 0.01, i) for i in range(50)] + [call(T.sleep_return, 3, -1)],
-            kind="blocking",
-            timeout=0.3,
-            return_exceptions=True,
+            kind="blocking", timeout=0.3, return_exceptions=True,
         )
     assert isinstance(results[-1], TaskTimeout)
     assert results[:-1] == list(range(50))
@@ -273,8 +255,6 @@ def test_ordered_amap_on_a_foreign_executor_finishes() -> None:
 
     with ThreadPoolExecutor(4) as pool, tasklanes.Scheduler(cpu_executor=pool) as sched:
         anyio.run(main, sched)
-
-
 def test_schedulers_share_one_exit_hook() -> None:
     """Each Scheduler used to add an atexit entry it never removed (issue 10, #5)."""
     import atexit
