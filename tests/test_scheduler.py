@@ -360,3 +360,49 @@ def test_a_dropped_scheduler_stops_its_threads_and_processes() -> None:
     assert ref() is None
     wait_for(lambda: not tasklanes_threads(), 10, "the dropped scheduler's threads to stop")
     wait_for(lambda: not pid_exists(pid), 10, "its worker process to stop")
+
+
+def test_nested_blocking_batch_on_a_full_lane_fails_at_once() -> None:
+    """Blocking tasks that start blocking batches on their own lane, with every thread
+    busy with such a task, used to wait forever (issue 10, #8)."""
+    sched = Scheduler(blocking_limit=2)
+    outcomes: list[object] = []
+
+    def outer(i: int) -> object:
+        time.sleep(0.05)  # both outer tasks hold a thread before either asks
+        return sched.run_all_sync([call(T.double, i)], kind="blocking")
+
+    caller = threading.Thread(
+        target=lambda: outcomes.extend(
+            sched.run_all_sync(
+                [call(outer, i) for i in range(4)], kind="blocking", return_exceptions=True
+            )
+        )
+    )
+    caller.start()
+    caller.join(20)
+    try:
+        assert not caller.is_alive(), "nested blocking batches hung"
+        assert len(outcomes) == 4
+        for outcome in outcomes:
+            assert isinstance(outcome, RuntimeError), outcome
+            assert "blocking task" in str(outcome) and "Scheduler(" in str(outcome)
+    finally:
+        sched.close(timeout=1)
+
+
+def test_nested_blocking_batch_on_another_scheduler_runs() -> None:
+    with Scheduler(blocking_limit=1) as outer_sched, Scheduler(blocking_limit=2) as inner:
+
+        def outer(i: int) -> list[int]:
+            return inner.run_all_sync([call(T.double, i), call(T.double, i + 1)], kind="blocking")
+
+        assert outer_sched.run_all_sync([call(outer, 1)], kind="blocking") == [[2, 4]]
+
+
+def test_nested_cpu_batch_in_a_worker_process_fails_at_once_saying_why() -> None:
+    with Scheduler(cpu_limit=1) as sched:
+        [(took, outcome)] = sched.run_all_sync([call(T.nested_cpu_batch)], kind="cpu")
+    assert outcome.startswith("RuntimeError"), outcome
+    assert "worker process" in outcome and "__main__" not in outcome, outcome
+    assert took < 0.5, f"the worker heard back after {took:.2f} s"
