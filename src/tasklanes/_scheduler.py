@@ -13,6 +13,7 @@ from multiprocessing.context import BaseContext
 from typing import TYPE_CHECKING, Any
 
 from ._batch import BatchIterator, Lane, collect
+from ._nested import refuse_nested_blocking, refuse_nested_cpu
 from ._stats import LaneSnapshot
 from ._tasks import KINDS, check_kind, check_limit, check_timeout
 
@@ -138,6 +139,7 @@ class Scheduler:
 
         if self._cpu_executor is not None:
             return ExecutorLane(self._cpu_executor, self.capacity_or_default())
+        refuse_nested_cpu()  # a worker process cannot start a pool: say so at once
         from ._lanes._cpu import ProcessLane
 
         return ProcessLane(self.capacity_or_default(), self._mp_context)
@@ -149,6 +151,8 @@ class Scheduler:
         call_limit = check_limit(limit)
         seconds = check_timeout(timeout)
         lane = self._lane(kind)
+        if kind == "blocking":
+            refuse_nested_blocking(lane)  # would wait for ever once every thread does it
         return lane, lane.capacity if call_limit is None else call_limit, seconds
 
     def capacity(self, kind: str) -> int:
