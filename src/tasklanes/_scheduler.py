@@ -28,6 +28,10 @@ __all__ = ["CLOSE_TIMEOUT", "Scheduler", "get_scheduler"]
 CLOSE_TIMEOUT = 5.0
 
 _log = logging.getLogger("tasklanes")
+if not any(isinstance(handler, logging.NullHandler) for handler in _log.handlers):
+    # A library adds no handler but this one: without any, Python's last-resort
+    # handler would print our warnings to stderr; the application decides.
+    _log.addHandler(logging.NullHandler())
 
 
 def _check_capacity(name: str, value: object, optional: bool) -> None:
