@@ -39,6 +39,7 @@ SCRIPT = textwrap.dedent(
     import tasklanes
     from tasklanes import call
     import tests._reliability_tasks as T
+    from tests._helpers import pid_running
 
 
     def blocking_task(d, i):
