@@ -143,3 +143,11 @@ def nested_cpu_batch() -> tuple[float, str]:
     except RuntimeError as exc:
         outcome = f"RuntimeError: {exc}"
     return time.monotonic() - start, outcome
+
+
+@offload(kind="cpu", limit=2)
+def offloaded_limited_sleep(seconds: float) -> int:
+    if seconds < 0:
+        raise KeyError("fail fast")
+    time.sleep(seconds)
+    return 1

@@ -203,3 +203,35 @@ def test_io_limit_budget_goes_with_its_event_loop(backend: str) -> None:
         anyio.run(main, backend=backend)
     gc.collect()
     assert [ref() for ref in loops] == [None, None, None]
+
+
+@pytest.mark.parametrize("kind", ["blocking", "io", "cpu"])
+async def test_a_failed_or_cancelled_map_gives_every_permit_back(kind: str) -> None:
+    """Permits taken for tasks that never ran (fail-fast, cancellation) come back."""
+    if kind == "cpu":
+        work: Offloaded[..., int, int] = T.offloaded_limited_sleep
+    elif kind == "blocking":
+
+        @offload(kind="blocking", limit=2)
+        def work(seconds: float) -> int:
+            if seconds < 0:
+                raise KeyError("fail fast")
+            time.sleep(seconds)
+            return 1
+
+    else:
+
+        @offload(kind="io", limit=2)
+        async def work(seconds: float) -> int:  # type: ignore[misc]
+            if seconds < 0:
+                raise KeyError("fail fast")
+            await anyio.sleep(seconds)
+            return 1
+
+    with pytest.raises(KeyError):
+        await work.map([0.01, -1, *[0.01] * 20])
+    with anyio.move_on_after(0.3):
+        await work.map([0.05] * 50)
+    limiter = work._limiter()
+    assert limiter is not None and limiter._free == 2 and not limiter._waiters
+    assert await work.map([0.0] * 4) == [1] * 4

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import enum
 import functools
 import threading
 import weakref
 from collections import deque
-from collections.abc import AsyncIterable, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable
 from typing import Any, Generic, Literal, TypeVar, overload
 
 import anyio
@@ -160,6 +161,15 @@ class Offloaded(Generic[P, R, W]):
         sched = scheduler_or_default(self._scheduler)
         check_limit(limit)
         seconds = self.timeout if timeout is None else check_timeout(timeout)
+        limiter = self._limiter()
+        if limiter is not None and self.kind != "cpu":
+            if not isinstance(items, (AsyncIterable, Iterable)):
+                raise TypeError(
+                    f"map() needs an iterable or async iterable, got {type(items).__name__}"
+                )
+            return await self._map_permitted(
+                sched, limiter, items, limit, seconds, return_exceptions
+            )
         if isinstance(items, AsyncIterable):
 
             async def agen() -> Any:
@@ -169,14 +179,45 @@ class Offloaded(Generic[P, R, W]):
             tasks: Any = agen()
         else:
             tasks = [self._task((item,), {}) for item in items]
-        limiter = self._limiter()
         if limiter is None:
             return await sched.run_all(tasks, self.kind, limit, seconds, return_exceptions)
-        width = self.limit if limit is None else min(limit, self.limit or limit)
-        assert width is not None
+        # cpu with a limit: a worker process cannot give a permit back, so workers here
+        # take one per task around a batch of one.
         return await self._map_with_permits(
-            sched, limiter, tasks, width, seconds, return_exceptions
+            sched, limiter, tasks, self._width(limit), seconds, return_exceptions
         )
+
+    def _width(self, limit: int | None) -> int:
+        """How many tasks of a ``map`` run at once: its own ``limit`` within the
+        decorator's."""
+        assert self.limit is not None
+        return self.limit if limit is None else min(limit, self.limit)
+
+    async def _map_permitted(
+        self,
+        sched: Scheduler,
+        limiter: _ProcessLimiter,
+        items: Iterable[Any] | AsyncIterable[Any],
+        limit: int | None,
+        seconds: float | None,
+        return_exceptions: bool,
+    ) -> list[Any]:
+        """``map`` of an io or blocking function with a ``limit``: one batch whose tasks
+        each take a permit before they are handed to the lane and give it back when
+        they end, like single calls. Taking the batch's permits up front would let two
+        maps each hold part of them and wait for the rest for ever."""
+        held: set[_Permit] = set()
+        try:
+            return await sched.run_all(
+                _permitted(items, self.__wrapped__, self.kind, limiter, held),
+                self.kind,
+                self._width(limit),
+                seconds,
+                return_exceptions,
+            )
+        finally:
+            for permit in list(held):
+                permit.unused()  # taken for a task the batch never started
 
     async def _map_with_permits(
         self,
@@ -187,8 +228,9 @@ class Offloaded(Generic[P, R, W]):
         seconds: float | None,
         return_exceptions: bool,
     ) -> list[Any]:
-        """``map`` for a function with a ``limit``: ``width`` workers, each taking one of
-        the function's permits per task, exactly like single calls.
+        """``map`` of a cpu function with a ``limit``: ``width`` workers, each taking one
+        of the function's permits per task, exactly like single calls (a cpu task runs
+        in a worker process, which cannot give a permit back itself).
 
         Why not take ``width`` permits up front: two maps that each hold part of them
         would wait for the rest forever. A worker holds at most one permit, and only
@@ -235,6 +277,80 @@ class Offloaded(Generic[P, R, W]):
 
     def __repr__(self) -> str:
         return f"<offloaded {self.__qualname__} kind={self.kind!r}>"
+
+
+class _PermitState(enum.Enum):
+    HELD = "held"  # taken for a task not started yet
+    RUNNING = "running"  # its task runs: the task gives it back
+    RETURNED = "returned"
+
+
+class _Permit:
+    """One of a function's permits, taken for one task of a ``map``: given back once,
+    by the task when it ends (on any thread), or by the map if the task never ran."""
+
+    __slots__ = ("_held", "_limiter", "_lock", "state")
+
+    def __init__(self, limiter: _ProcessLimiter, held: set[_Permit]) -> None:
+        self._limiter = limiter
+        self._held = held
+        self._lock = threading.Lock()
+        self.state = _PermitState.HELD
+        held.add(self)
+
+    def start(self) -> None:
+        with self._lock:
+            self.state = _PermitState.RUNNING
+
+    def give_back(self) -> None:
+        with self._lock:
+            if self.state is _PermitState.RETURNED:
+                return
+            self.state = _PermitState.RETURNED
+        self._held.discard(self)
+        self._limiter.release()
+
+    def unused(self) -> None:
+        with self._lock:
+            if self.state is not _PermitState.HELD:
+                return  # its task ran and gives it back itself
+        self.give_back()
+
+
+def _run_blocking_with_permit(permit: _Permit, fn: Callable[[Any], Any], item: Any) -> Any:
+    permit.start()
+    try:
+        return fn(item)
+    finally:
+        permit.give_back()
+
+
+async def _run_io_with_permit(permit: _Permit, fn: Callable[[Any], Any], item: Any) -> Any:
+    permit.start()
+    try:
+        return await fn(item)
+    finally:
+        permit.give_back()
+
+
+async def _permitted(
+    items: Iterable[Any] | AsyncIterable[Any],
+    fn: Callable[[Any], Any],
+    kind: str,
+    limiter: _ProcessLimiter,
+    held: set[_Permit],
+) -> AsyncIterator[Call[Any]]:
+    """The tasks of a limited ``map``: each one yielded only once it holds a permit, so
+    waiting for a permit takes no thread and no lane slot."""
+    run = _run_io_with_permit if kind == "io" else _run_blocking_with_permit
+    if isinstance(items, AsyncIterable):
+        async for item in items:
+            await limiter.acquire()
+            yield Call(run, (_Permit(limiter, held), fn, item), {})
+    else:
+        for item in items:
+            await limiter.acquire()
+            yield Call(run, (_Permit(limiter, held), fn, item), {})
 
 
 def _drop_batch_note(exc: BaseException) -> None:
