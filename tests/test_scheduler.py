@@ -406,3 +406,26 @@ def test_nested_cpu_batch_in_a_worker_process_fails_at_once_saying_why() -> None
     assert outcome.startswith("RuntimeError"), outcome
     assert "worker process" in outcome and "__main__" not in outcome, outcome
     assert took < 0.5, f"the worker heard back after {took:.2f} s"
+
+
+def test_a_blocking_task_may_close_its_own_scheduler(caplog: pytest.LogCaptureFixture) -> None:
+    """close() from one of the scheduler's own threads does not wait for itself."""
+    sched = Scheduler(blocking_limit=2)
+    caplog.set_level("WARNING", logger="tasklanes")
+
+    took: list[float] = []
+
+    def closes_its_scheduler() -> None:
+        start = time.monotonic()
+        sched.close()
+        took.append(time.monotonic() - start)
+
+    # Its own batch then fails (the scheduler closed under it), as any running batch.
+    [outcome] = sched.run_all_sync(
+        [call(closes_its_scheduler)], kind="blocking", return_exceptions=True
+    )
+    assert isinstance(outcome, RuntimeError) and "closed" in str(outcome)
+    assert took and took[0] < 2, f"close() from a worker thread took {took} s"
+    assert sched.closed
+    assert not [r for r in caplog.records if r.name.startswith("tasklanes")]
+    wait_for(lambda: not tasklanes_threads(), 10, "the scheduler's threads to stop")

@@ -446,11 +446,17 @@ def _stop_lanes(lanes: dict[str, Lane], timeout: float | None) -> None:
     """
     closers: dict[str, threading.Thread] = {}
     for name, lane in list(lanes.items()):
+        # A task closing its own scheduler: its lane stops once the task returns, so
+        # waiting for that here would be waiting for ourselves. (Asked before the
+        # lane closes: a closed lane owns no thread.)
+        owns = getattr(lane, "owns_current_thread", None)
+        ours = owns is not None and owns()
         closer = threading.Thread(
             target=_close_lane, args=(lane,), name=f"tasklanes-close-{name}", daemon=True
         )
         closer.start()
-        closers[name] = closer
+        if not ours:
+            closers[name] = closer
     lanes.clear()
     if timeout == 0.0:
         return  # collected without close(): stop, but do not wait
