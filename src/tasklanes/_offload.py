@@ -155,8 +155,14 @@ class Offloaded(Generic[P, R, W]):
         """Call the function on each item, as one :func:`run_all` batch.
 
         ``many = await render.map(frames, limit=4)``. The decorator's ``limit`` still
-        bounds the function's calls across the process: the batch runs at most that
-        many at once, on top of its own ``limit``.
+        bounds the function's calls across the process: each task of the batch takes
+        one of the function's permits when it starts and gives it back when it ends,
+        exactly like a single call, so maps and single calls share the permits and
+        none of them ever waits for a permit held by a task that is not running.
+        Waiting for a permit takes no thread, worker or lane slot.
+
+        Cancellation: as for [run_all][tasklanes.run_all]; permits taken for tasks
+        that never started are given back before this returns or raises.
         """
         sched = scheduler_or_default(self._scheduler)
         check_limit(limit)
