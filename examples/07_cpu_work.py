@@ -34,7 +34,8 @@ async def from_async_code(parts: list[tuple[int, int]]) -> int:
     # As a batch...
     counts = await run_all([call(count_primes, a, b) for a, b in parts], kind="cpu")
     # ...or as a stream of results (in input order) from fn(item) for each item.
-    streamed = [count async for count in amap(count_chunk, parts, kind="cpu")]
+    async with amap(count_chunk, parts, kind="cpu") as stream:
+        streamed = [count async for count in stream]
     assert streamed == counts
     return sum(counts)
 

@@ -47,7 +47,8 @@ async def main() -> None:
     assert readings == [i * 10 for i in range(20)]
     assert sums == [checksum(10_000), checksum(20_000)]
 
-    order = [i async for i, _ in as_completed([call(ping, i) for i in range(5)])]
+    async with as_completed([call(ping, i) for i in range(5)]) as pings:
+        order = [i async for i, _ in pings]
     assert sorted(order) == list(range(5))
 
     # A trio cancel scope around a batch: the blocking tasks are asked to stop, and

@@ -30,17 +30,9 @@ from typing import Any
 
 import tasklanes
 
+from ._helpers import pid_running
+
 # ------------------------------------------------------------------ helpers
-
-
-def pid_alive(pid: int) -> bool:
-    """True if ``pid`` runs (a zombie or a missing process counts as dead)."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            state = f.read().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state not in ("Z", "X")
 
 
 def _write(path: Path, text: str) -> None:
@@ -58,7 +50,7 @@ def _count_running(d: Path) -> int:
             pid = int((d / entry).read_text() or 0)
         except (OSError, ValueError):
             continue
-        if pid_alive(pid):
+        if pid_running(pid):
             n += 1
     return n
 
@@ -266,7 +258,7 @@ def load_cpu(d: str, call_id: int, i: int, seconds: float) -> tuple[int, int]:
     for entry in os.listdir(base):
         if entry.startswith(f"run-{call_id}_") and ".tmp" not in entry:
             with contextlib.suppress(OSError, ValueError):
-                if pid_alive(int((base / entry).read_text() or 0)):
+                if pid_running(int((base / entry).read_text() or 0)):
                     mine += 1
     _write(base / f"conc-{key}", f"{total} {mine}")
     try:

@@ -130,3 +130,24 @@ def close_under_a_running_batch(
     assert not thread.is_alive()
     assert len(caught) == 1, caught
     return caught[0], time.monotonic() - started
+
+
+def nested_cpu_batch() -> tuple[float, str]:
+    """A cpu task that starts a cpu batch of its own: how long until it heard back,
+    and what it heard."""
+    from tasklanes import call, run_all_sync
+
+    start = time.monotonic()
+    try:
+        outcome = repr(run_all_sync([call(double, 1)], kind="cpu"))
+    except RuntimeError as exc:
+        outcome = f"RuntimeError: {exc}"
+    return time.monotonic() - start, outcome
+
+
+@offload(kind="cpu", limit=2)
+def offloaded_limited_sleep(seconds: float) -> int:
+    if seconds < 0:
+        raise KeyError("fail fast")
+    time.sleep(seconds)
+    return 1

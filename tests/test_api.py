@@ -493,7 +493,7 @@ async def test_module_functions_use_the_default_scheduler() -> None:
 
 async def test_asyncio_task_leak_free_after_fail_fast(anyio_backend: tuple[str, dict[str, object]]) -> None:
     if anyio_backend[0] != "asyncio":
-        return
+        pytest.skip("asyncio's task registry: trio has no all_tasks() to compare")
     before = len(asyncio.all_tasks())
     with pytest.raises(ValueError):
         await run_all([echo(0, 1.0), fail_after_delay(0.01, ValueError())])

@@ -15,21 +15,9 @@ from tasklanes import Scheduler, TaskTimeout, WorkerCrashed, call, run_all
 
 from . import _pool_tasks as PT
 from . import _tasks as T
+from ._helpers import pid_running
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(60)]
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    # A zombie still answers kill(0); it is gone for our purposes once reaped or defunct.
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 async def wait_for_file(path: Path, seconds: float = 10.0) -> str:
@@ -120,7 +108,7 @@ async def test_timeout_kills_the_worker_process(scheduler: Scheduler, tmp_path: 
     assert elapsed < 0.5 + 2.0  # pool start-up plus the kill, generously
     # No work of the batch outlives the call: the worker is dead by the time it returns.
     pid = int(marker.read_text())
-    assert not pid_alive(pid)
+    assert not pid_running(pid)
     assert scheduler.stats()["cpu"].killed >= 1
     assert scheduler.stats()["cpu"].timed_out == 1
 
@@ -132,7 +120,7 @@ async def test_cancelling_the_caller_kills_running_tasks(
     with anyio.move_on_after(1.0):
         await run_all([call(T.write_pid_and_spin, str(marker))], kind="cpu", scheduler=scheduler)
     pid = int(marker.read_text())
-    assert not pid_alive(pid), "run_all returned while its worker still ran"
+    assert not pid_running(pid), "run_all returned while its worker still ran"
 
 
 async def test_fail_fast_kills_the_batch_s_other_running_task(
@@ -151,7 +139,7 @@ async def test_fail_fast_kills_the_batch_s_other_running_task(
             scheduler=scheduler,
         )
     if marker.exists() and marker.read_text():
-        assert not pid_alive(int(marker.read_text()))
+        assert not pid_running(int(marker.read_text()))
 
 
 async def test_other_batches_are_untouched_by_a_kill(scheduler: Scheduler) -> None:

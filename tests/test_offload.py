@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import gc
 import threading
 import time
+import weakref
 
 import anyio
 import pytest
@@ -121,3 +123,115 @@ def test_wrong_kind_for_the_function_is_refused_at_decoration() -> None:
         offload(kind="gpu")  # type: ignore[call-overload]
     with pytest.raises(ValueError, match=">= 1"):
         offload(limit=0)
+
+
+@pytest.mark.parametrize("kind", ["blocking", "io"])
+async def test_two_maps_beside_full_single_calls_never_deadlock(kind: str) -> None:
+    """Four single calls hold all four permits; two maps then wait. Each map must get
+    its work done as permits come free, not wait for a block of them (issue 10, #1)."""
+    gate = threading.Event()
+    running = Gauge()
+
+    if kind == "blocking":
+
+        @offload(kind="blocking", limit=4)
+        def work(x: int) -> int:
+            if x < 0:
+                with running:
+                    gate.wait(30)
+            return x
+
+    else:
+
+        @offload(kind="io", limit=4)
+        async def work(x: int) -> int:  # type: ignore[misc]
+            if x < 0:
+                with running:
+                    while not gate.is_set():
+                        await anyio.sleep(0.01)
+            return x
+
+    maps: list[list[int]] = []
+
+    async def single(x: int) -> None:
+        await work(x)
+
+    async def many(start: int) -> None:
+        maps.append(await work.map(range(start, start + 8)))
+
+    try:
+        with anyio.fail_after(20):
+            async with anyio.create_task_group() as tg:
+                for x in range(-4, 0):
+                    tg.start_soon(single, x)
+                while running.started < 4:
+                    await anyio.sleep(0.01)
+                tg.start_soon(many, 0)
+                tg.start_soon(many, 100)
+                await anyio.sleep(0.1)  # both maps wait for permits now
+                gate.set()
+    finally:
+        gate.set()
+    assert sorted(maps) == [list(range(8)), list(range(100, 108))]
+
+
+@offload(kind="io", limit=2)
+async def limited_echo(x: int) -> int:
+    await anyio.sleep(0)
+    return x
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_io_limit_budget_goes_with_its_event_loop(backend: str) -> None:
+    """The per-loop budget of ``@offload(kind="io", limit=...)`` must not keep the
+    loop alive once it is closed (issue 10, #2)."""
+    loops: list[weakref.ref[object]] = []
+
+    async def main() -> None:
+        if backend == "trio":
+            import trio
+
+            loops.append(weakref.ref(trio.lowlevel.current_trio_token()))
+        else:
+            import asyncio
+
+            loops.append(weakref.ref(asyncio.get_running_loop()))
+        assert await limited_echo(1) == 1
+        assert await limited_echo.map(range(5)) == list(range(5))
+
+    for _ in range(3):
+        anyio.run(main, backend=backend)
+    gc.collect()
+    assert [ref() for ref in loops] == [None, None, None]
+
+
+@pytest.mark.parametrize("kind", ["blocking", "io", "cpu"])
+async def test_a_failed_or_cancelled_map_gives_every_permit_back(kind: str) -> None:
+    """Permits taken for tasks that never ran (fail-fast, cancellation) come back."""
+    if kind == "cpu":
+        work: Offloaded[..., int, int] = T.offloaded_limited_sleep
+    elif kind == "blocking":
+
+        @offload(kind="blocking", limit=2)
+        def work(seconds: float) -> int:
+            if seconds < 0:
+                raise KeyError("fail fast")
+            time.sleep(seconds)
+            return 1
+
+    else:
+
+        @offload(kind="io", limit=2)
+        async def work(seconds: float) -> int:  # type: ignore[misc]
+            if seconds < 0:
+                raise KeyError("fail fast")
+            await anyio.sleep(seconds)
+            return 1
+
+    with pytest.raises(KeyError):
+        await work.map([0.01, -1, *[0.01] * 20])
+    with anyio.move_on_after(0.3):
+        await work.map([0.05] * 50)
+    limiter = work._limiter()
+    assert limiter is not None and limiter._free == 2 and not limiter._waiters
+    assert await work.map([0.0] * 4) == [1] * 4

@@ -25,6 +25,7 @@ from tasklanes._processes._pool import Outcome, PoolJob, ProcessPool, default_co
 from tasklanes._processes._protocol import RemoteError
 
 from . import _pool_tasks as T
+from ._helpers import pid_exists, wait_for
 
 # A backstop: a hung pool must fail the test, not the whole run.
 pytestmark = (
@@ -73,25 +74,6 @@ def leftover_processes() -> list[str]:
                 continue
             found.append(f"{pid} [{state}] {cmdline[:100]}")
     return found
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    # A zombie still answers kill(pid, 0); it is dead for our purposes only if reaped,
-    # so report it as alive.
-    return True
-
-
-def wait_for(predicate: Callable[[], bool], timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.01)
-    return predicate()
 
 
 class Collector:
@@ -250,8 +232,13 @@ def test_tiny_tasks_are_chunked(pool: ProcessPool) -> None:
     c = run(pool, [P(T.inc, i) for i in range(20000)])
     assert c.values() == [i + 1 for i in range(20000)]
     after = pool.stats()
-    assert after["tasks"] - before["tasks"] == 20000
-    assert after["chunks"] - before["chunks"] < 20000 / 50
+    # "tasks" counts tasks *sent*: the rest of a chunk handed back over its time budget
+    # (a busy machine can stall any chunk) is sent again, and counted again.
+    sent = after["tasks"] - before["tasks"]
+    returned = after["returned"] - before["returned"]
+    assert sent >= 20000
+    assert returned > 0 or sent == 20000
+    assert after["chunks"] - before["chunks"] < 20000 / 50 + 2 * returned
 
 
 def test_long_tasks_are_not_serialized(pool: ProcessPool) -> None:
@@ -370,7 +357,7 @@ def test_timeout_kills_the_worker(pool: ProcessPool, tmp_path: Path) -> None:
     assert c.arrival[0] - t0 < 0.4 + 0.5
     # The rest of the job ran on the replacement worker.
     assert all(c.outcomes[i] == (True, i + 1) for i in range(1, 50))
-    assert wait_for(lambda: not pid_alive(pid), 2.0), "the timed-out worker survived"
+    assert wait_for(lambda: not pid_exists(pid), 2.0), "the timed-out worker survived"
     heal(pool)
     stats = pool.stats()
     assert stats["timed_out"] == 1
@@ -400,7 +387,7 @@ def test_cancel_kills_its_tasks_only(tmp_path: Path) -> None:
         assert time.monotonic() - t0 < 1.0
         assert c.outcomes == {}  # the cancelled tasks get no outcome
         for pid in pids:
-            assert not pid_alive(pid)
+            assert not pid_exists(pid)
         # The other job's task ran on, untouched.
         assert other.settled.wait(10)
         assert other.outcomes[0] == (True, other_pid)
@@ -491,7 +478,7 @@ def test_close_leaves_no_process(tmp_path: Path) -> None:
     pool.close()
     assert time.monotonic() - t0 < 2.0
     assert multiprocessing.active_children() == []
-    assert not any(pid_alive(pid) for pid in pids)
+    assert not any(pid_exists(pid) for pid in pids)
     assert pool.stats()["workers"] == 0
     pool.close()  # idempotent
     with pytest.raises(RuntimeError, match="closed"):

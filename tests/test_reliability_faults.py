@@ -20,6 +20,7 @@ import pytest
 from tasklanes import Scheduler, TaskTimeout, WorkerCrashed, call
 
 from . import _reliability_tasks as T
+from ._helpers import pid_running, wait_for
 
 pytestmark = [pytest.mark.timeout(60)]
 CAPACITY = 2
@@ -47,14 +48,6 @@ def pool_stats(s: Scheduler) -> dict[str, int]:
 
 def worker_pids(s: Scheduler) -> list[int]:
     return s._lane("cpu").pool.worker_pids()  # type: ignore[attr-defined]
-
-
-def wait_for(predicate: Any, seconds: float = 10.0, what: str = "") -> None:
-    deadline = time.monotonic() + seconds
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what or predicate}")
-        time.sleep(0.01)
 
 
 def wait_file(path: Path, seconds: float = 10.0) -> int:
@@ -88,7 +81,7 @@ def assert_healed(s: Scheduler) -> None:
         i * i for i in range(20)
     ]
     wait_for(lambda: pool_stats(s)["workers"] == CAPACITY, 10, "the pool back to capacity")
-    assert all(T.pid_alive(p) for p in worker_pids(s))
+    assert all(pid_running(p) for p in worker_pids(s))
 
 
 # ------------------------------------------------------------------ crashes
@@ -174,7 +167,7 @@ def test_hang_ignoring_sigterm_is_killed(sched: Scheduler, tmp: Path) -> None:
     assert err.index == 4, err  # type: ignore[attr-defined]
     assert elapsed < 6, elapsed
     pid = int(pidfile.read_text())
-    wait_for(lambda: not T.pid_alive(pid), 5, "the hung worker to die")
+    wait_for(lambda: not pid_running(pid), 5, "the hung worker to die")
     assert sched.stats()["cpu"].timed_out == 1
     assert pool_stats(sched)["killed"] >= 1
     assert_healed(sched)
@@ -229,7 +222,7 @@ def test_task_that_forks(sched: Scheduler, tmp: Path) -> None:
     results[4] = 16
     assert results == [i * i for i in range(9)]
     child = int((tmp / "child").read_text())
-    assert not T.pid_alive(child)
+    assert not pid_running(child)
     assert sched.stats()["cpu"].crashed == 0
     assert_healed(sched)
 
@@ -244,7 +237,7 @@ def test_task_that_forks_and_leaves_a_child(sched: Scheduler, tmp: Path) -> None
     results[4] = 16
     assert results == [i * i for i in range(9)]
     child = int((tmp / "child").read_text())
-    wait_for(lambda: not T.pid_alive(child), 5, "the task's child to exit")
+    wait_for(lambda: not pid_running(child), 5, "the task's child to exit")
     assert_healed(sched)
 
 
@@ -262,7 +255,7 @@ def _forkserver_pid() -> int:
 def _kill_forkserver() -> int:
     pid = _forkserver_pid()
     os.kill(pid, signal.SIGKILL)
-    wait_for(lambda: not T.pid_alive(pid), 5, "the forkserver to die")
+    wait_for(lambda: not pid_running(pid), 5, "the forkserver to die")
     return pid
 
 
@@ -281,7 +274,7 @@ def test_forkserver_killed_while_idle(sched: Scheduler) -> None:
         assert _forkserver_pid() != dead
     finally:
         for pid in old:  # whatever happened, the old workers must not survive this
-            wait_for(lambda p=pid: not T.pid_alive(p), 5, f"old worker {pid} to exit")
+            wait_for(lambda p=pid: not pid_running(p), 5, f"old worker {pid} to exit")
 
 
 def test_forkserver_killed_during_a_batch(sched: Scheduler, tmp: Path) -> None:
@@ -308,7 +301,7 @@ def test_forkserver_killed_during_a_batch(sched: Scheduler, tmp: Path) -> None:
     assert_healed(sched)
     seen = [int(f.read_text()) for f in tmp.glob("pid?")]
     wait_for(
-        lambda: all(not T.pid_alive(p) or p in worker_pids(sched) for p in seen),
+        lambda: all(not pid_running(p) or p in worker_pids(sched) for p in seen),
         5,
         "the old server's workers to exit",
     )

@@ -22,7 +22,7 @@ import pytest
 
 import tasklanes
 
-from . import _reliability_tasks as T
+from ._helpers import pid_running
 
 pytestmark = [pytest.mark.timeout(60)]
 
@@ -39,6 +39,7 @@ SCRIPT = textwrap.dedent(
     import tasklanes
     from tasklanes import call
     import tests._reliability_tasks as T
+    from tests._helpers import pid_running
 
 
     def blocking_task(d, i):
@@ -62,7 +63,7 @@ SCRIPT = textwrap.dedent(
         started = {p.name[7:] for p in Path(d).glob("bstart-*")}
         ended = {p.name[5:] for p in Path(d).glob("bend-*")}
         return {
-            "cpu_alive": [p for p in cpu if T.pid_alive(p)],
+            "cpu_alive": [p for p in cpu if pid_running(p)],
             "cpu_started": len(cpu),
             "blocking_running": sorted(started - ended),
             "blocking_started": len(started),
@@ -172,7 +173,7 @@ def wait_started(tmp: Path, mode: str, proc: subprocess.Popen[str]) -> None:
 def assert_no_orphans(pids: set[int], what: str) -> None:
     deadline = time.monotonic() + 5
     while True:
-        alive = sorted(p for p in pids if T.pid_alive(p))
+        alive = sorted(p for p in pids if pid_running(p))
         if not alive:
             return
         if time.monotonic() > deadline:

@@ -32,6 +32,7 @@ from hypothesis import strategies as st
 from tasklanes import Scheduler, TaskTimeout, WorkerCrashed, call
 
 from . import _reliability_tasks as T
+from ._helpers import pid_running
 
 pytestmark = [pytest.mark.timeout(120)]
 
@@ -347,7 +348,7 @@ def test_cpu_batches(backend: str, mode: str, plan: Plan) -> None:
             # A started task is over when it left its body, or when its process is dead
             # (killed for a timeout or a cancellation, or crashed).
             still = {
-                i for i, pid in starts_pid.items() if i not in ended and T.pid_alive(pid)
+                i for i, pid in starts_pid.items() if i not in ended and pid_running(pid)
             }
             conc = T.prefixed(d, "conc-")
         starts = {i: 1 + (i in dup) for i in starts_pid}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 import pickle
@@ -19,6 +20,7 @@ import tasklanes
 from tasklanes import LaneSnapshot, Scheduler, TaskTimeout, call, get_scheduler, run_all
 
 from . import _tasks as T
+from ._helpers import pid_exists, tasklanes_threads, wait_for
 
 pytestmark = pytest.mark.anyio
 
@@ -78,9 +80,43 @@ def test_close_stops_threads_and_processes_and_refuses_new_work() -> None:
 
 
 async def test_async_context_manager_closes_without_blocking_the_loop() -> None:
-    async with Scheduler() as sched:
-        assert await run_all([call(T.double, 2)], kind="cpu", scheduler=sched) == [4]
+    """While ``async with`` waits for close(), the loop keeps running: a blocking task
+    that only returns once the loop has ticked during the close proves it."""
+    closing = threading.Event()
+    loop_ran_during_close = threading.Event()
+    started = threading.Event()
+
+    def waits_for_the_loop() -> None:
+        started.set()
+        loop_ran_during_close.wait(20)
+
+    async def ticker() -> None:
+        ticks = 0
+        while True:
+            await anyio.sleep(0.01)
+            if closing.is_set():
+                ticks += 1
+                if ticks >= 3:
+                    loop_ran_during_close.set()
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(ticker)
+        async with Scheduler() as sched:
+            assert await run_all([call(T.double, 2)], kind="cpu", scheduler=sched) == [4]
+            caller = threading.Thread(target=_run_ignoring_close, args=(sched, waits_for_the_loop))
+            caller.start()
+            while not started.is_set():
+                await anyio.sleep(0.01)
+            closing.set()
+        tg.cancel_scope.cancel()
+    caller.join(30)
     assert sched.closed
+    assert loop_ran_during_close.is_set(), "the loop stood still while the scheduler closed"
+
+
+def _run_ignoring_close(sched: Scheduler, task: object) -> None:
+    with contextlib.suppress(RuntimeError):  # the batch fails: its scheduler closed
+        sched.run_all_sync([task], kind="blocking")
 
 
 def test_get_scheduler_is_one_per_process_and_recreated_after_close() -> None:
@@ -219,3 +255,177 @@ def test_ordered_amap_on_a_foreign_executor_finishes() -> None:
 
     with ThreadPoolExecutor(4) as pool, tasklanes.Scheduler(cpu_executor=pool) as sched:
         anyio.run(main, sched)
+def test_schedulers_share_one_exit_hook() -> None:
+    """Each Scheduler used to add an atexit entry it never removed (issue 10, #5)."""
+    import atexit
+
+    first = Scheduler()
+    first.run_all_sync([call(T.double, 1)], kind="blocking")
+    first.close()
+    before = atexit._ncallbacks()
+    for _ in range(5):
+        with Scheduler() as sched:
+            sched.run_all_sync([call(T.double, 1)], kind="blocking")
+    assert atexit._ncallbacks() == before
+
+
+def test_close_waits_a_bounded_time_for_a_thread_that_ignores_it(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A blocking task that never calls check_cancelled() cannot hold close() for
+    ever (issue 10, #6): after ``timeout`` its thread is abandoned, with a warning."""
+    release = threading.Event()
+    sched = Scheduler(blocking_limit=2)
+    started = threading.Event()
+
+    def stubborn() -> None:
+        started.set()
+        release.wait(60)  # never looks at check_cancelled()
+
+    outcome: list[BaseException] = []
+
+    def batch() -> None:
+        try:
+            sched.run_all_sync([stubborn], kind="blocking")
+        except BaseException as exc:
+            outcome.append(exc)
+
+    caller = threading.Thread(target=batch)
+    caller.start()
+    try:
+        assert started.wait(10)
+        caplog.set_level("WARNING", logger="tasklanes")
+        began = time.monotonic()
+        sched.close(timeout=0.5)
+        took = time.monotonic() - began
+        assert took < 10, f"close(timeout=0.5) took {took:.1f} s"
+        assert sched.closed
+        warnings = [r for r in caplog.records if r.name.startswith("tasklanes")]
+        assert warnings and warnings[0].levelname == "WARNING"
+        assert "abandon" in warnings[0].getMessage()
+    finally:
+        release.set()
+        caller.join(30)
+    assert isinstance(outcome[0], RuntimeError) and "closed" in str(outcome[0])
+    wait_for(lambda: not tasklanes_threads(), 10, "the abandoned thread to end")
+
+
+def test_interpreter_exit_is_not_held_by_a_sleeping_thread(tmp_path: Path) -> None:
+    """``time.sleep(3600)`` in a blocking task must not hang interpreter exit past the
+    documented bound (issue 10, #6)."""
+    script = tmp_path / "sleeper.py"
+    script.write_text(
+        "import logging, threading, time\n"
+        "import tasklanes\n"
+        "from tasklanes import call\n"
+        "logging.basicConfig(level=logging.WARNING)\n"
+        "def batch():\n"
+        "    try:\n"
+        "        tasklanes.run_all_sync([call(time.sleep, 3600)], kind='blocking')\n"
+        "    except RuntimeError:\n"
+        "        pass\n"
+        "threading.Thread(target=batch, daemon=True).start()\n"
+        "while tasklanes.get_scheduler().stats()['blocking'].running < 1:\n"
+        "    time.sleep(0.01)\n"
+        "print('running', flush=True)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    began = time.monotonic()
+    try:
+        proc = subprocess.run(
+            [sys.executable, str(script)], capture_output=True, text=True, timeout=60, env=env
+        )
+    except subprocess.TimeoutExpired:
+        pytest.fail("interpreter exit hung on a sleeping blocking task")
+    took = time.monotonic() - began
+    assert proc.stdout.strip() == "running", proc.stderr
+    assert proc.returncode == 0, proc.stderr
+    assert "abandon" in proc.stderr
+    assert took < 45
+
+
+def test_a_dropped_scheduler_stops_its_threads_and_processes() -> None:
+    """Like the standard library's executors, a Scheduler collected without close()
+    stops its threads and worker processes (issue 10, #11)."""
+    import gc
+    import weakref
+
+    sched = Scheduler(blocking_limit=3, cpu_limit=1)
+    sched.run_all_sync([call(T.sleep_return, 0.01, i) for i in range(6)], kind="blocking")
+    (pid,) = set(sched.run_all_sync([call(T.getpid_sleep, 0.0)], kind="cpu"))
+    assert tasklanes_threads()
+    ref = weakref.ref(sched)
+    del sched
+    gc.collect()
+    assert ref() is None
+    wait_for(lambda: not tasklanes_threads(), 10, "the dropped scheduler's threads to stop")
+    wait_for(lambda: not pid_exists(pid), 10, "its worker process to stop")
+
+
+def test_nested_blocking_batch_on_a_full_lane_fails_at_once() -> None:
+    """Blocking tasks that start blocking batches on their own lane, with every thread
+    busy with such a task, used to wait forever (issue 10, #8)."""
+    sched = Scheduler(blocking_limit=2)
+    outcomes: list[object] = []
+
+    def outer(i: int) -> object:
+        time.sleep(0.05)  # both outer tasks hold a thread before either asks
+        return sched.run_all_sync([call(T.double, i)], kind="blocking")
+
+    caller = threading.Thread(
+        target=lambda: outcomes.extend(
+            sched.run_all_sync(
+                [call(outer, i) for i in range(4)], kind="blocking", return_exceptions=True
+            )
+        )
+    )
+    caller.start()
+    caller.join(20)
+    try:
+        assert not caller.is_alive(), "nested blocking batches hung"
+        assert len(outcomes) == 4
+        for outcome in outcomes:
+            assert isinstance(outcome, RuntimeError), outcome
+            assert "blocking task" in str(outcome) and "Scheduler(" in str(outcome)
+    finally:
+        sched.close(timeout=1)
+
+
+def test_nested_blocking_batch_on_another_scheduler_runs() -> None:
+    with Scheduler(blocking_limit=1) as outer_sched, Scheduler(blocking_limit=2) as inner:
+
+        def outer(i: int) -> list[int]:
+            return inner.run_all_sync([call(T.double, i), call(T.double, i + 1)], kind="blocking")
+
+        assert outer_sched.run_all_sync([call(outer, 1)], kind="blocking") == [[2, 4]]
+
+
+def test_nested_cpu_batch_in_a_worker_process_fails_at_once_saying_why() -> None:
+    with Scheduler(cpu_limit=1) as sched:
+        [(took, outcome)] = sched.run_all_sync([call(T.nested_cpu_batch)], kind="cpu")
+    assert outcome.startswith("RuntimeError"), outcome
+    assert "worker process" in outcome and "__main__" not in outcome, outcome
+    assert took < 0.5, f"the worker heard back after {took:.2f} s"
+
+
+def test_a_blocking_task_may_close_its_own_scheduler(caplog: pytest.LogCaptureFixture) -> None:
+    """close() from one of the scheduler's own threads does not wait for itself."""
+    sched = Scheduler(blocking_limit=2)
+    caplog.set_level("WARNING", logger="tasklanes")
+
+    took: list[float] = []
+
+    def closes_its_scheduler() -> None:
+        start = time.monotonic()
+        sched.close()
+        took.append(time.monotonic() - start)
+
+    # Its own batch then fails (the scheduler closed under it), as any running batch.
+    [outcome] = sched.run_all_sync(
+        [call(closes_its_scheduler)], kind="blocking", return_exceptions=True
+    )
+    assert isinstance(outcome, RuntimeError) and "closed" in str(outcome)
+    assert took and took[0] < 2, f"close() from a worker thread took {took} s"
+    assert sched.closed
+    assert not [r for r in caplog.records if r.name.startswith("tasklanes")]
+    wait_for(lambda: not tasklanes_threads(), 10, "the scheduler's threads to stop")

@@ -187,18 +187,20 @@ def as_completed(
 
     Example::
 
-        async for index, page in as_completed(call(fetch, u) for u in urls):
-            print(urls[index], len(page))
+        async with as_completed(call(fetch, u) for u in urls) as pages:
+            async for index, page in pages:
+                print(urls[index], len(page))
 
     Bad arguments raise here, before the loop starts. With
     ``return_exceptions=False`` the first failure is raised from the loop (after the
     results that finished before it); with ``True`` failures are yielded.
 
-    Cancellation: leaving the loop early (``break``, an exception, cancellation)
-    stops the batch exactly as a cancelled :func:`run_all` does. A cancelled loop
-    waits for that cleanup; after a ``break`` it happens in the background, unless
-    the loop was written ``async with as_completed(...) as results: async for ...``,
-    which waits for it on exit.
+    Cancellation: leaving the ``async with`` block, however it is left (``break``,
+    an exception, cancellation), stops the batch exactly as a cancelled `run_all`
+    does, before the block is exited. Without the block, the work stops when the
+    loop ends by an exception or cancellation while it waits for a result, or when
+    the iterator is closed (``aclose()``) or collected; a ``break`` alone stops
+    nothing while the iterator is still referenced.
     """
     sched = scheduler_or_default(scheduler)
     return sched.as_completed(tasks, kind, limit, timeout, return_exceptions, progress)
@@ -258,8 +260,9 @@ def amap(
 
     Example::
 
-        async for thumb in amap(make_thumbnail, paths, kind="cpu", limit=4):
-            save(thumb)
+        async with amap(make_thumbnail, paths, kind="cpu", limit=4) as thumbs:
+            async for thumb in thumbs:
+                save(thumb)
 
     ``items`` may be endless or an async iterable: memory is bounded by ``limit``,
     not by the number of items, because items are pulled only as results are

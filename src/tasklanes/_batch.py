@@ -302,11 +302,13 @@ class BatchIterator(Generic[T_co]):
     buffer is bounded: when the loop body is slower than the tasks, the batch stops
     pulling new tasks until the loop catches up, so memory stays O(limit).
 
-    Leaving the loop early (``break``, an exception, cancellation) stops the batch:
-    cancellation of ``__anext__`` and ``aclose()`` wait for its cleanup; a ``break``
-    cannot wait (nothing awaits after it), so the batch is cancelled at once and
-    cleans up in the background. Use ``async with`` (or ``contextlib.aclosing``) to
-    wait for the cleanup after a ``break``.
+    Leaving an ``async with`` block over it, however it is left, stops the batch
+    and waits for its cleanup (``__aexit__`` is ``aclose()``). Without the block, an
+    exception or cancellation that reaches ``__anext__`` stops the batch and waits
+    for the cleanup, and so does ``aclose()``; a collected iterator cancels its
+    batch at once, which cleans up in the background. A ``break`` (or an exception
+    in the loop body) tells the iterator nothing: while it is referenced the batch
+    runs on.
     """
 
     def __init__(

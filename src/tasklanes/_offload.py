@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
+import enum
 import functools
 import threading
+import weakref
 from collections import deque
-from collections.abc import AsyncIterable, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable
 from typing import Any, Generic, Literal, TypeVar, overload
 
 import anyio
 from typing_extensions import ParamSpec
 
 from ._backend import LoopHandle
+from ._batch import annotate
 from ._call import Call
+from ._errors import TaskTimeout, WorkerCrashed
 from ._scheduler import Scheduler, check_scheduler, scheduler_or_default
-from ._tasks import check_kind, check_limit, check_timeout
+from ._tasks import END, Source, check_kind, check_limit, check_timeout
 
 __all__ = ["Offloaded", "offload"]
 
@@ -94,17 +98,24 @@ class Offloaded(Generic[P, R, W]):
         self.limit = limit
         self.timeout = timeout
         self._scheduler = scheduler
-        self._limiters: dict[object, _ProcessLimiter] = {}
+        self._process_limiter = None if limit is None else _ProcessLimiter(limit)
+        # io: one budget per event loop, keyed weakly so that it goes with its loop
+        # (an asyncio loop, or a trio run's token): every asyncio.run would leak one.
+        self._loop_limiters: weakref.WeakKeyDictionary[object, _ProcessLimiter] = (
+            weakref.WeakKeyDictionary()
+        )
         self._lock = threading.Lock()
 
     def _limiter(self) -> _ProcessLimiter | None:
         if self.limit is None:
             return None
-        key = LoopHandle().key if self.kind == "io" else None  # io: per event loop
+        if self.kind != "io":
+            return self._process_limiter
+        key = LoopHandle().key
         with self._lock:
-            limiter = self._limiters.get(key)
+            limiter = self._loop_limiters.get(key)
             if limiter is None:
-                limiter = self._limiters[key] = _ProcessLimiter(self.limit)
+                limiter = self._loop_limiters[key] = _ProcessLimiter(self.limit)
             return limiter
 
     def _task(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Call[Any]:
@@ -144,12 +155,27 @@ class Offloaded(Generic[P, R, W]):
         """Call the function on each item, as one :func:`run_all` batch.
 
         ``many = await render.map(frames, limit=4)``. The decorator's ``limit`` still
-        bounds the function's calls across the process: the batch runs at most that
-        many at once, on top of its own ``limit``.
+        bounds the function's calls across the process: each task of the batch takes
+        one of the function's permits when it starts and gives it back when it ends,
+        exactly like a single call, so maps and single calls share the permits and
+        none of them ever waits for a permit held by a task that is not running.
+        Waiting for a permit takes no thread, worker or lane slot.
+
+        Cancellation: as for [run_all][tasklanes.run_all]; permits taken for tasks
+        that never started are given back before this returns or raises.
         """
         sched = scheduler_or_default(self._scheduler)
         check_limit(limit)
         seconds = self.timeout if timeout is None else check_timeout(timeout)
+        limiter = self._limiter()
+        if limiter is not None and self.kind != "cpu":
+            if not isinstance(items, (AsyncIterable, Iterable)):
+                raise TypeError(
+                    f"map() needs an iterable or async iterable, got {type(items).__name__}"
+                )
+            return await self._map_permitted(
+                sched, limiter, items, limit, seconds, return_exceptions
+            )
         if isinstance(items, AsyncIterable):
 
             async def agen() -> Any:
@@ -159,24 +185,178 @@ class Offloaded(Generic[P, R, W]):
             tasks: Any = agen()
         else:
             tasks = [self._task((item,), {}) for item in items]
-        limiter = self._limiter()
         if limiter is None:
             return await sched.run_all(tasks, self.kind, limit, seconds, return_exceptions)
-        # Hold that many of the function's permits for the whole batch.
-        width = self.limit if limit is None else min(limit, self.limit or limit)
-        assert width is not None
-        held = 0
+        # cpu with a limit: a worker process cannot give a permit back, so workers here
+        # take one per task around a batch of one.
+        return await self._map_with_permits(
+            sched, limiter, tasks, self._width(limit), seconds, return_exceptions
+        )
+
+    def _width(self, limit: int | None) -> int:
+        """How many tasks of a ``map`` run at once: its own ``limit`` within the
+        decorator's."""
+        assert self.limit is not None
+        return self.limit if limit is None else min(limit, self.limit)
+
+    async def _map_permitted(
+        self,
+        sched: Scheduler,
+        limiter: _ProcessLimiter,
+        items: Iterable[Any] | AsyncIterable[Any],
+        limit: int | None,
+        seconds: float | None,
+        return_exceptions: bool,
+    ) -> list[Any]:
+        """``map`` of an io or blocking function with a ``limit``: one batch whose tasks
+        each take a permit before they are handed to the lane and give it back when
+        they end, like single calls. Taking the batch's permits up front would let two
+        maps each hold part of them and wait for the rest for ever."""
+        held: set[_Permit] = set()
         try:
-            for _ in range(width):
-                await limiter.acquire()
-                held += 1
-            return await sched.run_all(tasks, self.kind, width, seconds, return_exceptions)
+            return await sched.run_all(
+                _permitted(items, self.__wrapped__, self.kind, limiter, held),
+                self.kind,
+                self._width(limit),
+                seconds,
+                return_exceptions,
+            )
         finally:
-            for _ in range(held):
-                limiter.release()
+            for permit in list(held):
+                permit.unused()  # taken for a task the batch never started
+
+    async def _map_with_permits(
+        self,
+        sched: Scheduler,
+        limiter: _ProcessLimiter,
+        tasks: Any,
+        width: int,
+        seconds: float | None,
+        return_exceptions: bool,
+    ) -> list[Any]:
+        """``map`` of a cpu function with a ``limit``: ``width`` workers, each taking one
+        of the function's permits per task, exactly like single calls (a cpu task runs
+        in a worker process, which cannot give a permit back itself).
+
+        Why not take ``width`` permits up front: two maps that each hold part of them
+        would wait for the rest forever. A worker holds at most one permit, and only
+        while its task runs, so every permit taken is given back.
+        """
+        lane = sched._lane(self.kind)
+        source = Source(tasks, lane.check_task)  # a list is checked before anything runs
+        results: dict[int, Any] = {}
+        failure: list[BaseException] = []
+
+        async def worker(scope: anyio.CancelScope) -> None:
+            while True:
+                item = await source.next()
+                if item is END:
+                    return
+                index, task = item
+                await limiter.acquire()
+                try:
+                    value = (await sched.run_all([task], self.kind, 1, seconds))[0]
+                except Exception as exc:
+                    _drop_batch_note(exc)
+                    if isinstance(exc, (TaskTimeout, WorkerCrashed)):
+                        exc.index = index  # it ran as task 0 of a batch of one
+                    annotate(exc, index)
+                    if not return_exceptions:
+                        if not failure:
+                            failure.append(exc)
+                        scope.cancel()
+                        return
+                    value = exc
+                finally:
+                    limiter.release()
+                results[index] = value
+
+        try:
+            async with anyio.create_task_group() as tg:
+                for _ in range(width):
+                    tg.start_soon(worker, tg.cancel_scope)
+        finally:
+            source.close()
+        if failure:
+            raise failure[0]
+        return [results[i] for i in range(source.pulled)]
 
     def __repr__(self) -> str:
         return f"<offloaded {self.__qualname__} kind={self.kind!r}>"
+
+
+class _PermitState(enum.Enum):
+    HELD = "held"  # taken for a task not started yet
+    RUNNING = "running"  # its task runs: the task gives it back
+    RETURNED = "returned"
+
+
+class _Permit:
+    """One of a function's permits, taken for one task of a ``map``: given back once,
+    by the task when it ends (on any thread), or by the map if the task never ran."""
+
+    __slots__ = ("_held", "_limiter", "_lock", "state")
+
+    def __init__(self, limiter: _ProcessLimiter, held: set[_Permit]) -> None:
+        self._limiter = limiter
+        self._held = held
+        self._lock = threading.Lock()
+        self.state = _PermitState.HELD
+        held.add(self)
+
+    def start(self) -> None:
+        with self._lock:
+            self.state = _PermitState.RUNNING
+
+    def give_back(self) -> None:
+        with self._lock:
+            if self.state is _PermitState.RETURNED:
+                return
+            self.state = _PermitState.RETURNED
+        self._held.discard(self)
+        self._limiter.release()
+
+    def unused(self) -> None:
+        with self._lock:
+            if self.state is not _PermitState.HELD:
+                return  # its task ran and gives it back itself
+        self.give_back()
+
+
+def _run_blocking_with_permit(permit: _Permit, fn: Callable[[Any], Any], item: Any) -> Any:
+    permit.start()
+    try:
+        return fn(item)
+    finally:
+        permit.give_back()
+
+
+async def _run_io_with_permit(permit: _Permit, fn: Callable[[Any], Any], item: Any) -> Any:
+    permit.start()
+    try:
+        return await fn(item)
+    finally:
+        permit.give_back()
+
+
+async def _permitted(
+    items: Iterable[Any] | AsyncIterable[Any],
+    fn: Callable[[Any], Any],
+    kind: str,
+    limiter: _ProcessLimiter,
+    held: set[_Permit],
+) -> AsyncIterator[Call[Any]]:
+    """The tasks of a limited ``map``: each one yielded only once it holds a permit, so
+    waiting for a permit takes no thread and no lane slot."""
+    run = _run_io_with_permit if kind == "io" else _run_blocking_with_permit
+    if isinstance(items, AsyncIterable):
+        async for item in items:
+            await limiter.acquire()
+            yield Call(run, (_Permit(limiter, held), fn, item), {})
+    else:
+        for item in items:
+            await limiter.acquire()
+            yield Call(run, (_Permit(limiter, held), fn, item), {})
 
 
 def _drop_batch_note(exc: BaseException) -> None:

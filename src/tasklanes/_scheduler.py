@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import atexit
+import logging
 import threading
+import time
 import weakref
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable
 from concurrent.futures import Executor
@@ -11,13 +13,25 @@ from multiprocessing.context import BaseContext
 from typing import TYPE_CHECKING, Any
 
 from ._batch import BatchIterator, Lane, collect
+from ._nested import refuse_nested_blocking, refuse_nested_cpu
 from ._stats import LaneSnapshot
 from ._tasks import KINDS, check_kind, check_limit, check_timeout
 
 if TYPE_CHECKING:
     from ._progress import ProgressArg
 
-__all__ = ["Scheduler", "get_scheduler"]
+__all__ = ["CLOSE_TIMEOUT", "Scheduler", "get_scheduler"]
+
+#: How long ``Scheduler.close()`` and interpreter exit wait, in seconds, for the lanes
+#: to stop: a blocking task that never calls ``check_cancelled()`` cannot be stopped,
+#: and after this its thread is abandoned (a daemon thread, gone with the process).
+CLOSE_TIMEOUT = 5.0
+
+_log = logging.getLogger("tasklanes")
+if not any(isinstance(handler, logging.NullHandler) for handler in _log.handlers):
+    # A library adds no handler but this one: without any, Python's last-resort
+    # handler would print our warnings to stderr; the application decides.
+    _log.addHandler(logging.NullHandler())
 
 
 def _check_capacity(name: str, value: object, optional: bool) -> None:
@@ -120,7 +134,11 @@ class Scheduler:
         self._lanes: dict[str, Lane] = {}
         self._lock = threading.Lock()
         self._closed = False
-        self._atexit_registered = False
+        # Collected without close(): stop the lanes as the standard library's executors
+        # do (without waiting: the collector may run on any thread, even a loop's).
+        # The finalizer holds the lanes, never the scheduler.
+        self._finalizer = weakref.finalize(self, _stop_lanes, self._lanes, 0.0)
+        self._finalizer.atexit = False  # exit is _close_all_at_exit's job
 
     # -- lanes -----------------------------------------------------------------
 
@@ -135,10 +153,7 @@ class Scheduler:
             if lane is None:
                 lane = self._make_lane(kind)
                 self._lanes[kind] = lane
-                if not self._atexit_registered:
-                    # A weak reference: registering must not keep a dropped scheduler alive.
-                    atexit.register(_close_at_exit, weakref.ref(self))
-                    self._atexit_registered = True
+                _track(self)
             return lane
 
     def _make_lane(self, kind: str) -> Lane:
@@ -154,6 +169,7 @@ class Scheduler:
 
         if self._cpu_executor is not None:
             return ExecutorLane(self._cpu_executor, self.capacity_or_default())
+        refuse_nested_cpu()  # a worker process cannot start a pool: say so at once
         from ._lanes._cpu import ProcessLane
 
         max_tasks, max_memory = self._cpu_recycling
@@ -171,6 +187,8 @@ class Scheduler:
         call_limit = check_limit(limit)
         seconds = check_timeout(timeout)
         lane = self._lane(kind)
+        if kind == "blocking":
+            refuse_nested_blocking(lane)  # would wait for ever once every thread does it
         return lane, lane.capacity if call_limit is None else call_limit, seconds
 
     def capacity(self, kind: str) -> int:
@@ -294,24 +312,32 @@ class Scheduler:
     def closed(self) -> bool:
         return self._closed
 
-    def close(self) -> None:
+    def close(self, timeout: float | None = CLOSE_TIMEOUT) -> None:
         """Stop the lanes' threads and worker processes and wait for them. Idempotent.
 
         Call it when no batch runs: a batch still running when its lane closes gets
-        errors, not results.
+        errors, not results. Running blocking tasks are asked to stop
+        ([check_cancelled][tasklanes.check_cancelled] raises in them); a thread cannot
+        be killed, so ``close()`` waits at most ``timeout`` seconds (default
+        `CLOSE_TIMEOUT`, 5 s; ``None``: as long as it takes). A thread still running
+        a task then is abandoned: it is a daemon thread, it ends with its task or with
+        the process, and a WARNING record on the ``"tasklanes"`` logger names it.
+        Interpreter exit closes every open scheduler the same way.
         """
+        if timeout is not None and not timeout >= 0:
+            raise ValueError(f"timeout must be >= 0 seconds or None, got {timeout!r}")
         with self._lock:
             self._closed = True
-            lanes = list(self._lanes.values())
+            lanes = dict(self._lanes)
             self._lanes.clear()
-        for lane in lanes:
-            lane.close()
+            self._finalizer.detach()
+        _stop_lanes(lanes, timeout)
 
-    async def aclose(self) -> None:
+    async def aclose(self, timeout: float | None = CLOSE_TIMEOUT) -> None:
         """``close()`` without blocking the event loop: it runs on a helper thread."""
         from ._api import run_in_fresh_thread
 
-        await run_in_fresh_thread(self.close)
+        await run_in_fresh_thread(lambda: self.close(timeout))
 
     def __enter__(self) -> Scheduler:
         return self
@@ -406,7 +432,91 @@ def scheduler_or_default(scheduler: object) -> Scheduler:
     return given if given is not None else get_scheduler()
 
 
-def _close_at_exit(ref: weakref.ref[Scheduler]) -> None:
-    sched = ref()
-    if sched is not None:
-        sched.close()
+# -- lifecycle: closing lanes with a bound, and at exit ----------------------------
+
+_live: weakref.WeakSet[Scheduler] = weakref.WeakSet()  # schedulers with a lane started
+_exit_hook_registered = False
+
+
+def _track(sched: Scheduler) -> None:
+    """Remember ``sched`` for interpreter exit (called under its lock, first lane).
+
+    One process-wide exit hook over a weak set: a per-scheduler ``atexit`` entry would
+    never be removed. Registered on first use, not at import, so that it runs before
+    the ``multiprocessing`` exit hook (atexit runs the latest first).
+    """
+    global _exit_hook_registered
+    _live.add(sched)
+    if not _exit_hook_registered:
+        with _default_lock:
+            if not _exit_hook_registered:
+                atexit.register(_close_all_at_exit)
+                _exit_hook_registered = True
+
+
+def _close_all_at_exit() -> None:
+    lanes: dict[str, Lane] = {}
+    for number, sched in enumerate(list(_live)):
+        with sched._lock:
+            sched._closed = True
+            for kind, lane in sched._lanes.items():
+                lanes[f"{kind}#{number}"] = lane
+            sched._lanes.clear()
+            sched._finalizer.detach()
+    if lanes:
+        _stop_lanes(lanes, CLOSE_TIMEOUT)  # all of them at once, under one bound
+
+
+def _stop_lanes(lanes: dict[str, Lane], timeout: float | None) -> None:
+    """Close every lane at once, each on a daemon thread; wait at most ``timeout``.
+
+    A lane's ``close()`` joins its threads, and a thread running a task that ignores
+    ``check_cancelled()`` returns only when that task does: waiting on a daemon
+    closer bounds how long the caller waits, and a lane that is slow to stop does
+    not delay the others (the cpu lane's workers go at once). A closer still running
+    after ``timeout`` is left to finish when its threads do.
+    """
+    closers: dict[str, threading.Thread] = {}
+    for name, lane in list(lanes.items()):
+        # A task closing its own scheduler: its lane stops once the task returns, so
+        # waiting for that here would be waiting for ourselves. (Asked before the
+        # lane closes: a closed lane owns no thread.)
+        owns = getattr(lane, "owns_current_thread", None)
+        ours = owns is not None and owns()
+        closer = threading.Thread(
+            target=_close_lane, args=(lane,), name=f"tasklanes-close-{name}", daemon=True
+        )
+        closer.start()
+        if not ours:
+            closers[name] = closer
+    lanes.clear()
+    if timeout == 0.0:
+        return  # collected without close(): stop, but do not wait
+    deadline = None if timeout is None else time.monotonic() + timeout
+    for closer in closers.values():
+        closer.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
+    stuck = [name for name, closer in closers.items() if closer.is_alive()]
+    if stuck:
+        _log.warning(
+            "Scheduler.close(): lanes %s still running tasks after %s s were abandoned "
+            "(threads %s keep running as daemon threads until their tasks return; "
+            "blocking tasks stop early by calling check_cancelled())",
+            ", ".join(stuck),
+            timeout,
+            ", ".join(_busy_threads()) or "none",
+        )
+
+
+def _close_lane(lane: Lane) -> None:
+    try:
+        lane.close()
+    except Exception:  # a closer thread must not die silently
+        _log.exception("closing the %s lane failed", lane.kind)
+
+
+def _busy_threads() -> list[str]:
+    return sorted(
+        t.name
+        for t in threading.enumerate()
+        if t.name.startswith("tasklanes-") and not t.name.startswith("tasklanes-close")
+    )

@@ -187,6 +187,11 @@ class ThreadLane:
                 pool = self._pool
         return pool
 
+    def owns_current_thread(self) -> bool:
+        """The calling thread is one of this lane's workers (see ``_nested``)."""
+        pool = self._pool
+        return pool is not None and threading.current_thread() in pool._threads
+
     def close(self) -> None:
         with self._lock:
             pool, self._pool = self._pool, None
