@@ -147,7 +147,18 @@ def test_fragments_compile(block: Block | None) -> None:
 
 # -- the README's example of each kind, run against a local HTTP server -------------------
 
-README_BLOCKS = [b for b in code_blocks(ROOT / "README.md") if b.language in PYTHON]
+def readme_section_start(heading: str) -> int:
+    """The line number (1-based) of a README heading."""
+    lines = (ROOT / "README.md").read_text(encoding="utf-8").splitlines()
+    return lines.index(heading) + 1
+
+
+# The three kinds' examples come before "In a notebook" (a notebook cell, with a top-level
+# await, that tests/test_notebook.py runs in a real Jupyter kernel).
+README_BLOCKS = [
+    b for b in code_blocks(ROOT / "README.md")
+    if b.language in PYTHON and b.line < readme_section_start("## In a notebook")
+]
 
 # Runs a README block's main(urls) against a local uvicorn app (examples/_servers.py).
 AGAINST_A_SERVER = """

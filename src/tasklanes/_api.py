@@ -285,8 +285,10 @@ def _in_event_loop() -> bool:
 def run_sync(async_fn: Callable[..., Coroutine[Any, Any, T]], *args: Any) -> T:
     if _in_event_loop():
         raise RuntimeError(
-            "run_all_sync() cannot be called from inside a running event loop: "
-            "use 'await run_all(...)' there"
+            "run_all_sync() cannot be called from inside a running event loop, and a "
+            "Jupyter/IPython notebook cell (like any async function) runs inside one: "
+            "write 'await run_all(...)' with the same arguments instead "
+            "('await scheduler.run_all(...)' on a Scheduler)"
         )
     return anyio.run(functools.partial(async_fn, *args))
 
