@@ -15,7 +15,6 @@ import json
 import os
 import re
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -113,7 +112,7 @@ def write_kernelspec(directory: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def executed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+def executed(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """Each cell of the executed notebook, by name."""
     home = tmp_path_factory.mktemp("jupyter")
     write_kernelspec(home)
@@ -140,7 +139,7 @@ def executed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
-    yield dict(zip(names, nb.cells, strict=True))
+    return dict(zip(names, nb.cells, strict=True))
 
 
 ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*m")
