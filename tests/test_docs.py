@@ -253,3 +253,48 @@ def test_site_builds_strictly(tmp_path: Path) -> None:
     assert "Keep a Changelog" in changelog
     which = (site / "which-kind" / "index.html").read_text(encoding="utf-8")
     assert "Where the numbers come from" in which
+
+
+# -- docstrings: Markdown for mkdocstrings, not Sphinx/reStructuredText ------------------
+
+SPHINX_ROLE = re.compile(r":(?:py:)?[a-z]+:`[^`]*`")
+RST_LINK = re.compile(r"`[^`<]+ <[^>]+>`_")
+
+
+def docstrings() -> list[tuple[str, str]]:
+    """Every module, class and function docstring under src/tasklanes, with where it is."""
+    import ast
+
+    found: list[tuple[str, str]] = []
+    for path in sorted((ROOT / "src" / "tasklanes").rglob("*.py")):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef):
+                doc = ast.get_docstring(node, clean=False)
+                if doc:
+                    where = f"{path.relative_to(ROOT)}:{getattr(node, 'lineno', 1)}"
+                    found.append((where, doc))
+    return found
+
+
+def test_docstrings_are_markdown_not_sphinx() -> None:
+    found = docstrings()
+    assert len(found) > 50  # the walk really reads the package
+    problems = []
+    for where, doc in found:
+        for line in doc.splitlines():
+            stripped = line.strip()
+            if SPHINX_ROLE.search(line):
+                problems.append(f"{where}: Sphinx role (write [name][tasklanes.name] or `name`): {stripped}")
+            if RST_LINK.search(line):
+                problems.append(f"{where}: reST link (write [text](url)): {stripped}")
+            if stripped.endswith("::") and not stripped.startswith(":::"):
+                problems.append(f"{where}: reST literal block (write a ```python fence): {stripped}")
+    assert not problems, "docstrings must be Markdown (mkdocstrings):\n" + "\n".join(problems)
+
+
+def test_the_docstring_check_catches_sphinx_markup() -> None:
+    assert SPHINX_ROLE.search("see :func:`run_all` and")
+    assert SPHINX_ROLE.search(":class:`tasklanes.Scheduler`")
+    assert RST_LINK.search("`tqdm <https://tqdm.github.io/>`_")
+    assert not SPHINX_ROLE.search("see [run_all][tasklanes.run_all] and `x: int`")

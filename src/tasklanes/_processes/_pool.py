@@ -1,13 +1,13 @@
 """The parent side of tasklanes' worker-process pool.
 
-A :class:`ProcessPool` owns ``max_workers`` worker processes and one *manager thread*
+A `ProcessPool` owns ``max_workers`` worker processes and one *manager thread*
 that does all the work: it spawns workers (through a helper thread, because starting a
 process blocks), pickles chunks of tasks and writes them to workers, reads their results
 in bulk, enforces timeouts, kills and replaces workers, and hands outcomes to each job's
 ``deliver`` callback. Callers only ever touch lock-free structures (``deque`` appends are
 atomic) and poke a wakeup pipe, so nothing they call blocks.
 
-Work arrives as *jobs* (:class:`PoolJob`): one per batch of the cpu lane. Jobs share the
+Work arrives as *jobs* (`PoolJob`): one per batch of the cpu lane. Jobs share the
 workers round-robin; each job has its own ``limit`` (how many workers may hold its
 chunks at once), its own per-task ``timeout`` and its own estimate of task duration,
 from which the chunk size follows.
@@ -130,9 +130,9 @@ def default_context() -> BaseContext:
 
 
 class PoolJob:
-    """One batch of tasks submitted to a :class:`ProcessPool`.
+    """One batch of tasks submitted to a `ProcessPool`.
 
-    Made by :meth:`ProcessPool.open_job`. Every method is non-blocking and may be called
+    Made by `ProcessPool.open_job`. Every method is non-blocking and may be called
     from any thread; outcomes come back through the ``deliver`` callback given to
     ``open_job``, from the pool's manager thread.
     """
@@ -177,7 +177,7 @@ class PoolJob:
 
         ``task`` is a zero-argument callable that pickles. Pickling happens later, on
         the manager thread, in chunks; a task that does not pickle fails alone, with
-        ``TypeError``. Ignored after :meth:`cancel` or once the pool is closed.
+        ``TypeError``. Ignored after `cancel` or once the pool is closed.
         """
         if self._cancel_requested:
             return
@@ -192,7 +192,7 @@ class PoolJob:
         self._pool._wake()
 
     def close_input(self) -> None:
-        """Promise that no more :meth:`put` calls will come.
+        """Promise that no more `put` calls will come.
 
         ``on_settled`` then runs once every task put has been delivered.
         """
@@ -347,10 +347,10 @@ class _Worker:
 class ProcessPool:
     """A warm pool of worker processes shared by many jobs.
 
-    Nothing starts in the constructor. The first :meth:`open_job` starts the manager
+    Nothing starts in the constructor. The first `open_job` starts the manager
     thread, which starts the workers; the caller does not wait for them.
 
-    ``mp_context`` picks the start method (default: :func:`default_context`). With the
+    ``mp_context`` picks the start method (default: `default_context`). With the
     ``fork`` method, workers inherit the parent's other pipes, so a worker may not notice
     its parent's death while it runs a long task; prefer forkserver or spawn.
     """
@@ -414,8 +414,8 @@ class ProcessPool:
 
         ``deliver`` is called from a pool thread with a list of outcomes, one call per
         batch the pool read from its workers. ``on_settled`` is called once, from a pool
-        thread: after :meth:`PoolJob.cancel` once none of the job's tasks runs anymore,
-        or after :meth:`PoolJob.close_input` once every task put has been delivered.
+        thread: after `PoolJob.cancel` once none of the job's tasks runs anymore,
+        or after `PoolJob.close_input` once every task put has been delivered.
         """
         if limit < 1:
             raise ValueError(f"limit must be >= 1, got {limit}")
