@@ -17,6 +17,7 @@ The README's three examples (one per kind) are run too, against a local HTTP ser
 
 from __future__ import annotations
 
+import ast
 import os
 import re
 import subprocess
@@ -137,12 +138,25 @@ def test_code_block_runs(block: Block, tmp_path: Path) -> None:
         f"the code block at docs/{block.id} failed:\n{block.code}\n"
         f"--- stdout\n{proc.stdout}\n--- stderr\n{proc.stderr}"
     )
+    if block.page == "getting-started.md":  # a newcomer who copies it sees it work
+        assert proc.stdout.strip(), f"docs/{block.id} printed nothing"
+
+
+GETTING_STARTED = [b for b in PYTHON_BLOCKS if b.page == "getting-started.md"]
+
+
+@pytest.mark.parametrize("block", GETTING_STARTED, ids=lambda b: b.id)
+def test_getting_started_examples_run_as_copied(block: Block) -> None:
+    # Copied into a file and run with `python`, each example runs its main() itself
+    # (no line left out for the test runner to add) and prints what it did.
+    assert as_script(block.code) == block.code, f"docs/{block.id} never runs its main()"
+    assert "print(" in block.code, f"docs/{block.id} prints nothing"
 
 
 @pytest.mark.parametrize("block", FRAGMENTS or [None], ids=lambda b: b.id if b else "none")
 def test_fragments_compile(block: Block | None) -> None:
-    if block is not None:
-        compile(block.code, f"docs/{block.id}", "exec")
+    if block is not None:  # a notebook cell may await at its top level
+        compile(block.code, f"docs/{block.id}", "exec", flags=ast.PyCF_ALLOW_TOP_LEVEL_AWAIT)
 
 
 # -- the README's example of each kind, run against a local HTTP server -------------------
@@ -253,6 +267,32 @@ def test_site_builds_strictly(tmp_path: Path) -> None:
     assert "Keep a Changelog" in changelog
     which = (site / "which-kind" / "index.html").read_text(encoding="utf-8")
     assert "Where the numbers come from" in which
+    check_api_reference_renders_markdown(api)
+    check_wide_content_scrolls(site)
+
+
+def check_api_reference_renders_markdown(api: str) -> None:
+    """Docstrings' cross-references are links and their examples code, not raw markup."""
+    for raw in (":func:", ":class:", ":meth:", "Example::"):
+        assert raw not in api, f"raw Sphinx markup {raw!r} in the API reference"
+    assert 'href="#tasklanes.run_all"' in api  # [run_all][tasklanes.run_all] became a link
+    assert 'href="#tasklanes.TaskTimeout"' in api
+
+
+def check_wide_content_scrolls(site: Path) -> None:
+    """Wide tables and code lines scroll sideways (docs/stylesheets/extra.css) on every
+    page, instead of being cut off at the right edge."""
+    css = (site / "stylesheets" / "extra.css").read_text(encoding="utf-8")
+    assert css.count("overflow-x: auto") >= 3
+    performance = (site / "performance" / "index.html").read_text(encoding="utf-8")
+    assert "stylesheets/extra.css" in performance
+    assert "<table>" in performance  # a plain table: the CSS rule applies to it
+
+
+def test_no_placeholder_urls() -> None:
+    for name in ("mkdocs.yml", "pyproject.toml", "README.md"):
+        text = (ROOT / name).read_text(encoding="utf-8")
+        assert "example.invalid" not in text, f"a placeholder URL in {name}"
 
 
 # -- docstrings: Markdown for mkdocstrings, not Sphinx/reStructuredText ------------------
@@ -263,8 +303,6 @@ RST_LINK = re.compile(r"`[^`<]+ <[^>]+>`_")
 
 def docstrings() -> list[tuple[str, str]]:
     """Every module, class and function docstring under src/tasklanes, with where it is."""
-    import ast
-
     found: list[tuple[str, str]] = []
     for path in sorted((ROOT / "src" / "tasklanes").rglob("*.py")):
         tree = ast.parse(path.read_text(encoding="utf-8"))
