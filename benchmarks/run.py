@@ -368,8 +368,8 @@ def bench_io(s: Suite) -> None:
     s.compare(
         "io.trivial", f"io: {n:,} trivial coroutines (await asyncio.sleep(0)), limit 1000", n,
         [(TASKLANES, on_asyncio(io_tasklanes, n, 1000, sleep0)), *io_peers(n, 1000, sleep0)],
-        targets=[("hand-written loop (limit workers)", 2.5, "issue 3"),
-                 ("aiometer.run_all", 0.2, "issue 3")],
+        targets=[("hand-written loop (limit workers)", 2.5, "0.1.0 target"),
+                 ("aiometer.run_all", 0.2, "0.1.0 target")],
         notes=IO_NOTES,
     )
     m = 200 if s.quick else 10_000
@@ -377,7 +377,7 @@ def bench_io(s: Suite) -> None:
         "io.sleep10ms", f"io: {m:,} x 10 ms sleeps, limit 1000", m,
         [(TASKLANES, on_asyncio(io_tasklanes, m, 1000, sleep10ms)),
          *io_peers(m, 1000, sleep10ms)],
-        targets=[("hand-written loop (limit workers)", 1.2, "issue 3")],
+        targets=[("hand-written loop (limit workers)", 1.2, "0.1.0 target")],
         notes=IO_NOTES,
     )
 
@@ -562,13 +562,13 @@ def bench_blocking(s: Suite) -> None:
         s.compare(
             "blocking.trivial", f"blocking: {n:,} trivial sync calls, limit 40", n,
             blocking_contenders(n, B.noop, pool, tpe),
-            targets=[("ThreadPoolExecutor(40).map", 1.5, "issue 3")],
+            targets=[("ThreadPoolExecutor(40).map", 1.5, "0.1.0 target")],
         )
         m = 100 if s.quick else 2_000
         s.compare(
             "blocking.sleep5ms", f"blocking: {m:,} x time.sleep(0.005), limit 40", m,
             blocking_contenders(m, B.sleep_5ms, pool, tpe),
-            targets=[("ThreadPoolExecutor(40).map", 1.15, "issue 3")],
+            targets=[("ThreadPoolExecutor(40).map", 1.15, "0.1.0 target")],
         )
     finally:
         pool.really_shutdown()
@@ -588,7 +588,7 @@ def bench_timeout(s: Suite) -> None:
          ("hand-written loop + anyio.fail_after",
           on_asyncio(io_hand_failafter, n, 1000, sleep0, 10.0)),
          (f"{TASKLANES} no timeout", on_asyncio(io_tasklanes, n, 1000, sleep0))],
-        targets=[("hand-written loop, no timeouts", 5.0, "issue 3")],
+        targets=[("hand-written loop, no timeouts", 5.0, "0.1.0 target")],
     )
     k = 500 if s.quick else 10_000
     tpe = ThreadPoolExecutor(40)
@@ -763,7 +763,7 @@ def bench_cpu(s: Suite) -> None:
         s.compare(
             "cpu.heavy", f"cpu: {count} x {seconds} s of pure-Python work ({it:,} iterations)",
             count, peers.contenders(B.burn, [it] * count, None),
-            targets=[(f"ProcessPoolExecutor({peers.workers}).map chunksize 1", 1.1, "issue 4")],
+            targets=[(f"ProcessPoolExecutor({peers.workers}).map chunksize 1", 1.1, "0.1.0 target")],
         )
         s.cases[-1]["floor_s"] = seconds * count / peers.workers
     finally:
@@ -897,14 +897,14 @@ def bench_cold(s: Suite) -> None:
                 if name == joblib_name and report is not None:
                     joblib_calls.append(report["call_s"])
     s.record("cpu.cold", f"cpu: {n:,} trivial tasks, first call incl. pool start, whole fresh "
-             "process (python -c)", n, runs, [(joblib_name, 0.7, "issue 4")], {})
+             "process (python -c)", n, runs, [(joblib_name, 0.7, "0.1.0 target")], {})
     if joblib_calls:
         s.record(
             "cpu.warm_vs_fresh",
             f"cpu: {n:,} trivial tasks on a warm tasklanes pool (in-process) against "
-            "joblib's call in a fresh process, issue 4's yardstick (tasklanes row: warm pool)",
+            "joblib's call in a fresh process, the target's yardstick (tasklanes row: warm pool)",
             n, {TASKLANES: warm, f"{joblib_name}, its call in a fresh process": joblib_calls},
-            [(f"{joblib_name}, its call in a fresh process", 0.2, "issue 4")], {},
+            [(f"{joblib_name}, its call in a fresh process", 0.2, "0.1.0 target")], {},
         )
 
 
@@ -1024,7 +1024,7 @@ def bench_crash(s: Suite) -> None:
         "results": {k: {"runs": [], "median": v["delivered"], "per_task_us": None, "ratio": None,
                         "note": f"task 10 -> {v['error']}"} for k, v in rows.items()},
         "targets": [{"peer": None, "max_ratio": None, "ratio": None, "met": ours == 39,
-                     "source": "issue 4", "text": f"39/39 others complete (got {ours}/39)"}],
+                     "source": "0.1.0 target", "text": f"39/39 others complete (got {ours}/39)"}],
     })
 
 
@@ -1112,7 +1112,7 @@ def bench_rss(s: Suite) -> None:
                                          f"{median(secs[name]):.2f} s")
     peak = case["results"][TASKLANES]["median"]
     case["targets"].append({"peer": None, "max_ratio": None, "ratio": None,
-                            "met": (peak <= 60) if n >= 1_000_000 else None, "source": "issue 3",
+                            "met": (peak <= 60) if n >= 1_000_000 else None, "source": "0.1.0 target",
                             "text": f"peak RSS <= 60 MB (got {peak:.1f} MB)"})
 
 

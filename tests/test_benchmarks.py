@@ -78,16 +78,16 @@ def test_quick_run_has_every_case_with_positive_figures(quick_run: tuple[Path, s
                 assert positive(row["median"]), (case_id, name, row)
                 assert positive(row["ratio"]), (case_id, name, row)
                 assert all(positive(x) for x in row["runs"]), (case_id, name, row)
-    # The targets of issues 3 and 4 are all there.
+    # The 0.1.0 targets are all there.
     targets = {(case_id, t["source"]) for case_id, case in cases.items() for t in case["targets"]}
     for case_id in ("io.trivial", "io.sleep10ms", "blocking.trivial", "blocking.sleep5ms",
                     "timeout.io", "io.rss"):
-        assert (case_id, "issue 3") in targets, case_id
-    issue4 = ["cpu.heavy", "cpu.crash"]
+        assert (case_id, "0.1.0 target") in targets, case_id
+    cpu_targets = ["cpu.heavy", "cpu.crash"]
     if have("joblib"):  # the yardstick of these two (the bench extra installs it)
-        issue4 += ["cpu.warm_vs_fresh", "cpu.cold"]
-    for case_id in issue4:
-        assert (case_id, "issue 4") in targets, case_id
+        cpu_targets += ["cpu.warm_vs_fresh", "cpu.cold"]
+    for case_id in cpu_targets:
+        assert (case_id, "0.1.0 target") in targets, case_id
     # The crash case: tasklanes delivers every other task.
     assert cases["cpu.crash"]["results"]["tasklanes"]["median"] == 39
     for lane in ("io", "blocking", "cpu"):

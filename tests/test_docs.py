@@ -17,6 +17,7 @@ The README's three examples (one per kind) are run too, against a local HTTP ser
 
 from __future__ import annotations
 
+import ast
 import os
 import re
 import subprocess
@@ -137,17 +138,41 @@ def test_code_block_runs(block: Block, tmp_path: Path) -> None:
         f"the code block at docs/{block.id} failed:\n{block.code}\n"
         f"--- stdout\n{proc.stdout}\n--- stderr\n{proc.stderr}"
     )
+    if block.page == "getting-started.md":  # a newcomer who copies it sees it work
+        assert proc.stdout.strip(), f"docs/{block.id} printed nothing"
+
+
+GETTING_STARTED = [b for b in PYTHON_BLOCKS if b.page == "getting-started.md"]
+
+
+@pytest.mark.parametrize("block", GETTING_STARTED, ids=lambda b: b.id)
+def test_getting_started_examples_run_as_copied(block: Block) -> None:
+    # Copied into a file and run with `python`, each example runs its main() itself
+    # (no line left out for the test runner to add) and prints what it did.
+    assert as_script(block.code) == block.code, f"docs/{block.id} never runs its main()"
+    assert "print(" in block.code, f"docs/{block.id} prints nothing"
 
 
 @pytest.mark.parametrize("block", FRAGMENTS or [None], ids=lambda b: b.id if b else "none")
 def test_fragments_compile(block: Block | None) -> None:
-    if block is not None:
-        compile(block.code, f"docs/{block.id}", "exec")
+    if block is not None:  # a notebook cell may await at its top level
+        compile(block.code, f"docs/{block.id}", "exec", flags=ast.PyCF_ALLOW_TOP_LEVEL_AWAIT)
 
 
 # -- the README's example of each kind, run against a local HTTP server -------------------
 
-README_BLOCKS = [b for b in code_blocks(ROOT / "README.md") if b.language in PYTHON]
+def readme_section_start(heading: str) -> int:
+    """The line number (1-based) of a README heading."""
+    lines = (ROOT / "README.md").read_text(encoding="utf-8").splitlines()
+    return lines.index(heading) + 1
+
+
+# The three kinds' examples come before "In a notebook" (a notebook cell, with a top-level
+# await, that tests/test_notebook.py runs in a real Jupyter kernel).
+README_BLOCKS = [
+    b for b in code_blocks(ROOT / "README.md")
+    if b.language in PYTHON and b.line < readme_section_start("## In a notebook")
+]
 
 # Runs a README block's main(urls) against a local uvicorn app (examples/_servers.py).
 AGAINST_A_SERVER = """
@@ -242,3 +267,72 @@ def test_site_builds_strictly(tmp_path: Path) -> None:
     assert "Keep a Changelog" in changelog
     which = (site / "which-kind" / "index.html").read_text(encoding="utf-8")
     assert "Where the numbers come from" in which
+    check_api_reference_renders_markdown(api)
+    check_wide_content_scrolls(site)
+
+
+def check_api_reference_renders_markdown(api: str) -> None:
+    """Docstrings' cross-references are links and their examples code, not raw markup."""
+    for raw in (":func:", ":class:", ":meth:", "Example::"):
+        assert raw not in api, f"raw Sphinx markup {raw!r} in the API reference"
+    assert 'href="#tasklanes.run_all"' in api  # [run_all][tasklanes.run_all] became a link
+    assert 'href="#tasklanes.TaskTimeout"' in api
+
+
+def check_wide_content_scrolls(site: Path) -> None:
+    """Wide tables and code lines scroll sideways (docs/stylesheets/extra.css) on every
+    page, instead of being cut off at the right edge."""
+    css = (site / "stylesheets" / "extra.css").read_text(encoding="utf-8")
+    assert css.count("overflow-x: auto") >= 3
+    performance = (site / "performance" / "index.html").read_text(encoding="utf-8")
+    assert "stylesheets/extra.css" in performance
+    assert "<table>" in performance  # a plain table: the CSS rule applies to it
+
+
+def test_no_placeholder_urls() -> None:
+    for name in ("mkdocs.yml", "pyproject.toml", "README.md"):
+        text = (ROOT / name).read_text(encoding="utf-8")
+        assert "example.invalid" not in text, f"a placeholder URL in {name}"
+
+
+# -- docstrings: Markdown for mkdocstrings, not Sphinx/reStructuredText ------------------
+
+SPHINX_ROLE = re.compile(r":(?:py:)?[a-z]+:`[^`]*`")
+RST_LINK = re.compile(r"`[^`<]+ <[^>]+>`_")
+
+
+def docstrings() -> list[tuple[str, str]]:
+    """Every module, class and function docstring under src/tasklanes, with where it is."""
+    found: list[tuple[str, str]] = []
+    for path in sorted((ROOT / "src" / "tasklanes").rglob("*.py")):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef):
+                doc = ast.get_docstring(node, clean=False)
+                if doc:
+                    where = f"{path.relative_to(ROOT)}:{getattr(node, 'lineno', 1)}"
+                    found.append((where, doc))
+    return found
+
+
+def test_docstrings_are_markdown_not_sphinx() -> None:
+    found = docstrings()
+    assert len(found) > 50  # the walk really reads the package
+    problems = []
+    for where, doc in found:
+        for line in doc.splitlines():
+            stripped = line.strip()
+            if SPHINX_ROLE.search(line):
+                problems.append(f"{where}: Sphinx role (write [name][tasklanes.name] or `name`): {stripped}")
+            if RST_LINK.search(line):
+                problems.append(f"{where}: reST link (write [text](url)): {stripped}")
+            if stripped.endswith("::") and not stripped.startswith(":::"):
+                problems.append(f"{where}: reST literal block (write a ```python fence): {stripped}")
+    assert not problems, "docstrings must be Markdown (mkdocstrings):\n" + "\n".join(problems)
+
+
+def test_the_docstring_check_catches_sphinx_markup() -> None:
+    assert SPHINX_ROLE.search("see :func:`run_all` and")
+    assert SPHINX_ROLE.search(":class:`tasklanes.Scheduler`")
+    assert RST_LINK.search("`tqdm <https://tqdm.github.io/>`_")
+    assert not SPHINX_ROLE.search("see [run_all][tasklanes.run_all] and `x: int`")

@@ -267,7 +267,7 @@ def test_run_all_sync_inside_a_running_loop(tmp_path: Path) -> None:
     """Not a ValueError/TypeError, but refused as early: a RuntimeError with the fix."""
 
     async def main(path: str) -> None:
-        with pytest.raises(RuntimeError, match=r"use 'await run_all\(...\)' there"):
+        with pytest.raises(RuntimeError, match=r"notebook cell .* write 'await run_all\(...\)'"):
             run_all_sync([call(T.count_side_effect, path)], "blocking")
 
     mark = tmp_path / "ran"

@@ -90,11 +90,13 @@ async def run_all(
 ) -> list[Any]:
     """Run every task of one kind concurrently; return their results in input order.
 
-    Example::
+    For example:
 
-        pages = await run_all([call(fetch, url) for url in urls], limit=20, timeout=10)
-        sizes = await run_all([call(os.path.getsize, p) for p in paths], kind="blocking")
-        frames = await run_all([call(render, f) for f in scene], kind="cpu")
+    ```python
+    pages = await run_all([call(fetch, url) for url in urls], limit=20, timeout=10)
+    sizes = await run_all([call(os.path.getsize, p) for p in paths], kind="blocking")
+    frames = await run_all([call(render, f) for f in scene], kind="cpu")
+    ```
 
     ``tasks`` is any iterable or async iterable, consumed lazily. ``kind`` says where
     they run: ``"io"`` (coroutines, awaitables or zero-argument callables returning
@@ -102,18 +104,19 @@ async def run_all(
     shared worker threads), ``"cpu"`` (picklable zero-argument sync callables, on the
     shared worker processes). ``limit`` bounds how many of this call's tasks run at
     once (default: the lane's capacity); ``timeout`` bounds each task, in seconds: an
-    overrun fails that task with :class:`TaskTimeout`.
+    overrun fails that task with [TaskTimeout][tasklanes.TaskTimeout].
 
     The first failure cancels the rest and is raised as itself, with a note naming
     the task's index; with ``return_exceptions=True`` every task runs and a failed
     slot holds its exception. ``progress=True`` draws a bar on stderr; a callable
-    receives :class:`ProgressUpdate` objects.
+    receives [ProgressUpdate][tasklanes.ProgressUpdate] objects.
 
     Cancellation: when the caller is cancelled (or the batch fails fast), tasks not
     yet started never start, running io tasks are cancelled, running cpu tasks'
     worker processes are killed, and running blocking tasks are asked to stop
-    (:func:`check_cancelled` raises in them); ``run_all`` returns or raises only once
-    their threads have returned, so no work of the batch outlives the call.
+    ([check_cancelled][tasklanes.check_cancelled] raises in them); ``run_all`` returns
+    or raises only once their threads have returned, so no work of the batch outlives
+    the call.
     """
     sched = scheduler_or_default(scheduler)
     return await sched.run_all(tasks, kind, limit, timeout, return_exceptions, progress)
@@ -183,20 +186,22 @@ def as_completed(
     scheduler: Scheduler | None = None,
     progress: ProgressArg = False,
 ) -> BatchIterator[tuple[int, Any]]:
-    """Run tasks like :func:`run_all`, yielding ``(index, result)`` as each finishes.
+    """Run tasks like [run_all][tasklanes.run_all], yielding ``(index, result)`` as each finishes.
 
-    Example::
+    For example:
 
-        async with as_completed(call(fetch, u) for u in urls) as pages:
-            async for index, page in pages:
-                print(urls[index], len(page))
+    ```python
+    async with as_completed(call(fetch, u) for u in urls) as pages:
+        async for index, page in pages:
+            print(urls[index], len(page))
+    ```
 
     Bad arguments raise here, before the loop starts. With
     ``return_exceptions=False`` the first failure is raised from the loop (after the
     results that finished before it); with ``True`` failures are yielded.
 
     Cancellation: leaving the ``async with`` block, however it is left (``break``,
-    an exception, cancellation), stops the batch exactly as a cancelled `run_all`
+    an exception, cancellation), stops the batch exactly as a cancelled [run_all][tasklanes.run_all]
     does, before the block is exited. Without the block, the work stops when the
     loop ends by an exception or cancellation while it waits for a result, or when
     the iterator is closed (``aclose()``) or collected; a ``break`` alone stops
@@ -258,17 +263,19 @@ def amap(
 ) -> BatchIterator[Any]:
     """Run ``fn(item)`` for each item, yielding the results (in input order by default).
 
-    Example::
+    For example:
 
-        async with amap(make_thumbnail, paths, kind="cpu", limit=4) as thumbs:
-            async for thumb in thumbs:
-                save(thumb)
+    ```python
+    async with amap(make_thumbnail, paths, kind="cpu", limit=4) as thumbs:
+        async for thumb in thumbs:
+            save(thumb)
+    ```
 
     ``items`` may be endless or an async iterable: memory is bounded by ``limit``,
     not by the number of items, because items are pulled only as results are
     consumed. ``ordered=False`` yields results as they finish.
 
-    Cancellation: as for :func:`as_completed`.
+    Cancellation: as for [as_completed][tasklanes.as_completed].
     """
     sched = scheduler_or_default(scheduler)
     return sched.amap(fn, items, kind, limit, timeout, ordered, return_exceptions, progress)
@@ -288,8 +295,10 @@ def _in_event_loop() -> bool:
 def run_sync(async_fn: Callable[..., Coroutine[Any, Any, T]], *args: Any) -> T:
     if _in_event_loop():
         raise RuntimeError(
-            "run_all_sync() cannot be called from inside a running event loop: "
-            "use 'await run_all(...)' there"
+            "run_all_sync() cannot be called from inside a running event loop, and a "
+            "Jupyter/IPython notebook cell (like any async function) runs inside one: "
+            "write 'await run_all(...)' with the same arguments instead "
+            "('await scheduler.run_all(...)' on a Scheduler)"
         )
     return anyio.run(functools.partial(async_fn, *args))
 
@@ -355,15 +364,17 @@ def run_all_sync(
     scheduler: Scheduler | None = None,
     progress: ProgressArg = False,
 ) -> list[Any]:
-    """:func:`run_all` for plain scripts: runs its own event loop and returns the list.
+    """[run_all][tasklanes.run_all] for plain scripts: runs its own event loop and returns the list.
 
-    Example::
+    For example:
 
-        results = run_all_sync([call(crunch, chunk) for chunk in chunks], kind="cpu")
+    ```python
+    results = run_all_sync([call(crunch, chunk) for chunk in chunks], kind="cpu")
+    ```
 
-    Raises ``RuntimeError`` when called inside a running event loop (await
-    :func:`run_all` there). Ctrl-C stops the batch as a cancellation does and raises
-    ``KeyboardInterrupt``.
+    Raises ``RuntimeError`` when called inside a running event loop, which includes a
+    Jupyter or IPython notebook cell: write ``await run_all(...)`` there. Ctrl-C stops
+    the batch as a cancellation does and raises ``KeyboardInterrupt``.
     """
     sched = scheduler_or_default(scheduler)
     return sched.run_all_sync(tasks, kind, limit, timeout, return_exceptions, progress)

@@ -1,13 +1,13 @@
 """One batch of tasks on one lane, and the three ways to consume it.
 
-A *lane* runs a :class:`Batch`: it pulls ``(index, task)`` pairs from ``batch.source``
+A *lane* runs a `Batch`: it pulls ``(index, task)`` pairs from ``batch.source``
 as it has room, and hands every outcome to ``batch.emit(index, ok, value)`` on the
 caller's event loop. The lane knows how to run a task; the batch knows what the
 caller wants done with the outcomes:
 
-* ``run_all`` collects them into a list in input order (:func:`collect`);
+* ``run_all`` collects them into a list in input order (`collect`);
 * ``as_completed`` and ``amap`` hand them to an ``async for`` loop
-  (:class:`BatchIterator`).
+  ([BatchIterator][tasklanes.BatchIterator]).
 
 Fail-fast is the same for every lane: the first failure calls ``batch.fail``, which
 cancels the batch's cancel scope; the lane then stops its work exactly as it would
@@ -197,7 +197,7 @@ async def collect(
 class _Stream:
     """The state of an iterator batch, shared by its background task and its consumer.
 
-    Kept apart from :class:`BatchIterator` on purpose: the background task holds this
+    Kept apart from `BatchIterator` on purpose: the background task holds this
     object, never the iterator, so dropping the iterator (``break``) really drops it
     and its ``__del__`` can stop the batch.
     """

@@ -46,10 +46,12 @@ class Call(Generic[T]):
 def call(fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> Call[T]:
     """Bind ``fn`` to its arguments, to run later as a task of any kind.
 
-    Example::
+    For example:
 
-        await run_all([call(fetch, url) for url in urls])                 # io: fetch is async
-        await run_all([call(render, f) for f in frames], kind="cpu")      # picklable
+    ```python
+    await run_all([call(fetch, url) for url in urls])                 # io: fetch is async
+    await run_all([call(render, f) for f in frames], kind="cpu")      # picklable
+    ```
     """
     if not callable(fn):
         raise TypeError(f"call() needs a callable first, got {type(fn).__name__}")

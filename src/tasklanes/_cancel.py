@@ -37,15 +37,17 @@ def check_cancelled() -> None:
     """Raise if the blocking task running in this thread should stop.
 
     A thread cannot be killed, so a long blocking task that wants to honour timeouts
-    and cancellation calls this now and then::
+    and cancellation calls this now and then:
 
-        def crunch(rows):
-            for row in rows:
-                check_cancelled()
-                handle(row)
+    ```python
+    def crunch(rows):
+        for row in rows:
+            check_cancelled()
+            handle(row)
+    ```
 
-    It raises :class:`TaskTimeout` when the task overran its ``timeout`` and
-    :class:`TaskCancelled` when its batch was cancelled or failed; either way
+    It raises [TaskTimeout][tasklanes.TaskTimeout] when the task overran its ``timeout`` and
+    [TaskCancelled][tasklanes.TaskCancelled] when its batch was cancelled or failed; either way
     tasklanes has already given up on the result and discards what the task returns.
     Outside a blocking task (io tasks, cpu tasks, plain threads) it does nothing: io
     tasks are cancelled at their next ``await`` and cpu tasks are killed.

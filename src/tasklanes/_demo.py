@@ -8,6 +8,7 @@ with ``return_exceptions=True`` so the table can show what happened to each.
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Any
 
@@ -67,6 +68,54 @@ def spin_forever() -> int:
         pass
 
 
+def usable_cpus() -> tuple[int, str]:
+    """The CPUs this process may run on (its affinity mask, not the machine's count),
+    and the call that said so."""
+    count = getattr(os, "process_cpu_count", None)  # Python 3.13+
+    if count is not None:
+        return int(count() or 1), "os.process_cpu_count()"
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0)), "os.sched_getaffinity(0)"
+    return os.cpu_count() or 1, "os.cpu_count()"
+
+
+def load_average() -> float | None:
+    """The 1-minute load average (runnable processes), where the system has one."""
+    try:
+        return os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return None
+
+
+def speedup_note(
+    serial: float,
+    parallel: float,
+    workers: int,
+    tasks: int,
+    cpus: tuple[int, str],
+    load: float | None,
+) -> list[str]:
+    """What the cpu rows' speed-up is, and what bounds it on this machine."""
+    cpu_count, source = cpus
+    bound = min(workers, tasks, cpu_count)
+    lines = [
+        f"cpu speed-up: {serial / parallel:.2f}x (one after another {serial:.2f} s, "
+        f"run_all {parallel:.2f} s).",
+        f"  At most {bound}x here: the least of {workers} worker processes, {tasks} tasks "
+        f"and {cpu_count} usable CPUs ({source}).",
+    ]
+    if load is None:
+        lines.append("  No load average on this system: other programs may share the CPUs.")
+    else:
+        busy = "other programs compete for the CPUs, and the speed-up shrinks with them"
+        idle = "the CPUs were mostly free for the demo"
+        lines.append(
+            f"  Load average over the last minute: {load:.2f} on {cpu_count} CPUs "
+            f"(this demo included): {busy if load > cpu_count else idle}."
+        )
+    return lines
+
+
 def _summary(results: list[Any]) -> str:
     ok = sum(1 for r in results if not isinstance(r, BaseException))
     timeouts = sum(1 for r in results if isinstance(r, TaskTimeout))
@@ -74,7 +123,7 @@ def _summary(results: list[Any]) -> str:
     return f"{ok} ok, {timeouts} timed out, {failed} failed"
 
 
-async def _demo(quick: bool) -> list[tuple[str, str, float, str]]:
+async def _demo(quick: bool) -> tuple[list[tuple[str, str, float, str]], list[str]]:
     n = 40 if quick else 100
     cpu_n = 2 if quick else 4
     work = 300_000 if quick else 3_000_000
@@ -171,6 +220,9 @@ async def _demo(quick: bool) -> list[tuple[str, str, float, str]]:
             f"the same, run_all(kind='cpu'), {capacity} processes",
             run_all([call(crunch, work) for _ in range(cpu_n)], "cpu", scheduler=sched),
         )
+        note = speedup_note(
+            rows[-2][2], rows[-1][2], capacity, cpu_n, usable_cpus(), load_average()
+        )
         cmixed: list[Any] = [call(crunch, work) for _ in range(cpu_n)]
         cmixed += [call(spin_forever), call(fail, cpu_n + 1)]
         await timed(
@@ -180,8 +232,10 @@ async def _demo(quick: bool) -> list[tuple[str, str, float, str]]:
         )
         stats = sched.stats()
     _print_table(rows)
+    print("\n".join(note))
+    print()
     _print_stats(stats)
-    return rows
+    return rows, note
 
 
 def _print_table(rows: list[tuple[str, str, float, str]]) -> None:

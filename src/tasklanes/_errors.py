@@ -63,7 +63,7 @@ class WorkerCrashed(Exception):
 
 
 class TaskCancelled(Exception):
-    """Raised by :func:`check_cancelled` inside a blocking task that should stop.
+    """Raised by [check_cancelled][tasklanes.check_cancelled] in a blocking task that should stop.
 
     The task's batch no longer wants its result: it timed out, failed fast, or its
     caller was cancelled. Let it propagate; tasklanes discards it.

@@ -74,7 +74,7 @@ def _invoke(fn: Offloaded[..., Any, Any], args: tuple[Any, ...], kwargs: dict[st
 
 
 class Offloaded(Generic[P, R, W]):
-    """A function decorated with :func:`offload`. Awaiting a call runs it on its lane.
+    """A function decorated with [offload][tasklanes.offload]. Awaiting a call runs it on its lane.
 
     ``Offloaded[P, R, W]``: called with the original's parameters ``P``, awaiting the
     call gives ``R``; ``__wrapped__`` is the original, returning ``W``.
@@ -152,7 +152,7 @@ class Offloaded(Generic[P, R, W]):
         timeout: float | None = None,
         return_exceptions: bool = False,
     ) -> list[R]:
-        """Call the function on each item, as one :func:`run_all` batch.
+        """Call the function on each item, as one [run_all][tasklanes.run_all] batch.
 
         ``many = await render.map(frames, limit=4)``. The decorator's ``limit`` still
         bounds the function's calls across the process: each task of the batch takes
@@ -395,26 +395,28 @@ def offload(
 ) -> Any:
     """Turn a function into an awaitable one that runs on a lane.
 
-    Example::
+    For example:
 
-        @offload                          # kind="blocking": on the worker threads
-        def read_config(path: str) -> dict: ...
+    ```python
+    @offload                          # kind="blocking": on the worker threads
+    def read_config(path: str) -> dict: ...
 
-        @offload(kind="cpu", timeout=30)  # on the worker processes
-        def render(frame: Frame) -> bytes: ...
+    @offload(kind="cpu", timeout=30)  # on the worker processes
+    def render(frame: Frame) -> bytes: ...
 
-        @offload(kind="io", limit=10)     # an async function, at most 10 calls at once
-        async def fetch(url: str) -> bytes: ...
+    @offload(kind="io", limit=10)     # an async function, at most 10 calls at once
+    async def fetch(url: str) -> bytes: ...
 
-        data = await render(frame)
-        many = await render.map(frames, limit=4)
-        render.__wrapped__(frame)         # the original, in this thread
+    data = await render(frame)
+    many = await render.map(frames, limit=4)
+    render.__wrapped__(frame)         # the original, in this thread
+    ```
 
     ``limit`` bounds the function's concurrent calls across the process (per event
     loop for ``"io"``), on top of the lane's capacity; ``timeout`` bounds each call.
     A decorated module-level function works in the cpu lane: it pickles by reference.
 
-    Cancellation: as for :func:`run_all` with one task: a cancelled caller's io call is
+    Cancellation: as for [run_all][tasklanes.run_all] with one task: a cancelled caller's io call is
     cancelled, its cpu worker killed, its blocking thread asked to stop and awaited.
     """
     kind = check_kind(kind)

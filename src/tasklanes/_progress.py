@@ -1,9 +1,9 @@
 """Progress reporting: a live bar on stderr, or structured updates to a callable.
 
-``progress=True`` draws a bar with `tqdm <https://tqdm.github.io/>`_ (the ``progress``
+``progress=True`` draws a bar with [tqdm](https://tqdm.github.io/) (the ``progress``
 extra: ``pip install 'tasklanes[progress]'``). ``tqdm.auto`` picks a text bar in a
 terminal and a widget in Jupyter. ``progress=callable`` needs nothing extra: the
-callable receives :class:`ProgressUpdate` objects and may draw, log or export them.
+callable receives `ProgressUpdate` objects and may draw, log or export them.
 
 Why tqdm rather than rich: tqdm is one small pure-Python package with no
 dependencies, draws on a plain stream (``stderr``: it never fights the program's own
@@ -174,7 +174,7 @@ class _Bar:
 
 def make_progress(arg: ProgressArg) -> Progress | None:
     """``progress=`` as given to the batch API: ``False``/``None`` (no reporting),
-    ``True`` (a tqdm bar on stderr) or a callable receiving :class:`ProgressUpdate`."""
+    ``True`` (a tqdm bar on stderr) or a callable receiving `ProgressUpdate`."""
     if arg is None or arg is False:
         return None
     if arg is True:

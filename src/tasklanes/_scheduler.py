@@ -51,12 +51,14 @@ class Scheduler:
 
     Every call that uses a scheduler shares its capacities, from any event loop or
     thread of the process (io capacity is counted per event loop). Most programs use
-    the process-wide default (:func:`get_scheduler`); make your own to isolate a
-    subsystem, to change capacities, or to run the cpu lane on another executor::
+    the process-wide default ([get_scheduler][tasklanes.get_scheduler]); make your own to isolate a
+    subsystem, to change capacities, or to run the cpu lane on another executor:
 
-        with Scheduler(blocking_limit=8, cpu_limit=2) as sched:
-            sizes = sched.run_all_sync([call(os.path.getsize, p) for p in paths],
-                                       kind="blocking")
+    ```python
+    with Scheduler(blocking_limit=8, cpu_limit=2) as sched:
+        sizes = sched.run_all_sync([call(os.path.getsize, p) for p in paths],
+                                   kind="blocking")
+    ```
 
     Nothing starts until a lane is first used. ``close()`` (or leaving the ``with``
     block) stops its threads and processes; a closed scheduler refuses new work.
@@ -211,7 +213,7 @@ class Scheduler:
         return_exceptions: bool = False,
         progress: ProgressArg = False,
     ) -> list[Any]:
-        """``run_all`` on this scheduler; see :func:`tasklanes.run_all`."""
+        """``run_all`` on this scheduler; see [run_all][tasklanes.run_all]."""
         lane, call_limit, seconds = self._resolve(kind, limit, timeout)
         from ._progress import make_progress
 
@@ -228,7 +230,7 @@ class Scheduler:
         return_exceptions: bool = False,
         progress: ProgressArg = False,
     ) -> BatchIterator[Any]:
-        """``as_completed`` on this scheduler; see :func:`tasklanes.as_completed`."""
+        """``as_completed`` on this scheduler; see [as_completed][tasklanes.as_completed]."""
         lane, call_limit, seconds = self._resolve(kind, limit, timeout)
         from ._progress import make_progress
 
@@ -254,7 +256,7 @@ class Scheduler:
         return_exceptions: bool = False,
         progress: ProgressArg = False,
     ) -> BatchIterator[Any]:
-        """``amap`` on this scheduler; see :func:`tasklanes.amap`."""
+        """``amap`` on this scheduler; see [amap][tasklanes.amap]."""
         if not callable(fn):
             raise TypeError(f"amap() needs a callable first, got {type(fn).__name__}")
         lane, call_limit, seconds = self._resolve(kind, limit, timeout)
@@ -281,7 +283,7 @@ class Scheduler:
         return_exceptions: bool = False,
         progress: ProgressArg = False,
     ) -> list[Any]:
-        """``run_all_sync`` on this scheduler; see :func:`tasklanes.run_all_sync`."""
+        """``run_all_sync`` on this scheduler; see [run_all_sync][tasklanes.run_all_sync]."""
         from ._api import run_sync
 
         return run_sync(self.run_all, tasks, kind, limit, timeout, return_exceptions, progress)
@@ -291,7 +293,7 @@ class Scheduler:
     def stats(self) -> dict[str, LaneSnapshot]:
         """The figures of every lane, as ``{"io": ..., "blocking": ..., "cpu": ...}``.
 
-        Each :class:`LaneSnapshot` reads as attributes or keys: ``capacity``,
+        Each [LaneSnapshot][tasklanes.LaneSnapshot] reads as attributes or keys: ``capacity``,
         ``running``, ``waiting``, ``completed``, ``failed``, ``timed_out``,
         ``cancelled``, ``crashed``, ``killed``, and ``wait`` (queue lag) and ``run``
         (run time) as ``count``/``mean``/``max`` in seconds. A lane not used yet
@@ -417,7 +419,7 @@ def get_scheduler() -> Scheduler:
 
 
 def check_scheduler(scheduler: object) -> Scheduler | None:
-    """``scheduler=`` as the API takes it: a :class:`Scheduler`, or None (the default)."""
+    """``scheduler=`` as the API takes it: a `Scheduler`, or None (the default)."""
     if scheduler is not None and not isinstance(scheduler, Scheduler):
         raise TypeError(
             "scheduler must be a Scheduler or None (the default one), "

@@ -69,7 +69,7 @@ class LaneSnapshot(_ItemAccess):
 
 @dataclass
 class Tally:
-    """What one batch has done since it last reported; merged into :class:`LaneStats`.
+    """What one batch has done since it last reported; merged into `LaneStats`.
 
     Batches count into a private tally and merge it under the lane's lock now and
     then, so the hot path of a task never takes a lock.

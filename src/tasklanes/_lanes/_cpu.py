@@ -4,7 +4,7 @@ The engine (``tasklanes._processes``) is synchronous and thread-based: a manager
 thread owns the workers, chunks tasks adaptively, streams outcomes back and kills
 what overruns. This module is its async face: it feeds a batch's tasks to a
 ``PoolJob`` as the pool asks for them, and turns the pool's outcome callbacks into
-``batch.emit`` calls on the caller's loop through an :class:`Inbox`.
+``batch.emit`` calls on the caller's loop through an `Inbox`.
 
 Cancellation: a cancelled batch cancels its job, which drops the queued tasks and
 kills (SIGTERM, then SIGKILL) the workers running its tasks; the lane waits, shielded,

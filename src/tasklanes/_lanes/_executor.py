@@ -3,7 +3,7 @@
 tasklanes' own process pool (``_cpu.py``) is the default cpu engine. This lane is
 for ``Scheduler(cpu_executor=...)``: it submits each task with ``executor.submit``,
 at most ``limit`` in flight per call, and hands completions back through an
-:class:`Inbox`. What an executor cannot do, this lane cannot either: a task that
+`Inbox`. What an executor cannot do, this lane cannot either: a task that
 already runs cannot be stopped. A timeout is reported at once and the task's
 future is cancelled if it has not started; if it has, its result is discarded when
 it arrives. Cancelling the caller cancels the futures that have not started and

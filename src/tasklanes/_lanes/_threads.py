@@ -1,7 +1,7 @@
 """The blocking lane: sync code that waits, on worker threads shared by the process.
 
-Layout. One :class:`ThreadPool` per Scheduler owns at most ``capacity`` threads. A
-batch is a :class:`_ThreadJob`: a queue of ready tasks that the event loop keeps
+Layout. One `ThreadPool` per Scheduler owns at most ``capacity`` threads. A
+batch is a `_ThreadJob`: a queue of ready tasks that the event loop keeps
 filled (the running tasks plus about ``limit`` more), and a count of the threads
 serving it. The pool's queue holds *jobs*, not tasks: a thread takes a job and runs
 its ready tasks one after another until the job has none left, so a stream of
@@ -10,7 +10,7 @@ short tasks costs no event-loop round trip per task. A job is handed to at most
 count is how the lane's capacity is. When other jobs wait for a thread, a thread
 passes its job to the back of the queue after each task, so jobs share threads fairly.
 
-Outcomes go back through an :class:`Inbox`: one loop wake-up per burst of them.
+Outcomes go back through an `Inbox`: one loop wake-up per burst of them.
 
 Timeouts and cancellation. A thread cannot be killed. A task that overruns is
 reported as ``TaskTimeout`` at once, its ticket is marked so that

@@ -1,6 +1,6 @@
 """Message formats shared by the pool (parent) and its worker processes.
 
-Both directions use the framing of :class:`multiprocessing.connection.Connection`: a
+Both directions use the framing of `multiprocessing.connection.Connection`: a
 4-byte big-endian signed length, then the payload (a length of ``-1`` means an 8-byte
 unsigned length follows, for payloads of 2 GiB or more). Keeping that framing lets the
 worker use ``Connection.recv_bytes`` while the parent reads raw file descriptors in bulk

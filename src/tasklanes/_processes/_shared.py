@@ -24,7 +24,7 @@ class SharedBlock:
     """``size`` bytes of zeroed shared memory, handed to a child process by passing
     this object among the arguments of ``Process`` (it pickles as a duplicate of its
     file descriptor, which ``multiprocessing`` sends along while the child starts; the
-    child gets an ``mmap``, see :func:`attach`)."""
+    child gets an ``mmap``, see `attach`)."""
 
     def __init__(self, size: int) -> None:
         if hasattr(os, "memfd_create"):

@@ -274,7 +274,7 @@ def _with_traceback(head: tuple[object, ...], exc: BaseException) -> tuple[objec
 
     Some exceptions pickle but cannot be rebuilt (an ``__init__`` with extra required
     arguments), so we try the round trip here, where a failure is cheap to handle,
-    and send a :class:`RemoteError` stand-in when it fails.
+    and send a `RemoteError` stand-in when it fails.
     """
     import traceback  # only paid when a task fails
 
