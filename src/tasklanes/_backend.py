@@ -9,16 +9,25 @@ module is that shim, in anyio's style: one function per need, a branch per backe
 from __future__ import annotations
 
 import asyncio
+import functools
 import sys
+import threading
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, TypeVar
+
+import anyio
+
+from ._inbox import Inbox
+
+T = TypeVar("T")
 
 __all__ = [
     "LoopHandle",
     "current_backend",
-    "current_loop",
+    "run_in_fresh_thread",
+    "run_sync",
     "worker_group",
 ]
 
@@ -139,5 +148,54 @@ async def worker_group(
             yield spawn_asyncio
 
 
-def current_loop() -> LoopHandle:
-    return LoopHandle()
+def in_event_loop() -> bool:
+    try:
+        current_backend()
+    except RuntimeError:
+        return False
+    return True
+
+
+def run_sync(async_fn: Callable[..., Coroutine[Any, Any, T]], *args: Any) -> T:
+    """Run ``async_fn(*args)`` on a new event loop, from sync code.
+
+    Raises ``RuntimeError`` inside a running event loop: blocking it to run another
+    one would freeze every task of the first.
+    """
+    if in_event_loop():
+        raise RuntimeError(
+            "run_all_sync() cannot be called from inside a running event loop: "
+            "use 'await run_all(...)' there"
+        )
+    return anyio.run(functools.partial(async_fn, *args))
+
+
+async def run_in_fresh_thread(fn: Callable[[], T]) -> T:
+    """Run ``fn`` on a new thread and await it without blocking the loop.
+
+    For rare, slow housekeeping (closing a Scheduler joins threads and processes);
+    a fresh thread is joined before returning, so nothing is left behind.
+
+    Cancellation: shielded. ``fn`` cannot be stopped from outside, and returning
+    before it ends would leave its thread behind.
+    """
+    inbox = Inbox(LoopHandle())
+    outcome: list[Any] = []
+
+    def target() -> None:
+        try:
+            outcome.append((True, fn()))
+        except BaseException as exc:
+            outcome.append((False, exc))
+        inbox.put(None)
+
+    thread = threading.Thread(target=target, name="tasklanes-close", daemon=True)
+    thread.start()
+    with anyio.CancelScope(shield=True):
+        await inbox.get()
+    thread.join()
+    ok, value = outcome[0]
+    if not ok:
+        raise value
+    result: T = value
+    return result

@@ -10,7 +10,9 @@ from concurrent.futures import Executor
 from multiprocessing.context import BaseContext
 from typing import TYPE_CHECKING, Any
 
+from ._backend import run_in_fresh_thread, run_sync
 from ._batch import BatchIterator, Lane, collect
+from ._defaults import BLOCKING_LIMIT, IO_LIMIT, cpu_capacity
 from ._stats import LaneSnapshot
 from ._tasks import KINDS, check_kind, check_limit, check_timeout
 
@@ -59,8 +61,8 @@ class Scheduler:
 
     def __init__(
         self,
-        io_limit: int = 1000,
-        blocking_limit: int = 40,
+        io_limit: int = IO_LIMIT,
+        blocking_limit: int = BLOCKING_LIMIT,
         cpu_limit: int | None = None,
         cpu_executor: Executor | None = None,
         mp_context: BaseContext | str | None = None,
@@ -124,13 +126,14 @@ class Scheduler:
             from ._lanes._threads import ThreadLane
 
             return ThreadLane(self._blocking_limit)
-        from ._lanes._executor import ExecutorLane
-
         if self._cpu_executor is not None:
+            from ._lanes._executor import ExecutorLane
+
             return ExecutorLane(self._cpu_executor, self.capacity_or_default())
+        from ._defaults import mp_context
         from ._lanes._cpu import ProcessLane
 
-        return ProcessLane(self.capacity_or_default(), self._mp_context)
+        return ProcessLane(self.capacity_or_default(), mp_context(self._mp_context))
 
     def _resolve(
         self, kind: object, limit: object, timeout: object
@@ -232,8 +235,6 @@ class Scheduler:
         progress: ProgressArg = False,
     ) -> list[Any]:
         """``run_all_sync`` on this scheduler; see :func:`tasklanes.run_all_sync`."""
-        from ._api import run_sync
-
         return run_sync(self.run_all, tasks, kind, limit, timeout, return_exceptions, progress)
 
     # -- figures and lifecycle -----------------------------------------------------
@@ -277,8 +278,6 @@ class Scheduler:
 
     async def aclose(self) -> None:
         """``close()`` without blocking the event loop: it runs on a helper thread."""
-        from ._api import run_in_fresh_thread
-
         await run_in_fresh_thread(self.close)
 
     def __enter__(self) -> Scheduler:
@@ -304,16 +303,8 @@ class Scheduler:
         """The cpu lane's capacity: ``cpu_limit``, or its default, worked out once (for
         a Dask executor that asks the cluster, so not on every ``stats()``)."""
         if self._cpu_capacity is None:
-            self._cpu_capacity = self._cpu_limit or _cpu_default(self._cpu_executor)
+            self._cpu_capacity = cpu_capacity(self._cpu_limit, self._cpu_executor)
         return self._cpu_capacity
-
-
-def _cpu_default(executor: Executor | None) -> int:
-    from ._lanes._executor import default_cpu_count, executor_capacity
-
-    if executor is not None:
-        return executor_capacity(executor)
-    return default_cpu_count()
 
 
 def _probe_task(fn: Callable[[Any], Any]) -> object:
