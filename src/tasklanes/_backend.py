@@ -100,6 +100,10 @@ class LoopHandle:
         # so one process-wide monotonic clock serves every loop and every thread,
         # and costs one C call (``loop.time`` is a Python method; uvloop's is coarse).
         self.clock: Callable[[], float] = time.monotonic
+        if self.backend == "trio":
+            # trio's own clock, so that a test on trio's MockClock sees deadlines move
+            # with the loop's (virtual) time; its sleeps are measured on it anyway.
+            self.clock = trio.current_time
         self.call_soon_threadsafe = call_soon_threadsafe
         self._spawn = spawn
 

@@ -231,13 +231,8 @@ class Source:
         #: nothing else skips the per-task check.
         self.trusted: frozenset[type] = getattr(check, "trusted", frozenset())
         if isinstance(tasks, (list, tuple)):
-            for index, task in enumerate(tasks):
-                try:
-                    check(task, index)
-                except BaseException:
-                    for other in tasks:
-                        close_if_coroutine(other)
-                    raise
+            if not set(map(type, tasks)) <= self.trusted:
+                self._check_all(tasks, check)
             self._sequence = tasks
             self.size = len(tasks)
             self._iterator = iter(tasks)
@@ -252,6 +247,18 @@ class Source:
             raise TypeError(
                 f"tasks must be an iterable or async iterable of tasks, got {type(tasks).__name__}"
             )
+
+    @staticmethod
+    def _check_all(
+        tasks: list[Any] | tuple[Any, ...], check: Callable[[object, int], None]
+    ) -> None:
+        for index, task in enumerate(tasks):
+            try:
+                check(task, index)
+            except BaseException:
+                for other in tasks:
+                    close_if_coroutine(other)
+                raise
 
     @property
     def pulled(self) -> int:
@@ -300,8 +307,9 @@ class Source:
             self._check(task, index)
         return (index, task)
 
-    def take(self, n: int) -> list[tuple[int, Any]]:
-        """Up to ``n`` ``(index, task)`` pairs that need no waiting, in one step.
+    def take(self, n: int) -> list[Any]:
+        """Up to ``n`` tasks that need no waiting, in one step; the first one's index
+        is ``pulled`` as it was before the call (indexes are consecutive).
 
         A sync iterator without a gate is read in bulk (one ``islice``, the checks in
         one loop, skipped for the ``trusted`` types); a gated one task by task, asking
@@ -313,12 +321,12 @@ class Source:
         if self._ended or it is None or n <= 0:
             return []
         if self._gate is not None:
-            out: list[tuple[int, Any]] = []
+            out: list[Any] = []
             while len(out) < n:
                 item = self.next_nowait()
                 if item is END or item is WAIT:
                     break
-                out.append(item)
+                out.append(item[1])
             return out
         start = self._index
         tasks = list(islice(it, n))
@@ -334,7 +342,7 @@ class Source:
                 for task in tasks:
                     close_if_coroutine(task)
                 raise
-        return list(zip(range(start, start + len(tasks)), tasks, strict=True))
+        return tasks
 
     async def next(self) -> Any:
         """``(index, task)`` or ``END``, waiting for the gate or an async iterator."""

@@ -182,35 +182,39 @@ def count(tally: Tally, outcome: Outcome, n: int = 1) -> None:
     setattr(tally, name, getattr(tally, name) + n)
 
 
-async def pull(batch: Batch, want: int, owed: bool = False) -> list[tuple[int, Any]]:
-    """Up to `want` `(index, task)` pairs from `batch.source`, at least one unless the
-    input has ended or the batch stops.
+async def pull(batch: Batch, want: int, owed: bool = False) -> tuple[int, list[Any]]:
+    """Up to `want` tasks from `batch.source` as `(first index, tasks)` (their indexes
+    are consecutive); at least one unless the input has ended or the batch stops.
 
     Waits (for an async iterator, or for an iterator's gate) only when nothing was
     pulled yet, and never for the gate while `owed` (outcomes are owed to the caller
     and only handed over once this returns: an ordered `amap` waits for its oldest
-    result before it lets more in). An input that raises fails the batch.
+    result before it lets more in). An input that raises fails the batch. One caller
+    pulls from a batch's source at a time.
 
-    Cancellation: waiting for the input is cancelled with the batch; what was pulled
-    before is returned by no one, so only a pull that has taken nothing waits.
+    Cancellation: waiting for the input is cancelled with the batch; only a pull
+    that has taken nothing waits, so no pulled task is lost to a cancellation.
     """
     source = batch.source
-    added: list[tuple[int, Any]] = []
+    added: list[Any] = []
     try:
         while len(added) < want and not batch.stopping:
             got = source.take(want - len(added))
             if got:
-                added.extend(got)
+                if added:
+                    added.extend(got)
+                else:
+                    added = got
                 continue
             if source.exhausted or added or (owed and source.blocked()):
                 break
             item = await source.next()
             if item is END:
                 break
-            added.append(item)
+            added.append(item[1])
     except Exception as exc:
         batch.fail(exc)
-    return added
+    return source.pulled - len(added), added
 
 
 class Deadlines(Generic[K]):

@@ -184,7 +184,8 @@ class _CpuBatch:
             want = source.size
         else:
             want = min(max(job.demand + self.outstanding, _MIN_QUEUED), _MAX_QUEUED)
-        added = await pull(batch, want - self.outstanding, owed=self.outstanding > 0)
+        start, tasks = await pull(batch, want - self.outstanding, owed=self.outstanding > 0)
+        added = list(enumerate(tasks, start))
         # (admission hook: a Limiter would be acquired here, before the pool sees the
         # task, so no worker process waits for one.)
         if added:

@@ -125,8 +125,8 @@ class _ExecutorBatch:
         submit = self.lane.executor.submit
         put = self.inbox.put
         timeout = batch.timeout
-        items = await pull(batch, batch.limit - len(self.futures), owed=bool(self.futures))
-        for index, task in items:
+        start, tasks = await pull(batch, batch.limit - len(self.futures), owed=bool(self.futures))
+        for index, task in enumerate(tasks, start):
             # (admission hook: a Limiter would be acquired here, before submit.)
             try:
                 future = submit(task)

@@ -271,14 +271,14 @@ class _ThreadBatch:
         want = batch.limit + self.buffer - self.outstanding
         if want <= 0:
             return
-        items = await pull(batch, want, owed=self.outstanding > 0)
-        if not items:
+        start, tasks = await pull(batch, want, owed=self.outstanding > 0)
+        if not tasks:
             return
         # (admission hook: a Limiter would be acquired here, on the loop, before a
         # task reaches a thread.)
         timeout = batch.timeout
         now = _monotonic()
-        added = [(Ticket(index, timeout), fn, now) for index, fn in items]
+        added = [(Ticket(index, timeout), fn, now) for index, fn in enumerate(tasks, start)]
         self.outstanding += len(added)
         with job.lock:
             job.ready.extend(added)
