@@ -7,6 +7,7 @@ Scheduler, and handed to the lanes (which never guess a default of their own).
 
 from __future__ import annotations
 
+import logging
 import os
 from concurrent.futures import Executor
 from multiprocessing.context import BaseContext
@@ -49,6 +50,11 @@ def executor_capacity(executor: Executor) -> int:
         try:
             threads = int(sum(client.nthreads().values()))
         except Exception:  # an unreachable cluster: fall back, the tasks will say why
+            logging.getLogger("tasklanes").warning(
+                "could not ask the Dask cluster for its threads; cpu capacity falls back "
+                "to this machine's CPUs",
+                exc_info=True,
+            )
             threads = 0
         if threads >= 1:
             return 2 * threads

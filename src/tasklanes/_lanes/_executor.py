@@ -67,7 +67,7 @@ class ExecutorLane(LaneBase):
         dumps = pickle.dumps
         if not self._strict:
             try:
-                import cloudpickle
+                import cloudpickle  # type: ignore[import-untyped]
             except ImportError:
                 return False
             dumps = cloudpickle.dumps

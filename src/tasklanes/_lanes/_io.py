@@ -36,8 +36,8 @@ __all__ = ["IoLane"]
 
 _FLUSH_EVERY = 512  # completions between merges of a batch's tally into the lane's stats
 #: Tasks taken from a lazy input at once: enough to spread the cost of a pull over
-#: many tasks, few enough that the input's memory bound (running tasks plus a small
-#: buffer) holds.
+#: many tasks, few enough that the input's memory bound holds (the running tasks plus
+#: a buffer of at most an eighth of ``limit``; one task for a ``limit`` under 16).
 _PULL_CHUNK = 256
 
 
@@ -121,7 +121,10 @@ class _IoBatch:
         self.target = max(target, 1)
         source = batch.source
         # A list is materialised already: take it whole. A lazy input a chunk at a time.
-        self.chunk = source.size if source.in_memory and source.size else _PULL_CHUNK
+        if source.in_memory and source.size:
+            self.chunk = source.size
+        else:
+            self.chunk = max(1, min(_PULL_CHUNK, batch.limit // 8))
         self.pulled: anyio.Event | None = None  # set when the pull under way ends
         self.tally = Tally()
         self.deadlines: Deadlines[_Worker] = Deadlines()

@@ -35,7 +35,7 @@ from .._errors import TaskTimeout, closed_error
 from .._inbox import Inbox
 from .._stats import LaneStats, Tally
 from .._tasks import CachedCheck, check_sync_task
-from ._base import Deadlines, LaneBase, Outcome, classify, count, pull, watch
+from ._base import Deadlines, LaneBase, Outcome, classify, count, log, pull, watch
 
 __all__ = ["ThreadLane", "ThreadPool"]
 
@@ -192,6 +192,8 @@ class ThreadLane(LaneBase):
         # Batches still running fail rather than wait for threads that are going away:
         # their queued tasks fail at once, their running ones are asked to stop
         # (check_cancelled() raises in them) and fail when they return.
+        if runs:
+            log.info("blocking lane closed under %d running batch(es): they fail", len(runs))
         for run in runs:
             job = run.job
             with job.lock:
@@ -301,6 +303,8 @@ class _ThreadBatch:
             if ticket.timed_out:
                 # Reported when it overran; what it returns now is discarded. (Hook:
                 # the task is really over only now, with its thread free again.)
+                log.debug("blocking task %d returned %.3f s after it timed out", ticket.index,
+                          max(ran - (ticket.timeout or 0.0), 0.0))
                 continue
             if ticket.cancelled:
                 if self.job.closed and not batch.stopping:
