@@ -226,6 +226,8 @@ class Source:
         self._alock: anyio.Lock | None = None
         self._gate: Callable[[int], bool] | None = None
         self._gate_event: anyio.Event | None = None
+        #: An input error met by a bulk ``take`` after some tasks: raised next time.
+        self._pending_error: Exception | None = None
         self.size: int | None = None
         #: Types that always pass ``check`` (the io lane's coroutines): a bulk pull of
         #: nothing else skips the per-task check.
@@ -318,6 +320,10 @@ class Source:
         run) and the error is raised.
         """
         it = self._iterator
+        if self._pending_error is not None:
+            exc, self._pending_error = self._pending_error, None
+            self._ended = True
+            raise exc
         if self._ended or it is None or n <= 0:
             return []
         if self._gate is not None:
@@ -329,9 +335,18 @@ class Source:
                 out.append(item[1])
             return out
         start = self._index
-        tasks = list(islice(it, n))
+        tasks: list[Any] = []
+        try:
+            # ``extend`` keeps what it appended when the input raises part-way: those
+            # tasks were taken and are handed out (the error fails the batch anyway,
+            # on the next pull).
+            tasks.extend(islice(it, n))
+        except Exception as exc:
+            if not tasks:
+                raise
+            self._pending_error = exc
         if len(tasks) < n:
-            self._ended = True
+            self._ended = self._pending_error is None
         self._index = start + len(tasks)
         if self._sequence is None and not set(map(type, tasks)) <= self.trusted:
             check = self._check
