@@ -20,6 +20,7 @@ its whole life, so the slot costs one acquire per worker, not per task.
 
 from __future__ import annotations
 
+from collections import deque
 from types import CoroutineType
 from typing import Any
 
@@ -62,43 +63,90 @@ class _Worker:
         self.timed_out = False
 
 
+class _Slots:
+    """One event loop's io capacity (``io_limit``), shared by its batches.
+
+    Used only on its loop's thread, so it needs no lock: taking a free slot is a
+    decrement (anyio's ``CapacityLimiter`` costs a few microseconds a call, a
+    thousand times per batch). A freed slot goes straight to the longest waiter.
+    """
+
+    __slots__ = ("free", "users", "waiters")
+
+    def __init__(self, capacity: int) -> None:
+        self.free = capacity
+        self.users = 0  # batches using it (under the lane's lock)
+        self.waiters: deque[anyio.Event] = deque()
+
+    def try_take(self) -> bool:
+        if self.free > 0 and not self.waiters:
+            self.free -= 1
+            return True
+        return False
+
+    async def take(self) -> None:
+        """Wait for a slot.
+
+        Cancellation: a waiter that is cancelled holds nothing afterwards (a slot
+        handed to it as it was cancelled goes to the next waiter).
+        """
+        event = anyio.Event()
+        self.waiters.append(event)
+        try:
+            await event.wait()
+        except BaseException:
+            if event.is_set():
+                self.give()
+            else:
+                self.waiters.remove(event)
+            raise
+
+    def give(self) -> None:
+        if self.waiters:
+            self.waiters.popleft().set()
+        else:
+            self.free += 1
+
+
 class IoLane(LaneBase):
     kind = "io"
 
     def __init__(self, capacity: int) -> None:
         super().__init__()
         self.capacity = capacity
-        self.stats = LaneStats("io", capacity)
-        self._limiters: dict[object, tuple[anyio.CapacityLimiter, list[int]]] = {}
+        self.stats = LaneStats("io", capacity, live=self._live)
+        self._slots: dict[object, _Slots] = {}
         self.check_task = CachedCheck(check_io_task, trusted=frozenset({CoroutineType}))
 
-    def _limiter(self, key: object) -> tuple[anyio.CapacityLimiter, list[int]]:
-        # One CapacityLimiter per event loop, dropped when its last user leaves: a
-        # limiter is bound to the loop it was created on.
-        with self._lock:
-            entry = self._limiters.get(key)
-            if entry is None:
-                entry = (anyio.CapacityLimiter(self.capacity), [0])
-                self._limiters[key] = entry
-            entry[1][0] += 1
-            return entry
+    def _live(self) -> tuple[int, int]:
+        runs = self.runs()
+        return sum(run.running for run in runs), sum(run.waiting for run in runs)
 
-    def _unref(self, key: object, entry: tuple[anyio.CapacityLimiter, list[int]]) -> None:
+    def _open_slots(self, key: object) -> _Slots:
+        # One per event loop, dropped when its last batch leaves: no loop is kept
+        # alive by the lane.
         with self._lock:
-            entry[1][0] -= 1
-            if entry[1][0] == 0 and self._limiters.get(key) is entry:
-                del self._limiters[key]
+            slots = self._slots.get(key)
+            if slots is None:
+                slots = self._slots[key] = _Slots(self.capacity)
+            slots.users += 1
+            return slots
+
+    def _close_slots(self, key: object, slots: _Slots) -> None:
+        with self._lock:
+            slots.users -= 1
+            if slots.users == 0 and self._slots.get(key) is slots:
+                del self._slots[key]
 
     async def run(self, batch: Batch) -> None:
         key = batch.loop.key
         runner = _IoBatch(self, batch)
         self.open_run(runner)
-        entry = self._limiter(key)
+        slots = runner.slots = self._open_slots(key)
         try:
-            runner.limiter = entry[0]
             await runner.run()
         finally:
-            self._unref(key, entry)
+            self._close_slots(key, slots)
             self.close_run(runner)
 
 
@@ -106,7 +154,9 @@ class _IoBatch:
     def __init__(self, lane: IoLane, batch: Batch) -> None:
         self.lane = lane
         self.batch = batch
-        self.limiter: anyio.CapacityLimiter | None = None
+        self.slots: _Slots | None = None
+        self.running = 0  # workers holding a capacity slot
+        self.waiting = 0  # workers waiting for one
         #: Pulled tasks not started yet, last to run first (``pop()`` is O(1)); the
         #: task just popped has index ``top - len(ready)``. No pair per task: a
         #: hundred thousand small tuples cost more in allocation and garbage
@@ -125,7 +175,8 @@ class _IoBatch:
             self.chunk = source.size
         else:
             self.chunk = max(1, min(_PULL_CHUNK, batch.limit // 8))
-        self.pulled: anyio.Event | None = None  # set when the pull under way ends
+        self.pulling = False  # a worker is pulling the next chunk
+        self.pulled: anyio.Event | None = None  # set when that pull ends
         self.tally = Tally()
         self.deadlines: Deadlines[_Worker] = Deadlines()
         self.spawn: Any = None
@@ -169,16 +220,19 @@ class _IoBatch:
                 return True
             if self.done:
                 return False
-            pulled = self.pulled
-            if pulled is None:
+            if not self.pulling:
                 break
-            await pulled.wait()
-        self.pulled = anyio.Event()
+            if self.pulled is None:  # made only when someone waits: most pulls don't
+                self.pulled = anyio.Event()
+            await self.pulled.wait()
+        self.pulling = True
         try:
             start, tasks = await pull(self.batch, self.chunk)
         finally:
-            self.pulled.set()
-            self.pulled = None
+            self.pulling = False
+            if self.pulled is not None:
+                self.pulled.set()
+                self.pulled = None
         if not tasks:
             self.done = True
             return False
@@ -193,33 +247,29 @@ class _IoBatch:
 
     async def _worker(self) -> None:
         batch = self.batch
-        stats = self.lane.stats
         if batch.stopping or (not self.ready and not await self._refill()):
             return
-        limiter = self.limiter
-        assert limiter is not None
-        token = object()
-        try:
-            limiter.acquire_on_behalf_of_nowait(token)
-        except anyio.WouldBlock:
+        slots = self.slots
+        assert slots is not None
+        if not slots.try_take():
             # The loop's io capacity is taken by other batches: wait for a slot.
             clock = batch.loop.clock
             t0 = clock()
-            stats.adjust(waiting=1)
+            self.waiting += 1
             try:
-                await limiter.acquire_on_behalf_of(token)
+                await slots.take()
             finally:
-                stats.adjust(waiting=-1)
+                self.waiting -= 1
             self.tally.wait(clock() - t0)
-        stats.adjust(running=1)
+        self.running += 1
         try:
             if batch.timeout is None:
                 await self._work_plain()
             else:
                 await self._work(_Worker())
         finally:
-            stats.adjust(running=-1)
-            limiter.release_on_behalf_of(token)
+            self.running -= 1
+            slots.give()
 
     def _finish(self, index: int, ok: bool, value: Any) -> None:
         """Hand one outcome over (off the hot path: failures and timeouts)."""
