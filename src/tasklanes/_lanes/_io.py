@@ -165,6 +165,7 @@ class _IoBatch:
         self.top = -1
         self.done = False  # the input has no more tasks
         self.nworkers = 0
+        self.starting = 0  # workers spawned that have not run yet
         target = batch.limit
         if batch.source.size is not None:
             target = min(target, batch.source.size)
@@ -202,11 +203,26 @@ class _IoBatch:
             self.lane.stats.merge(self.tally)
 
     def _grow(self) -> None:
-        """Start workers for the ready tasks, up to the batch's ``limit``."""
-        want = min(self.target, self.nworkers + len(self.ready))
-        while self.nworkers < want:
-            self.nworkers += 1
-            self.spawn(self._worker)
+        """Make sure a worker is on its way while tasks wait, up to ``limit``.
+
+        Workers are started on demand, not ``limit`` at once: a new worker only runs
+        once the running ones have all suspended (the loop got control back), and it
+        then starts as many more as there are workers already (see ``_worker``), so
+        the pool doubles each time the loop comes round: ``limit`` = 1000 workers
+        are up within ten loop iterations when tasks wait, while a batch of tasks
+        that never suspend is run by one worker and costs one spare, not 999.
+        """
+        if self.starting == 0 and self.nworkers < self.target and (self.ready or not self.done):
+            self._spawn(1)
+
+    def _spawn(self, n: int) -> None:
+        n = min(n, self.target - self.nworkers)
+        self.nworkers += n
+        self.starting += n
+        spawn = self.spawn
+        worker = self._worker
+        for _ in range(n):
+            spawn(worker)
 
     async def _refill(self) -> bool:
         """Pull the next chunk of tasks into ``ready``; False once none are left.
@@ -247,8 +263,13 @@ class _IoBatch:
 
     async def _worker(self) -> None:
         batch = self.batch
+        self.starting -= 1
         if batch.stopping or (not self.ready and not await self._refill()):
             return
+        # Running means the workers before this one have suspended: tasks wait on
+        # something, so start as many more workers as there are (up to ``limit``).
+        if self.starting == 0 and self.nworkers < self.target:
+            self._spawn(self.nworkers)
         slots = self.slots
         assert slots is not None
         if not slots.try_take():
