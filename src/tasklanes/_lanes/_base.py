@@ -43,7 +43,6 @@ from __future__ import annotations
 
 import enum
 import heapq
-import itertools
 import logging
 import math
 import threading
@@ -236,29 +235,31 @@ class Deadlines(Generic[K]):
     ```
     """
 
-    __slots__ = ("_heap", "_live", "_seq")
+    __slots__ = ("_heap", "_live", "_room")
 
     def __init__(self) -> None:
+        # (deadline, id(key), key): the id breaks ties without comparing keys.
         self._heap: list[tuple[float, int, K]] = []
         self._live: dict[K, float] = {}
-        self._seq = itertools.count()
+        self._room = 64  # heap size that triggers dropping the stale entries
 
     def __len__(self) -> int:
         return len(self._live)
 
     def add(self, deadline: float, key: K) -> None:
         self._live[key] = deadline
-        heapq.heappush(self._heap, (deadline, next(self._seq), key))
-        if len(self._heap) > 2 * len(self._live) + 64:
+        heap = self._heap
+        heapq.heappush(heap, (deadline, id(key), key))
+        if len(heap) > self._room:
             self._rebuild()
 
     def remove(self, key: K) -> None:
         self._live.pop(key, None)
 
     def _rebuild(self) -> None:
-        seq = self._seq
-        self._heap = [(d, next(seq), k) for k, d in self._live.items()]
+        self._heap = [(d, id(k), k) for k, d in self._live.items()]
         heapq.heapify(self._heap)
+        self._room = 2 * len(self._heap) + 64
 
     def next_deadline(self) -> float:
         """The soonest live deadline, or `inf`."""
