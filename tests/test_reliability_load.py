@@ -63,8 +63,8 @@ def diagnose(sched: Scheduler, pending: dict[int, str]) -> str:
     lines = [f"pending calls {pending}", f"stats {sched.stats()}"]
     blocking = sched._lanes.get("blocking")  # type: ignore[attr-defined]
     if blocking is not None:
-        pool = blocking._pool
-        jobs = list(blocking._jobs)
+        pool = blocking._resource
+        jobs = [run.job for run in blocking.runs()]
         lines.append(
             f"blocking: pool queue {len(pool._jobs) if pool else None}, idle "
             f"{pool._idle if pool else None}, threads {pool.threads if pool else None}, jobs "
@@ -74,7 +74,14 @@ def diagnose(sched: Scheduler, pending: dict[int, str]) -> str:
     if cpu is not None:
         lines.append(f"cpu pool {cpu.pool_stats()}")
         lines.append(
-            "cpu jobs " + str([(j.unfinished, j.running, len(j._queue)) for j in cpu._jobs])
+            "cpu jobs "
+            + str(
+                [
+                    (j.unfinished, j.running, len(j._queue))
+                    for j in (run.job for run in cpu.runs())
+                    if j is not None
+                ]
+            )
         )
     return "\n".join(lines)
 

@@ -2,16 +2,10 @@
 
 from __future__ import annotations
 
-import functools
-import threading
-from collections.abc import AsyncIterable, Awaitable, Callable, Coroutine, Iterable
+from collections.abc import AsyncIterable, Awaitable, Callable, Iterable
 from typing import Any, Literal, TypeVar, overload
 
-import anyio
-
-from ._backend import LoopHandle, current_backend
 from ._batch import BatchIterator
-from ._lanes._inbox import Inbox
 from ._progress import ProgressArg
 from ._scheduler import Scheduler, scheduler_or_default
 
@@ -284,25 +278,6 @@ def amap(
 # -- from sync code ------------------------------------------------------------------
 
 
-def _in_event_loop() -> bool:
-    try:
-        current_backend()
-    except RuntimeError:
-        return False
-    return True
-
-
-def run_sync(async_fn: Callable[..., Coroutine[Any, Any, T]], *args: Any) -> T:
-    if _in_event_loop():
-        raise RuntimeError(
-            "run_all_sync() cannot be called from inside a running event loop, and a "
-            "Jupyter/IPython notebook cell (like any async function) runs inside one: "
-            "write 'await run_all(...)' with the same arguments instead "
-            "('await scheduler.run_all(...)' on a Scheduler)"
-        )
-    return anyio.run(functools.partial(async_fn, *args))
-
-
 @overload
 def run_all_sync(
     tasks: Iterable[IoTask[T]],
@@ -378,31 +353,3 @@ def run_all_sync(
     """
     sched = scheduler_or_default(scheduler)
     return sched.run_all_sync(tasks, kind, limit, timeout, return_exceptions, progress)
-
-
-async def run_in_fresh_thread(fn: Callable[[], T]) -> T:
-    """Run ``fn`` on a new thread and await it without blocking the loop.
-
-    For rare, slow housekeeping (closing a Scheduler joins threads and processes);
-    a fresh thread is joined before returning, so nothing is left behind.
-    """
-    inbox = Inbox(LoopHandle())
-    outcome: list[Any] = []
-
-    def target() -> None:
-        try:
-            outcome.append((True, fn()))
-        except BaseException as exc:
-            outcome.append((False, exc))
-        inbox.put(None)
-
-    thread = threading.Thread(target=target, name="tasklanes-close", daemon=True)
-    thread.start()
-    with anyio.CancelScope(shield=True):
-        await inbox.get()
-    thread.join()
-    ok, value = outcome[0]
-    if not ok:
-        raise value
-    result: T = value
-    return result

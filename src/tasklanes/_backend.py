@@ -9,16 +9,25 @@ module is that shim, in anyio's style: one function per need, a branch per backe
 from __future__ import annotations
 
 import asyncio
+import functools
 import sys
+import threading
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, TypeVar
+
+import anyio
+
+from ._inbox import Inbox
+
+T = TypeVar("T")
 
 __all__ = [
     "LoopHandle",
     "current_backend",
-    "current_loop",
+    "run_in_fresh_thread",
+    "run_sync",
     "worker_group",
 ]
 
@@ -91,6 +100,10 @@ class LoopHandle:
         # so one process-wide monotonic clock serves every loop and every thread,
         # and costs one C call (``loop.time`` is a Python method; uvloop's is coarse).
         self.clock: Callable[[], float] = time.monotonic
+        if self.backend == "trio":
+            # trio's own clock, so that a test on trio's MockClock sees deadlines move
+            # with the loop's (virtual) time; its sleeps are measured on it anyway.
+            self.clock = trio.current_time
         self.call_soon_threadsafe = call_soon_threadsafe
         self._spawn = spawn
 
@@ -139,5 +152,56 @@ async def worker_group(
             yield spawn_asyncio
 
 
-def current_loop() -> LoopHandle:
-    return LoopHandle()
+def in_event_loop() -> bool:
+    try:
+        current_backend()
+    except RuntimeError:
+        return False
+    return True
+
+
+def run_sync(async_fn: Callable[..., Coroutine[Any, Any, T]], *args: Any) -> T:
+    """Run ``async_fn(*args)`` on a new event loop, from sync code.
+
+    Raises ``RuntimeError`` inside a running event loop: blocking it to run another
+    one would freeze every task of the first.
+    """
+    if in_event_loop():
+        raise RuntimeError(
+            "run_all_sync() cannot be called from inside a running event loop, and a "
+            "Jupyter/IPython notebook cell (like any async function) runs inside one: "
+            "write 'await run_all(...)' with the same arguments instead "
+            "('await scheduler.run_all(...)' on a Scheduler)"
+        )
+    return anyio.run(functools.partial(async_fn, *args))
+
+
+async def run_in_fresh_thread(fn: Callable[[], T]) -> T:
+    """Run ``fn`` on a new thread and await it without blocking the loop.
+
+    For rare, slow housekeeping (closing a Scheduler joins threads and processes);
+    a fresh thread is joined before returning, so nothing is left behind.
+
+    Cancellation: shielded. ``fn`` cannot be stopped from outside, and returning
+    before it ends would leave its thread behind.
+    """
+    inbox = Inbox(LoopHandle())
+    outcome: list[Any] = []
+
+    def target() -> None:
+        try:
+            outcome.append((True, fn()))
+        except BaseException as exc:
+            outcome.append((False, exc))
+        inbox.put(None)
+
+    thread = threading.Thread(target=target, name="tasklanes-close", daemon=True)
+    thread.start()
+    with anyio.CancelScope(shield=True):
+        await inbox.get()
+    thread.join()
+    ok, value = outcome[0]
+    if not ok:
+        raise value
+    result: T = value
+    return result

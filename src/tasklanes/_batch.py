@@ -16,7 +16,6 @@ for a cancelled caller, and the failure is raised once the lane has cleaned up.
 
 from __future__ import annotations
 
-import math
 from collections import deque
 from collections.abc import AsyncIterable, Callable, Iterable
 from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
@@ -32,7 +31,6 @@ if TYPE_CHECKING:
 
 __all__ = ["Batch", "BatchIterator", "Lane", "collect", "run_batch"]
 
-INF = math.inf
 T_co = TypeVar("T_co", covariant=True)
 
 
@@ -66,6 +64,7 @@ class Batch:
 
     __slots__ = (
         "emit",
+        "emit_ok",
         "emit_ok_many",
         "error",
         "limit",
@@ -86,6 +85,7 @@ class Batch:
         loop: LoopHandle,
         progress: Progress | None = None,
         emit_ok_many: Callable[[list[int], list[Any]], None] | None = None,
+        emit_ok: Callable[[int, Any], None] | None = None,
     ) -> None:
         self.source = source
         self.limit = limit
@@ -94,12 +94,18 @@ class Batch:
         #: Many successes at once, ``(indexes, values)``: what ``emit(i, True, v)`` does
         #: for each pair, in one step. Lanes that deliver outcomes in bulk use it.
         self.emit_ok_many = emit_ok_many or self._emit_ok_each
+        #: One success, ``(index, value)``: what ``emit(index, True, value)`` does, as
+        #: cheaply as the consumer can (for ``run_all``, a bare dict store).
+        self.emit_ok = emit_ok or self._emit_ok_one
         self.loop = loop
         self.progress = progress
         self.error: BaseException | None = None
         #: Set once the batch wants no more tasks started: lanes check it before pulling.
         self.stopping = False
         self.scope: anyio.CancelScope | None = None
+
+    def _emit_ok_one(self, index: int, value: Any) -> None:
+        self.emit(index, True, value)
 
     def _emit_ok_each(self, indexes: list[int], values: list[Any]) -> None:
         emit = self.emit
@@ -154,44 +160,42 @@ async def collect(
 ) -> list[Any]:
     """``run_all``: every outcome, in input order."""
     source = Source(tasks, lane.check_task)
-    size = source.size
-    results: list[Any] = [None] * size if size is not None else []
-    delivered = 0
     if progress is not None:
-        progress.start(size)
+        progress.start(source.size)
+    # Outcomes land in a dict by index, whatever the order and whether the input's
+    # length is known; the list is built once at the end. A success without a
+    # progress bar is then one C-level store (``store.__setitem__``), which is most
+    # of what a trivial io task costs beyond its own await.
+    store: dict[int, Any] = {}
 
     def emit(index: int, ok: bool, value: Any) -> None:
-        nonlocal delivered
         if not ok:
             annotate(value, index)
             if not return_exceptions:
                 batch.fail(value)
                 return
-        if index >= len(results):  # lazy input: grow as indexes arrive
-            results.extend([None] * (index + 1 - len(results)))
-        results[index] = value
-        delivered += 1
+        store[index] = value
         if progress is not None:
             progress.advance(ok)
 
     def emit_ok_many(indexes: list[int], values: list[Any]) -> None:
-        # The bulk path of a list input (the cpu lane hands over thousands of tiny
-        # results at once): the stores run in C, not one Python call per result.
-        nonlocal delivered
-        if progress is not None or (indexes and max(indexes) >= len(results)):
+        # The bulk path (the cpu lane hands over thousands of tiny results at once):
+        # the stores run in C, not one Python call per result.
+        if progress is not None:
             for index, value in zip(indexes, values, strict=True):
                 emit(index, True, value)
             return
-        deque(map(results.__setitem__, indexes, values), maxlen=0)
-        delivered += len(indexes)
+        store.update(zip(indexes, values, strict=True))
 
-    batch = Batch(source, limit, timeout, emit, LoopHandle(), progress, emit_ok_many)
+    emit_ok = store.__setitem__ if progress is None else None
+    batch = Batch(
+        source, limit, timeout, emit, LoopHandle(), progress, emit_ok_many, emit_ok
+    )
     await run_batch(lane, batch)
-    if delivered != source.pulled:  # pragma: no cover - a bug in a lane, never silent
-        raise RuntimeError(
-            f"tasklanes lost results: {source.pulled} tasks started, {delivered} outcomes"
-        )
-    return results
+    pulled = source.pulled
+    if len(store) != pulled:  # pragma: no cover - a bug in a lane, never silent
+        raise RuntimeError(f"tasklanes lost results: {pulled} tasks started, {len(store)} outcomes")
+    return list(map(store.__getitem__, range(pulled)))
 
 
 class _Stream:

@@ -6,7 +6,7 @@ import threading
 
 from ._errors import TaskCancelled, TaskTimeout
 
-__all__ = ["check_cancelled", "current_ticket", "set_current_ticket"]
+__all__ = ["check_cancelled", "set_current_ticket"]
 
 
 class Ticket:
@@ -22,11 +22,6 @@ class Ticket:
 
 
 _local = threading.local()
-
-
-def current_ticket() -> Ticket | None:
-    ticket: Ticket | None = getattr(_local, "ticket", None)
-    return ticket
 
 
 def set_current_ticket(ticket: Ticket | None) -> None:

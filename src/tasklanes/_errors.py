@@ -70,8 +70,14 @@ class TaskCancelled(Exception):
     """
 
 
-def closed_error(index: int) -> RuntimeError:
-    """What a task gets when its Scheduler is closed before it finished."""
+def closed_error(index: int | None = None) -> RuntimeError:
+    """What a task gets when its Scheduler is closed before it finished; without an
+    index, what a batch gets when it asks a closed Scheduler's lane for work."""
+    if index is None:
+        return RuntimeError(
+            "this Scheduler is closed (Scheduler.close()): it starts no more work; "
+            "create a new one"
+        )
     return RuntimeError(
         f"task {index} did not finish: its Scheduler was closed (Scheduler.close()) first"
     )

@@ -12,7 +12,9 @@ from concurrent.futures import Executor
 from multiprocessing.context import BaseContext
 from typing import TYPE_CHECKING, Any
 
+from ._backend import run_in_fresh_thread, run_sync
 from ._batch import BatchIterator, Lane, collect
+from ._defaults import BLOCKING_LIMIT, IO_LIMIT, cpu_capacity
 from ._nested import refuse_nested_blocking, refuse_nested_cpu
 from ._stats import LaneSnapshot
 from ._tasks import KINDS, check_kind, check_limit, check_timeout
@@ -81,8 +83,8 @@ class Scheduler:
 
     def __init__(
         self,
-        io_limit: int = 1000,
-        blocking_limit: int = 40,
+        io_limit: int = IO_LIMIT,
+        blocking_limit: int = BLOCKING_LIMIT,
         cpu_limit: int | None = None,
         cpu_executor: Executor | None = None,
         mp_context: BaseContext | str | None = None,
@@ -167,17 +169,18 @@ class Scheduler:
             from ._lanes._threads import ThreadLane
 
             return ThreadLane(self._blocking_limit)
-        from ._lanes._executor import ExecutorLane
-
         if self._cpu_executor is not None:
+            from ._lanes._executor import ExecutorLane
+
             return ExecutorLane(self._cpu_executor, self.capacity_or_default())
         refuse_nested_cpu()  # a worker process cannot start a pool: say so at once
+        from ._defaults import mp_context
         from ._lanes._cpu import ProcessLane
 
         max_tasks, max_memory = self._cpu_recycling
         return ProcessLane(
             self.capacity_or_default(),
-            self._mp_context,
+            mp_context(self._mp_context),
             max_tasks_per_worker=max_tasks,
             max_worker_memory=max_memory,
         )
@@ -284,8 +287,6 @@ class Scheduler:
         progress: ProgressArg = False,
     ) -> list[Any]:
         """``run_all_sync`` on this scheduler; see [run_all_sync][tasklanes.run_all_sync]."""
-        from ._api import run_sync
-
         return run_sync(self.run_all, tasks, kind, limit, timeout, return_exceptions, progress)
 
     # -- figures and lifecycle -----------------------------------------------------
@@ -337,8 +338,6 @@ class Scheduler:
 
     async def aclose(self, timeout: float | None = CLOSE_TIMEOUT) -> None:
         """``close()`` without blocking the event loop: it runs on a helper thread."""
-        from ._api import run_in_fresh_thread
-
         await run_in_fresh_thread(lambda: self.close(timeout))
 
     def __enter__(self) -> Scheduler:
@@ -364,16 +363,8 @@ class Scheduler:
         """The cpu lane's capacity: ``cpu_limit``, or its default, worked out once (for
         a Dask executor that asks the cluster, so not on every ``stats()``)."""
         if self._cpu_capacity is None:
-            self._cpu_capacity = self._cpu_limit or _cpu_default(self._cpu_executor)
+            self._cpu_capacity = cpu_capacity(self._cpu_limit, self._cpu_executor)
         return self._cpu_capacity
-
-
-def _cpu_default(executor: Executor | None) -> int:
-    from ._lanes._executor import default_cpu_count, executor_capacity
-
-    if executor is not None:
-        return executor_capacity(executor)
-    return default_cpu_count()
 
 
 def _probe_task(fn: Callable[[Any], Any]) -> object:

@@ -108,7 +108,6 @@ class LaneStats:
     capacity: int
     running: int = 0
     waiting: int = 0
-    killed: int = 0
     total: Tally = field(default_factory=Tally)
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     #: Lanes that can count running/waiting tasks on demand set this instead of
@@ -133,11 +132,10 @@ class LaneStats:
             t.wait_max = max(t.wait_max, tally.wait_max)
         tally.__init__()  # type: ignore[misc]  # reset in place: the batch keeps counting into it
 
-    def adjust(self, running: int = 0, waiting: int = 0, killed: int = 0) -> None:
+    def adjust(self, running: int = 0, waiting: int = 0) -> None:
         with self.lock:
             self.running += running
             self.waiting += waiting
-            self.killed += killed
 
     def snapshot(self) -> LaneSnapshot:
         running, waiting = self.live() if self.live is not None else (0, 0)
@@ -155,7 +153,7 @@ class LaneStats:
                 timed_out=t.timed_out,
                 cancelled=t.cancelled,
                 crashed=t.crashed,
-                killed=self.killed + killed,
+                killed=killed,
                 wait=TimingSummary(
                     t.wait_count, t.wait_total / t.wait_count if t.wait_count else 0.0, t.wait_max
                 ),

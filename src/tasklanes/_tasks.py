@@ -10,6 +10,7 @@ import functools
 import inspect
 import math
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator, Sized
+from itertools import islice
 from types import CoroutineType
 from typing import Any, Final
 
@@ -22,6 +23,7 @@ __all__ = [
     "KINDS",
     "WAIT",
     "Source",
+    "check_cpu_task",
     "check_kind",
     "check_limit",
     "check_timeout",
@@ -133,6 +135,27 @@ def check_sync_task(task: object, index: int, kind: str) -> None:
         )
 
 
+
+def check_cpu_task(task: object, index: int, *, strict_pickle: bool = True) -> None:
+    """Check a cpu task; with ``strict_pickle``, refuse what plain pickle cannot send.
+
+    Lambdas and closures are the usual mistake: pickle sends functions by name, so
+    only module-level functions travel to another process. (Dask pickles with
+    cloudpickle, which sends them too: its lane passes ``strict_pickle=False``.)
+    """
+    check_sync_task(task, index, "cpu")
+    if not strict_pickle:
+        return
+    fn = unwrap_callable(task)
+    qualname = getattr(fn, "__qualname__", "")
+    if "<lambda>" in qualname or "<locals>" in qualname:
+        raise TypeError(
+            f"task {index} calls {qualname}, which cannot be sent to a worker process: "
+            "kind='cpu' needs a module-level function (def at the top of a module), "
+            "wrapped with call(fn, *args) or functools.partial; lambdas and functions "
+            "defined inside other functions do not pickle"
+        )
+
 class CachedCheck:
     """A task check that remembers the functions it has passed.
 
@@ -141,11 +164,15 @@ class CachedCheck:
     the up-front check of a 20k-task list at ~0.2 us a task instead of ~10 us.
     """
 
-    __slots__ = ("_check", "_passed")
+    __slots__ = ("_check", "_passed", "trusted")
 
-    def __init__(self, check: Callable[[object, int], None]) -> None:
+    def __init__(
+        self, check: Callable[[object, int], None], trusted: frozenset[type] = frozenset()
+    ) -> None:
         self._check = check
         self._passed: dict[int, object] = {}
+        #: Types ``check`` always passes: a bulk pull (``Source.take``) skips them.
+        self.trusted = trusted
 
     def __call__(self, task: object, index: int) -> None:
         kind = type(task)
@@ -199,15 +226,15 @@ class Source:
         self._alock: anyio.Lock | None = None
         self._gate: Callable[[int], bool] | None = None
         self._gate_event: anyio.Event | None = None
+        #: An input error met by a bulk ``take`` after some tasks: raised next time.
+        self._pending_error: Exception | None = None
         self.size: int | None = None
+        #: Types that always pass ``check`` (the io lane's coroutines): a bulk pull of
+        #: nothing else skips the per-task check.
+        self.trusted: frozenset[type] = getattr(check, "trusted", frozenset())
         if isinstance(tasks, (list, tuple)):
-            for index, task in enumerate(tasks):
-                try:
-                    check(task, index)
-                except BaseException:
-                    for other in tasks:
-                        close_if_coroutine(other)
-                    raise
+            if not set(map(type, tasks)) <= self.trusted:
+                self._check_all(tasks, check)
             self._sequence = tasks
             self.size = len(tasks)
             self._iterator = iter(tasks)
@@ -222,6 +249,18 @@ class Source:
             raise TypeError(
                 f"tasks must be an iterable or async iterable of tasks, got {type(tasks).__name__}"
             )
+
+    @staticmethod
+    def _check_all(
+        tasks: list[Any] | tuple[Any, ...], check: Callable[[object, int], None]
+    ) -> None:
+        for index, task in enumerate(tasks):
+            try:
+                check(task, index)
+            except BaseException:
+                for other in tasks:
+                    close_if_coroutine(other)
+                raise
 
     @property
     def pulled(self) -> int:
@@ -269,6 +308,56 @@ class Source:
         if self._sequence is None:
             self._check(task, index)
         return (index, task)
+
+    def take(self, n: int) -> list[Any]:
+        """Up to ``n`` tasks that need no waiting, in one step; the first one's index
+        is ``pulled`` as it was before the call (indexes are consecutive).
+
+        A sync iterator without a gate is read in bulk (one ``islice``, the checks in
+        one loop, skipped for the ``trusted`` types); a gated one task by task, asking
+        the gate each time; an async iterator gives nothing here (``await next()``).
+        When a task fails its check, the ones taken with it are closed (they never
+        run) and the error is raised.
+        """
+        it = self._iterator
+        if self._pending_error is not None:
+            exc, self._pending_error = self._pending_error, None
+            self._ended = True
+            raise exc
+        if self._ended or it is None or n <= 0:
+            return []
+        if self._gate is not None:
+            out: list[Any] = []
+            while len(out) < n:
+                item = self.next_nowait()
+                if item is END or item is WAIT:
+                    break
+                out.append(item[1])
+            return out
+        start = self._index
+        tasks: list[Any] = []
+        try:
+            # ``extend`` keeps what it appended when the input raises part-way: those
+            # tasks were taken and are handed out (the error fails the batch anyway,
+            # on the next pull).
+            tasks.extend(islice(it, n))
+        except Exception as exc:
+            if not tasks:
+                raise
+            self._pending_error = exc
+        if len(tasks) < n:
+            self._ended = self._pending_error is None
+        self._index = start + len(tasks)
+        if self._sequence is None and not set(map(type, tasks)) <= self.trusted:
+            check = self._check
+            try:
+                for index, task in enumerate(tasks, start):
+                    check(task, index)
+            except BaseException:
+                for task in tasks:
+                    close_if_coroutine(task)
+                raise
+        return tasks
 
     async def next(self) -> Any:
         """``(index, task)`` or ``END``, waiting for the gate or an async iterator."""

@@ -14,7 +14,6 @@ until the pool reports the job settled, so no process of the batch outlives the 
 from __future__ import annotations
 
 import pickle
-import threading
 import time
 from multiprocessing.context import BaseContext
 from typing import Any
@@ -22,12 +21,11 @@ from typing import Any
 import anyio
 
 from .._batch import Batch
-from .._errors import TaskTimeout, WorkerCrashed
-from .._processes._pool import PoolJob, ProcessPool, default_context
+from .._inbox import Inbox
+from .._processes._pool import PoolJob, ProcessPool
 from .._stats import LaneStats, Tally
-from .._tasks import END, WAIT, CachedCheck
-from ._executor import check_cpu_task, default_cpu_count
-from ._inbox import Inbox
+from .._tasks import CachedCheck, check_cpu_task
+from ._base import LaneBase, Outcome, classify, count, pull
 
 __all__ = ["ProcessLane"]
 
@@ -38,44 +36,41 @@ _MIN_QUEUED = 256
 _MAX_QUEUED = 8192
 
 
-class ProcessLane:
+class ProcessLane(LaneBase):
     kind = "cpu"
 
     def __init__(
         self,
-        capacity: int | None,
-        mp_context: BaseContext | None,
+        capacity: int,
+        mp_context: BaseContext,
         *,
         max_tasks_per_worker: int | None = None,
         max_worker_memory: int | None = None,
     ) -> None:
-        self.capacity = capacity or default_cpu_count()
+        super().__init__()
+        self.capacity = capacity
         self._context = mp_context
         self._recycling = (max_tasks_per_worker, max_worker_memory)
-        self._pool: ProcessPool | None = None
-        self._lock = threading.Lock()
-        self._jobs: set[PoolJob] = set()
         self.check_task = CachedCheck(self._check)
         self.stats = LaneStats("cpu", self.capacity, live=self._live, extra=self.pool_stats)
 
     def _live(self) -> tuple[int, int]:
-        with self._lock:
-            jobs = list(self._jobs)
+        jobs = [run.job for run in self.runs() if run.job is not None]
         running = sum(job.running for job in jobs)
         return running, sum(max(job.unfinished - job.running, 0) for job in jobs)
 
     @property
     def pool(self) -> ProcessPool:
-        with self._lock:
-            if self._pool is None:
-                max_tasks, max_memory = self._recycling
-                self._pool = ProcessPool(
-                    self.capacity,
-                    self._context or default_context(),
-                    max_tasks_per_worker=max_tasks,
-                    max_worker_memory=max_memory,
-                )
-            return self._pool
+        """The lane's worker processes, started on first use; ``RuntimeError`` once closed."""
+        max_tasks, max_memory = self._recycling
+        return self.resource(
+            lambda: ProcessPool(
+                self.capacity,
+                self._context,
+                max_tasks_per_worker=max_tasks,
+                max_worker_memory=max_memory,
+            )
+        )
 
     @staticmethod
     def _check(task: object, index: int) -> None:
@@ -97,54 +92,40 @@ class ProcessLane:
                 "module-level function"
             ) from exc
 
-    def close(self) -> None:
-        with self._lock:
-            pool, self._pool = self._pool, None
-        if pool is not None:
-            pool.close()
+    def shutdown(self, runs: list[Any], resource: Any) -> None:
+        # The pool fails the jobs still open and stops its workers.
+        if resource is not None:
+            resource.close()
 
     def pool_stats(self) -> dict[str, int]:
-        pool = self._pool
+        pool: ProcessPool | None = self._resource
         return pool.stats() if pool is not None else {}
 
     async def run(self, batch: Batch) -> None:
         inbox = Inbox(batch.loop)
-        job = self.pool.open_job(
-            limit=min(batch.limit, self.capacity),
-            timeout=batch.timeout,
-            deliver=inbox.put_many,
-            on_settled=lambda: inbox.put(_SETTLED),
-        )
-        with self._lock:
-            self._jobs.add(job)
-        runner = _CpuBatch(self, batch, job, inbox)
+        runner = _CpuBatch(self, batch, inbox)
+        self.open_run(runner)
         try:
+            runner.job = self.pool.open_job(
+                limit=min(batch.limit, self.capacity),
+                timeout=batch.timeout,
+                deliver=inbox.put_many,
+                # (hook: the job settles once no worker works on it any more; a killed
+                # task's "really over" is this moment.)
+                on_settled=lambda: inbox.put(_SETTLED),
+            )
             await runner.run()
         finally:
-            with self._lock:
-                self._jobs.discard(job)
-            tally = runner.tally
-            tally.run_count += job.run_count
-            tally.run_total += job.run_total
-            tally.run_max = max(tally.run_max, job.run_max)
-            # Queue lag: a task's turnaround (handed to the pool -> outcome back) less
-            # its run time as measured in the worker. The workers measure run time per
-            # chunk, so per task this uses the batch's mean run time.
-            if runner.turnarounds:
-                mean_run = job.run_total / job.run_count if job.run_count else 0.0
-                tally.wait_count += runner.turnarounds
-                tally.wait_total += max(
-                    runner.turnaround_total - mean_run * runner.turnarounds, 0.0
-                )
-                tally.wait_max = max(tally.wait_max, runner.turnaround_max - mean_run, 0.0)
-            self.stats.merge(tally)
+            self.close_run(runner)
+            if runner.job is not None:
+                self.stats.merge(runner.figures(runner.job))
 
 
 class _CpuBatch:
-    def __init__(self, lane: ProcessLane, batch: Batch, job: PoolJob, inbox: Inbox) -> None:
+    def __init__(self, lane: ProcessLane, batch: Batch, inbox: Inbox) -> None:
         self.lane = lane
         self.batch = batch
-        self.job = job
+        self.job: PoolJob | None = None
         self.inbox = inbox
         self.outstanding = 0
         self.settled = False
@@ -155,9 +136,26 @@ class _CpuBatch:
         self.turnaround_total = 0.0
         self.turnaround_max = 0.0
 
+    def figures(self, job: PoolJob) -> Tally:
+        """The batch's tally with the pool's run-time figures and the queue lag."""
+        tally = self.tally
+        tally.run_count += job.run_count
+        tally.run_total += job.run_total
+        tally.run_max = max(tally.run_max, job.run_max)
+        # Queue lag: a task's turnaround (handed to the pool -> outcome back) less
+        # its run time as measured in the worker. The workers measure run time per
+        # chunk, so per task this uses the batch's mean run time.
+        if self.turnarounds:
+            mean_run = job.run_total / job.run_count if job.run_count else 0.0
+            tally.wait_count += self.turnarounds
+            tally.wait_total += max(self.turnaround_total - mean_run * self.turnarounds, 0.0)
+            tally.wait_max = max(tally.wait_max, self.turnaround_max - mean_run, 0.0)
+        return tally
+
     async def run(self) -> None:
         batch = self.batch
         job = self.job
+        assert job is not None
         try:
             await self._fill()
             while self.outstanding or not batch.source.exhausted:
@@ -187,6 +185,7 @@ class _CpuBatch:
         batch = self.batch
         source = batch.source
         job = self.job
+        assert job is not None
         if source.in_memory and not batch.stopping:
             # A list: hand it all over at once, the pool paces it. One timestamp
             # serves every task for the queue-lag figures.
@@ -201,23 +200,10 @@ class _CpuBatch:
             want = source.size
         else:
             want = min(max(job.demand + self.outstanding, _MIN_QUEUED), _MAX_QUEUED)
-        added: list[tuple[int, Any]] = []
-        while self.outstanding + len(added) < want and not batch.stopping:
-            try:
-                item = source.next_nowait()
-                if item is WAIT:
-                    # Never wait for the gate while outcomes are owed: they are what
-                    # opens it (an ordered amap waits for its oldest result), and they
-                    # are only handed over once this returns.
-                    if added or (self.outstanding and source.blocked()):
-                        break
-                    item = await source.next()
-            except Exception as exc:
-                batch.fail(exc)
-                break
-            if item is END:
-                break
-            added.append(item)
+        start, tasks = await pull(batch, want - self.outstanding, owed=self.outstanding > 0)
+        added = list(enumerate(tasks, start))
+        # (admission hook: a Limiter would be acquired here, before the pool sees the
+        # task, so no worker process waits for one.)
         if added:
             self.outstanding += len(added)
             now = time.monotonic()
@@ -234,7 +220,7 @@ class _CpuBatch:
         self.turnaround_total += turnaround * n
         if turnaround > self.turnaround_max:
             self.turnaround_max = turnaround
-        self.tally.completed += n
+        count(self.tally, Outcome.COMPLETED, n)
         self.batch.emit_ok_many([item[0] for item in items], [item[2] for item in items])
 
     def _deliver(self, items: list[Any], cancelled: bool = False) -> None:
@@ -266,14 +252,7 @@ class _CpuBatch:
             if cancelled:
                 tally.cancelled += 1
                 continue
-            if ok:
-                tally.completed += 1
-            elif isinstance(value, TaskTimeout):
-                tally.timed_out += 1
-            elif isinstance(value, WorkerCrashed):
-                tally.crashed += 1
-            else:
-                tally.failed += 1
+            count(tally, classify(ok, value))
             emit(index, ok, value)
         if longest > self.turnaround_max:
             self.turnaround_max = longest

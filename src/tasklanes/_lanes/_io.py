@@ -1,11 +1,18 @@
 """The io lane: coroutines on the caller's event loop.
 
 A batch runs as a pool of at most ``limit`` worker tasks in one task group, each
-pulling the next task from the (lazy) input and awaiting it. There is no task, no
+taking the next task from a shared buffer and awaiting it. There is no task, no
 semaphore and no cancel scope per item: those cost more than a trivial coroutine
-does. Per-task timeouts use one watchdog per batch that knows each worker's current
-deadline and cancels only the overrunning worker's long-lived cancel scope; that
-worker reports ``TaskTimeout`` and carries on under a fresh scope.
+does. The buffer is filled from the input in bulk (`pull`, a few hundred tasks at a
+time for a lazy input, a list at once), so a task costs one ``list.pop``, not a trip
+through the input's iterator and its checks.
+
+What the common case (no timeout, no progress bar) pays per task: the pop, the
+``stopping`` check, the await, two clock reads for the run-time figures, and
+``batch.emit_ok`` (for ``run_all``, one dict store). Per-task timeouts add one entry
+in the batch's deadline heap: the watchdog cancels only the overrunning worker's
+long-lived cancel scope; that worker reports ``TaskTimeout`` and carries on under a
+fresh scope.
 
 Capacity (``io_limit``) is per event loop: a worker holds one slot of its loop for
 its whole life, so the slot costs one acquire per worker, not per task.
@@ -13,8 +20,7 @@ its whole life, so the slot costs one acquire per worker, not per task.
 
 from __future__ import annotations
 
-import math
-import threading
+from collections import deque
 from types import CoroutineType
 from typing import Any
 
@@ -24,12 +30,16 @@ from .._backend import worker_group
 from .._batch import Batch
 from .._errors import TaskTimeout
 from .._stats import LaneStats, Tally
-from .._tasks import END, WAIT, CachedCheck, check_io_task, close_if_coroutine, describe
+from .._tasks import CachedCheck, check_io_task, close_if_coroutine, describe
+from ._base import Deadlines, LaneBase, Outcome, classify, count, pull, watch
 
 __all__ = ["IoLane"]
 
-INF = math.inf
 _FLUSH_EVERY = 512  # completions between merges of a batch's tally into the lane's stats
+#: Tasks taken from a lazy input at once: enough to spread the cost of a pull over
+#: many tasks, few enough that the input's memory bound holds (the running tasks plus
+#: a buffer of at most an eighth of ``limit``; one task for a ``limit`` under 16).
+_PULL_CHUNK = 256
 
 
 class _NoScope:
@@ -46,141 +56,320 @@ _NO_SCOPE = _NoScope()
 
 
 class _Worker:
-    __slots__ = ("deadline", "index", "scope", "timed_out")
+    __slots__ = ("scope", "timed_out")
 
     def __init__(self) -> None:
-        self.deadline = INF
-        self.index = -1
         self.scope: anyio.CancelScope | None = None
         self.timed_out = False
 
 
-class IoLane:
+class _Slots:
+    """One event loop's io capacity (``io_limit``), shared by its batches.
+
+    Used only on its loop's thread, so it needs no lock: taking a free slot is a
+    decrement (anyio's ``CapacityLimiter`` costs a few microseconds a call, a
+    thousand times per batch). A freed slot goes straight to the longest waiter.
+    """
+
+    __slots__ = ("free", "users", "waiters")
+
+    def __init__(self, capacity: int) -> None:
+        self.free = capacity
+        self.users = 0  # batches using it (under the lane's lock)
+        self.waiters: deque[anyio.Event] = deque()
+
+    def try_take(self) -> bool:
+        if self.free > 0 and not self.waiters:
+            self.free -= 1
+            return True
+        return False
+
+    async def take(self) -> None:
+        """Wait for a slot.
+
+        Cancellation: a waiter that is cancelled holds nothing afterwards (a slot
+        handed to it as it was cancelled goes to the next waiter).
+        """
+        event = anyio.Event()
+        self.waiters.append(event)
+        try:
+            await event.wait()
+        except BaseException:
+            if event.is_set():
+                self.give()
+            else:
+                self.waiters.remove(event)
+            raise
+
+    def give(self) -> None:
+        if self.waiters:
+            self.waiters.popleft().set()
+        else:
+            self.free += 1
+
+
+class IoLane(LaneBase):
     kind = "io"
 
     def __init__(self, capacity: int) -> None:
+        super().__init__()
         self.capacity = capacity
-        self.stats = LaneStats("io", capacity)
-        self._limiters: dict[object, tuple[anyio.CapacityLimiter, list[int]]] = {}
-        self._lock = threading.Lock()
-        self.check_task = CachedCheck(check_io_task)
+        self.stats = LaneStats("io", capacity, live=self._live)
+        self._slots: dict[object, _Slots] = {}
+        self.check_task = CachedCheck(check_io_task, trusted=frozenset({CoroutineType}))
 
-    def close(self) -> None:
-        pass  # nothing outlives a batch on this lane
+    def _live(self) -> tuple[int, int]:
+        runs = self.runs()
+        return sum(run.running for run in runs), sum(run.waiting for run in runs)
 
-    def _limiter(self, key: object) -> tuple[anyio.CapacityLimiter, list[int]]:
-        # One CapacityLimiter per event loop, dropped when its last user leaves: a
-        # limiter is bound to the loop it was created on.
+    def _open_slots(self, key: object) -> _Slots:
+        # One per event loop, dropped when its last batch leaves: no loop is kept
+        # alive by the lane.
         with self._lock:
-            entry = self._limiters.get(key)
-            if entry is None:
-                entry = (anyio.CapacityLimiter(self.capacity), [0])
-                self._limiters[key] = entry
-            entry[1][0] += 1
-            return entry
+            slots = self._slots.get(key)
+            if slots is None:
+                slots = self._slots[key] = _Slots(self.capacity)
+            slots.users += 1
+            return slots
 
-    def _unref(self, key: object, entry: tuple[anyio.CapacityLimiter, list[int]]) -> None:
+    def _close_slots(self, key: object, slots: _Slots) -> None:
         with self._lock:
-            entry[1][0] -= 1
-            if entry[1][0] == 0 and self._limiters.get(key) is entry:
-                del self._limiters[key]
+            slots.users -= 1
+            if slots.users == 0 and self._slots.get(key) is slots:
+                del self._slots[key]
 
     async def run(self, batch: Batch) -> None:
         key = batch.loop.key
-        entry = self._limiter(key)
+        runner = _IoBatch(self, batch)
+        self.open_run(runner)
+        slots = runner.slots = self._open_slots(key)
         try:
-            await _IoBatch(self, batch, entry[0]).run()
+            await runner.run()
         finally:
-            self._unref(key, entry)
+            self._close_slots(key, slots)
+            self.close_run(runner)
 
 
 class _IoBatch:
-    def __init__(self, lane: IoLane, batch: Batch, limiter: anyio.CapacityLimiter) -> None:
+    def __init__(self, lane: IoLane, batch: Batch) -> None:
         self.lane = lane
         self.batch = batch
-        self.limiter = limiter
-        self.workers: set[_Worker] = set()
+        self.slots: _Slots | None = None
+        self.running = 0  # workers holding a capacity slot
+        self.waiting = 0  # workers waiting for one
+        #: Pulled tasks not started yet, last to run first (``pop()`` is O(1)); the
+        #: task just popped has index ``top - len(ready)``. No pair per task: a
+        #: hundred thousand small tuples cost more in allocation and garbage
+        #: collection than the trivial coroutines they carry.
+        self.ready: list[Any] = []
+        self.top = -1
+        self.done = False  # the input has no more tasks
         self.nworkers = 0
+        self.starting = 0  # workers spawned that have not run yet
         target = batch.limit
         if batch.source.size is not None:
             target = min(target, batch.source.size)
         self.target = max(target, 1)
+        source = batch.source
+        # A list is materialised already: take it whole. A lazy input a chunk at a time.
+        if source.in_memory and source.size:
+            self.chunk = source.size
+        else:
+            self.chunk = max(1, min(_PULL_CHUNK, batch.limit // 8))
+        self.pulling = False  # a worker is pulling the next chunk
+        self.pulled: anyio.Event | None = None  # set when that pull ends
         self.tally = Tally()
+        self.deadlines: Deadlines[_Worker] = Deadlines()
         self.spawn: Any = None
 
     async def run(self) -> None:
-        stats = self.lane.stats
+        batch = self.batch
         try:
             async with anyio.create_task_group() as outer:
-                if self.batch.timeout is not None:
-                    outer.start_soon(self._watchdog, self.batch.timeout)
-                async with worker_group(self.batch.loop.backend) as spawn:
+                if batch.timeout is not None:
+                    outer.start_soon(
+                        watch, self.deadlines, self._expired, batch.loop.clock, batch.timeout
+                    )
+                async with worker_group(batch.loop.backend) as spawn:
                     self.spawn = spawn
-                    self._spawn()
+                    await self._refill()
+                    self._grow()
                 outer.cancel_scope.cancel()
         finally:
-            stats.merge(self.tally)
+            # Tasks pulled and never started (the batch stopped): they never run.
+            for task in self.ready:
+                close_if_coroutine(task)
+            self.ready.clear()
+            self.lane.stats.merge(self.tally)
 
-    def _spawn(self) -> None:
-        self.nworkers += 1
-        self.spawn(self._worker)
+    def _grow(self) -> None:
+        """Make sure a worker is on its way while tasks wait, up to ``limit``.
+
+        Workers are started on demand, not ``limit`` at once: a new worker only runs
+        once the running ones have all suspended (the loop got control back), and it
+        then starts as many more as there are workers already (see ``_worker``), so
+        the pool doubles each time the loop comes round: ``limit`` = 1000 workers
+        are up within ten loop iterations when tasks wait, while a batch of tasks
+        that never suspend is run by one worker and costs one spare, not 999.
+        """
+        if self.starting == 0 and self.nworkers < self.target and (self.ready or not self.done):
+            self._spawn(1)
+
+    def _spawn(self, n: int) -> None:
+        n = min(n, self.target - self.nworkers)
+        self.nworkers += n
+        self.starting += n
+        spawn = self.spawn
+        worker = self._worker
+        for _ in range(n):
+            spawn(worker)
+
+    async def _refill(self) -> bool:
+        """Pull the next chunk of tasks into ``ready``; False once none are left.
+
+        One worker pulls at a time and the others wait for it, so an async input is
+        never read by two workers at once and a slow input costs one waiter, not
+        ``limit`` of them polling.
+        """
+        while True:
+            if self.ready:
+                return True
+            if self.done:
+                return False
+            if not self.pulling:
+                break
+            if self.pulled is None:  # made only when someone waits: most pulls don't
+                self.pulled = anyio.Event()
+            await self.pulled.wait()
+        self.pulling = True
+        try:
+            start, tasks = await pull(self.batch, self.chunk)
+        finally:
+            self.pulling = False
+            if self.pulled is not None:
+                self.pulled.set()
+                self.pulled = None
+        if not tasks:
+            self.done = True
+            return False
+        tasks.reverse()
+        self.ready = tasks
+        self.top = start + len(tasks) - 1
+        # (admission hook: with limiters, a task is admitted here, between the pull
+        # and a worker starting it; a worker that waits for one gives its io capacity
+        # slot back meanwhile.)
+        self._grow()
+        return True
 
     async def _worker(self) -> None:
         batch = self.batch
-        source = batch.source
-        stats = self.lane.stats
-        if batch.stopping:
+        self.starting -= 1
+        if batch.stopping or (not self.ready and not await self._refill()):
             return
-        # Pull the first task before taking a capacity slot, so the time spent waiting
-        # for the slot is this task's queue lag.
-        try:
-            item = source.next_nowait()
-            if item is WAIT:
-                item = await source.next()
-        except Exception as exc:
-            batch.fail(exc)
-            return
-        if item is END:
-            return
-        if self.nworkers < self.target:
-            self._spawn()
-        token = object()
-        try:
-            self.limiter.acquire_on_behalf_of_nowait(token)
-        except anyio.WouldBlock:
+        # Running means the workers before this one have suspended: tasks wait on
+        # something, so start as many more workers as there are (up to ``limit``).
+        if self.starting == 0 and self.nworkers < self.target:
+            self._spawn(self.nworkers)
+        slots = self.slots
+        assert slots is not None
+        if not slots.try_take():
             # The loop's io capacity is taken by other batches: wait for a slot.
             clock = batch.loop.clock
             t0 = clock()
-            stats.adjust(waiting=1)
+            self.waiting += 1
             try:
-                await self.limiter.acquire_on_behalf_of(token)
-            except BaseException:
-                close_if_coroutine(item[1])
-                self.tally.cancelled += 1
-                raise
+                await slots.take()
             finally:
-                stats.adjust(waiting=-1)
+                self.waiting -= 1
             self.tally.wait(clock() - t0)
-        stats.adjust(running=1)
-        worker = _Worker()
-        self.workers.add(worker)
+        self.running += 1
         try:
-            await self._work(worker, item)
+            if batch.timeout is None:
+                await self._work_plain()
+            else:
+                await self._work(_Worker())
         finally:
-            self.workers.discard(worker)
-            stats.adjust(running=-1)
-            self.limiter.release_on_behalf_of(token)
+            self.running -= 1
+            slots.give()
 
     def _finish(self, index: int, ok: bool, value: Any) -> None:
         """Hand one outcome over (off the hot path: failures and timeouts)."""
-        if ok:
-            self.tally.completed += 1
-        elif not isinstance(value, TaskTimeout):
-            self.tally.failed += 1
+        count(self.tally, classify(ok, value))
         self.batch.emit(index, ok, value)
 
-    async def _work(self, worker: _Worker, item: Any) -> None:
-        """Run tasks until the input ends; ``item`` is a first task already pulled.
+    async def _work_plain(self) -> None:
+        """Run tasks until the input ends: the hot loop of a batch without a timeout.
+
+        It pays only for what such a batch uses: a ``pop`` from the shared buffer,
+        the ``stopping`` check, the await, one clock read (a task's run time is the
+        time since the previous read: the worker goes from one task straight to the
+        next, so the few instructions between tasks count as run time), and
+        ``emit_ok``. The figures are summed in locals and merged into the tally now
+        and then.
+        """
+        batch = self.batch
+        clock = batch.loop.clock
+        emit_ok = batch.emit_ok
+        tally = self.tally
+        completed = 0
+        run_total = 0.0
+        run_max = 0.0
+        ready = self.ready
+        top = self.top
+        pop = ready.pop
+        last = clock()
+        try:
+            while True:
+                if not ready:
+                    if not await self._refill():
+                        break
+                    ready = self.ready
+                    top = self.top
+                    pop = ready.pop
+                    last = clock()
+                    continue
+                if batch.stopping:
+                    break
+                task = pop()
+                index = top - len(ready)
+                try:
+                    if type(task) is CoroutineType:
+                        value = await task
+                    else:
+                        value = await _awaitable(index, task)
+                except Exception as exc:
+                    now = clock()
+                    tally.run(now - last)
+                    last = now
+                    self._finish(index, False, exc)
+                except BaseException:
+                    tally.cancelled += 1  # the batch or its caller was cancelled
+                    raise
+                else:
+                    now = clock()
+                    elapsed = now - last
+                    last = now
+                    run_total += elapsed
+                    if elapsed > run_max:
+                        run_max = elapsed
+                    completed += 1
+                    emit_ok(index, value)
+                    if completed >= _FLUSH_EVERY:
+                        tally.completed += completed
+                        tally.run_count += completed
+                        tally.run_total += run_total
+                        tally.run_max = max(tally.run_max, run_max)
+                        completed = 0
+                        run_total = run_max = 0.0
+                        self.lane.stats.merge(tally)
+        finally:
+            tally.completed += completed
+            tally.run_count += completed
+            tally.run_total += run_total
+            tally.run_max = max(tally.run_max, run_max)
+
+    async def _work(self, worker: _Worker) -> None:
+        """Run tasks until the input ends.
 
         This is the hot loop: what it needs is held in locals, a task costs two clock
         reads, and the run-time figures are summed locally and merged into the tally
@@ -189,65 +378,44 @@ class _IoBatch:
         a fresh one.
         """
         batch = self.batch
-        source = batch.source
-        next_nowait = source.next_nowait
         clock = batch.loop.clock
         timeout = batch.timeout
-        emit = batch.emit
+        emit_ok = batch.emit_ok
+        deadlines = self.deadlines
         tally = self.tally
         completed = 0
         run_count = 0
         run_total = 0.0
         run_max = 0.0
         index = -1
+        more = True
         try:
-            while item is not END:
+            while more:
                 # A cancel scope costs ~14 us to create: only workers that may time out
                 # get one, and then one per worker (per timeout), not one per task.
                 with anyio.CancelScope() if timeout is not None else _NO_SCOPE as scope:
                     worker.scope = scope
                     while True:
-                        if item is None:
-                            if batch.stopping:
-                                item = END
+                        ready = self.ready
+                        if not ready:
+                            if not await self._refill():
+                                more = False
                                 break
-                            try:
-                                item = next_nowait()
-                                if item is WAIT:
-                                    item = await source.next()
-                            except Exception as exc:
-                                batch.fail(exc)
-                                item = END
-                                break
-                            if item is END:
-                                break
-                            if self.nworkers < self.target:
-                                self._spawn()
-                        index, task = item
-                        item = None
-                        worker.index = index
+                            continue
+                        if batch.stopping:
+                            more = False
+                            break
+                        task = ready.pop()
+                        index = self.top - len(ready)
                         start = clock()
                         if timeout is not None:
-                            worker.deadline = start + timeout
+                            deadlines.add(start + timeout, worker)
                         try:
                             if type(task) is CoroutineType:
                                 value = await task
-                            elif callable(task):
-                                awaitable = task()
-                                if type(awaitable) is not CoroutineType and not hasattr(
-                                    awaitable, "__await__"
-                                ):
-                                    raise TypeError(
-                                        f"task {index} ({describe(task)}) returned "
-                                        f"{describe(awaitable)}, not an awaitable: kind='io' "
-                                        "runs async code; use kind='blocking' or kind='cpu' "
-                                        "for sync code"
-                                    )
-                                value = await awaitable
                             else:
-                                value = await task
+                                value = await _awaitable(index, task)
                         except Exception as exc:
-                            worker.deadline = INF
                             elapsed = clock() - start
                             run_count += 1
                             run_total += elapsed
@@ -255,13 +423,14 @@ class _IoBatch:
                                 run_max = elapsed
                             if worker.timed_out:
                                 break  # overran, then raised on its way out: a timeout
+                            if timeout is not None:
+                                deadlines.remove(worker)
                             self._finish(index, False, exc)
                         except BaseException:
                             if not worker.timed_out:  # the batch or its caller was cancelled
                                 tally.cancelled += 1
                             raise
                         else:
-                            worker.deadline = INF
                             elapsed = clock() - start
                             run_count += 1
                             run_total += elapsed
@@ -269,8 +438,10 @@ class _IoBatch:
                                 run_max = elapsed
                             if worker.timed_out:
                                 break  # overran, swallowed the cancellation: a timeout
+                            if timeout is not None:
+                                deadlines.remove(worker)
                             completed += 1
-                            emit(index, True, value)
+                            emit_ok(index, value)
                             if completed >= _FLUSH_EVERY:
                                 tally.completed += completed
                                 tally.run_count += run_count
@@ -282,32 +453,30 @@ class _IoBatch:
                 if worker.timed_out:
                     # The watchdog cancelled this worker's scope: the task overran.
                     worker.timed_out = False
-                    worker.deadline = INF
-                    tally.timed_out += 1
-                    self._finish(index, False, TaskTimeout(index, timeout))
+                    count(tally, Outcome.TIMED_OUT)
+                    self.batch.emit(index, False, TaskTimeout(index, timeout))
         finally:
             tally.completed += completed
             tally.run_count += run_count
             tally.run_total += run_total
             tally.run_max = max(tally.run_max, run_max)
 
-    async def _watchdog(self, timeout: float) -> None:
-        """Cancel the worker whose task overruns, and only that one.
+    def _expired(self, worker: _Worker) -> None:
+        """The watchdog's verdict: cancel the overrunning worker's scope, and only it."""
+        worker.timed_out = True
+        if worker.scope is not None:
+            worker.scope.cancel()
 
-        A deadline set after a scan is at least ``timeout`` away, so sleeping until the
-        earliest known deadline, or ``timeout`` at most, never misses one.
-        """
-        clock = self.batch.loop.clock
-        while True:
-            now = clock()
-            soonest = now + timeout
-            for worker in list(self.workers):
-                deadline = worker.deadline
-                if deadline <= now:
-                    worker.deadline = INF
-                    worker.timed_out = True
-                    if worker.scope is not None:
-                        worker.scope.cancel()
-                elif deadline < soonest:
-                    soonest = deadline
-            await anyio.sleep(max(soonest - now, 0.0))
+
+def _awaitable(index: int, task: Any) -> Any:
+    """What to await for a task that is not a coroutine object."""
+    if not callable(task):
+        return task  # an awaitable (checked when it was pulled)
+    awaitable = task()
+    if type(awaitable) is not CoroutineType and not hasattr(awaitable, "__await__"):
+        raise TypeError(
+            f"task {index} ({describe(task)}) returned {describe(awaitable)}, not an "
+            "awaitable: kind='io' runs async code; use kind='blocking' or kind='cpu' "
+            "for sync code"
+        )
+    return awaitable

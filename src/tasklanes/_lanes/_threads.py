@@ -32,9 +32,10 @@ import anyio
 from .._batch import Batch
 from .._cancel import Ticket, set_current_ticket
 from .._errors import TaskTimeout, closed_error
+from .._inbox import Inbox
 from .._stats import LaneStats, Tally
-from .._tasks import END, WAIT, CachedCheck, check_sync_task
-from ._inbox import Inbox
+from .._tasks import CachedCheck, check_sync_task
+from ._base import Deadlines, LaneBase, Outcome, classify, count, log, pull, watch
 
 __all__ = ["ThreadLane", "ThreadPool"]
 
@@ -44,12 +45,18 @@ _monotonic = time.monotonic
 class _ThreadJob:
     """One batch as the worker threads see it."""
 
-    __slots__ = ("cancelled", "closed", "inbox", "lock", "ready", "running", "serving")
+    __slots__ = (
+        "cancelled", "closed", "inbox", "lock", "ready", "running", "serving", "started", "timed"
+    )
 
-    def __init__(self, inbox: Inbox) -> None:
+    def __init__(self, inbox: Inbox, timed: bool) -> None:
         self.lock = threading.Lock()
         self.ready: deque[tuple[Ticket, Any, float]] = deque()
         self.running: dict[Ticket, float] = {}  # ticket -> start time (monotonic)
+        #: With a timeout: ``(start, ticket)`` of tasks started since the watchdog
+        #: last looked; it moves them into its deadline heap.
+        self.started: list[tuple[float, Ticket]] = []
+        self.timed = timed
         self.serving = 0  # threads holding, or queued to hold, this job
         self.cancelled = False
         self.closed = False  # its Scheduler was closed under it
@@ -72,7 +79,7 @@ class ThreadPool:
         """Queue ``job`` for ``count`` more threads (any thread may call this)."""
         with self._cond:
             if self._closed:
-                raise RuntimeError("this Scheduler is closed")
+                raise closed_error()
             self._jobs.extend([job] * count)
             short = len(self._jobs) - self._idle
             while short > 0 and len(self._threads) < self.capacity:
@@ -113,6 +120,8 @@ class ThreadPool:
                 ticket, fn, queued_at = ready.popleft()
                 start = _monotonic()
                 running[ticket] = start
+                if job.timed:
+                    job.started.append((start, ticket))
             set_current_ticket(ticket)
             try:
                 value = fn()
@@ -157,20 +166,17 @@ class ThreadPool:
         return len(self._threads)
 
 
-class ThreadLane:
+class ThreadLane(LaneBase):
     kind = "blocking"
 
     def __init__(self, capacity: int) -> None:
+        super().__init__()
         self.capacity = capacity
         self.stats = LaneStats("blocking", capacity, live=self._live)
-        self._pool: ThreadPool | None = None
-        self._lock = threading.Lock()
-        self._jobs: set[_ThreadJob] = set()
         self.check_task = CachedCheck(self._check)
 
     def _live(self) -> tuple[int, int]:
-        with self._lock:
-            jobs = list(self._jobs)
+        jobs = [run.job for run in self.runs()]
         return sum(len(j.running) for j in jobs), sum(len(j.ready) for j in jobs)
 
     @staticmethod
@@ -179,27 +185,22 @@ class ThreadLane:
 
     @property
     def pool(self) -> ThreadPool:
-        pool = self._pool
-        if pool is None:
-            with self._lock:
-                if self._pool is None:
-                    self._pool = ThreadPool(self.capacity)
-                pool = self._pool
-        return pool
+        """The lane's threads, started on first use; ``RuntimeError`` once closed."""
+        return self.resource(lambda: ThreadPool(self.capacity))
 
     def owns_current_thread(self) -> bool:
-        """The calling thread is one of this lane's workers (see ``_nested``)."""
-        pool = self._pool
+        """The calling thread is one of this lane's workers (see `_nested`)."""
+        pool = self._resource
         return pool is not None and threading.current_thread() in pool._threads
 
-    def close(self) -> None:
-        with self._lock:
-            pool, self._pool = self._pool, None
-            jobs = list(self._jobs)
+    def shutdown(self, runs: list[Any], resource: Any) -> None:
         # Batches still running fail rather than wait for threads that are going away:
         # their queued tasks fail at once, their running ones are asked to stop
         # (check_cancelled() raises in them) and fail when they return.
-        for job in jobs:
+        if runs:
+            log.info("blocking lane closed under %d running batch(es): they fail", len(runs))
+        for run in runs:
+            job = run.job
             with job.lock:
                 job.cancelled = job.closed = True
                 dropped = list(job.ready)
@@ -208,18 +209,16 @@ class ThreadLane:
                     ticket.cancelled = True
             for ticket, _, _ in dropped:
                 job.inbox.put((ticket, False, closed_error(ticket.index), 0.0, 0.0))
-        if pool is not None:
-            pool.close()
+        if resource is not None:
+            resource.close()
 
     async def run(self, batch: Batch) -> None:
         runner = _ThreadBatch(self, batch)
-        with self._lock:
-            self._jobs.add(runner.job)
+        self.open_run(runner)
         try:
             await runner.run()
         finally:
-            with self._lock:
-                self._jobs.discard(runner.job)
+            self.close_run(runner)
 
 
 class _ThreadBatch:
@@ -227,21 +226,29 @@ class _ThreadBatch:
         self.lane = lane
         self.batch = batch
         self.inbox = Inbox(batch.loop)
-        self.job = _ThreadJob(self.inbox)
+        self.job = _ThreadJob(self.inbox, timed=batch.timeout is not None)
         self.outstanding = 0  # handed to the job and not yet returned by a thread
         self.buffer = batch.limit  # ready tasks kept beyond those running
+        self.deadlines: Deadlines[Ticket] = Deadlines()
         self.tally = Tally()
 
     async def run(self) -> None:
         batch = self.batch
         stats = self.lane.stats
-        pool = self.lane.pool
         try:
+            pool = self.lane.pool
             if batch.timeout is None:
                 await self._pump(pool)  # no watchdog, so no task group: a cheaper call
             else:
                 async with anyio.create_task_group() as tg:
-                    tg.start_soon(self._watchdog, batch.timeout)
+                    tg.start_soon(
+                        watch,
+                        self.deadlines,
+                        self._expired,
+                        _monotonic,
+                        batch.timeout,
+                        self._take_starts,
+                    )
                     await self._pump(pool)
                     tg.cancel_scope.cancel()
             if batch.stopping:
@@ -267,49 +274,43 @@ class _ThreadBatch:
         """Pull tasks until ``limit`` run and ``buffer`` more are ready, then make sure
         enough threads serve the job."""
         batch = self.batch
-        source = batch.source
         job = self.job
-        want = batch.limit + self.buffer
-        added: list[tuple[Ticket, Any, float]] = []
-        timeout = batch.timeout
-        while self.outstanding + len(added) < want and not batch.stopping:
-            try:
-                item = source.next_nowait()
-                if item is WAIT:
-                    # Never wait for the gate while outcomes are owed: they are what
-                    # opens it (an ordered amap waits for its oldest result), and they
-                    # are only handed over once this returns.
-                    if added or (self.outstanding and source.blocked()):
-                        break  # hand over what we have before waiting for more
-                    item = await source.next()
-            except Exception as exc:
-                batch.fail(exc)
-                break
-            if item is END:
-                break
-            index, fn = item
-            added.append((Ticket(index, timeout), fn, _monotonic()))
-        if not added:
+        want = batch.limit + self.buffer - self.outstanding
+        if want <= 0:
             return
+        start, tasks = await pull(batch, want, owed=self.outstanding > 0)
+        if not tasks:
+            return
+        # (admission hook: a Limiter would be acquired here, on the loop, before a
+        # task reaches a thread.)
+        timeout = batch.timeout
+        now = _monotonic()
+        added = [(Ticket(index, timeout), fn, now) for index, fn in enumerate(tasks, start)]
         self.outstanding += len(added)
         with job.lock:
             job.ready.extend(added)
-            count = min(batch.limit - job.serving, len(job.ready))
-            if count > 0:
-                job.serving += count
-        if count > 0:
-            pool.offer(job, count)
+            threads = min(batch.limit - job.serving, len(job.ready))
+            if threads > 0:
+                job.serving += threads
+        if threads > 0:
+            pool.offer(job, threads)
 
     def _deliver(self, items: list[Any]) -> None:
         batch = self.batch
         tally = self.tally
         emit = batch.emit
+        deadlines = self.deadlines
         self.outstanding -= len(items)
         for ticket, ok, value, waited, ran in items:
             tally.wait(waited)
             tally.run(ran)
+            deadlines.remove(ticket)
             if ticket.timed_out:
-                continue  # reported when it overran; what it returns now is discarded
+                # Reported when it overran; what it returns now is discarded. (Hook:
+                # the task is really over only now, with its thread free again.)
+                log.debug("blocking task %d returned %.3f s after it timed out", ticket.index,
+                          max(ran - (ticket.timeout or 0.0), 0.0))
+                continue
             if ticket.cancelled:
                 if self.job.closed and not batch.stopping:
                     tally.failed += 1
@@ -317,10 +318,7 @@ class _ThreadBatch:
                     continue
                 tally.cancelled += 1
                 continue
-            if ok:
-                tally.completed += 1
-            else:
-                tally.failed += 1
+            count(tally, classify(ok, value))
             emit(ticket.index, ok, value)
 
     async def _cancel(self) -> None:
@@ -337,22 +335,23 @@ class _ThreadBatch:
         while self.outstanding > 0:
             self._deliver(await self.inbox.get())
 
-    async def _watchdog(self, timeout: float) -> None:
-        """Report overrunning tasks at once; see the io lane's watchdog for the timing."""
+    def _take_starts(self) -> None:
+        """Move the starts the threads reported into the deadline heap."""
         job = self.job
-        batch = self.batch
-        while True:
-            now = _monotonic()
-            soonest = now + timeout
-            with job.lock:
-                running = list(job.running.items())
-            for ticket, start in running:
-                deadline = start + timeout
-                if deadline <= now:
-                    if not ticket.timed_out:
-                        ticket.timed_out = ticket.cancelled = True
-                        self.tally.timed_out += 1
-                        batch.emit(ticket.index, False, TaskTimeout(ticket.index, timeout))
-                elif deadline < soonest:
-                    soonest = deadline
-            await anyio.sleep(max(soonest - now, 0.0))
+        with job.lock:
+            started, job.started = job.started, []
+        timeout = self.batch.timeout
+        assert timeout is not None
+        add = self.deadlines.add
+        for start, ticket in started:
+            add(start + timeout, ticket)
+
+    def _expired(self, ticket: Ticket) -> None:
+        """Report an overrunning task at once and ask it to stop."""
+        job = self.job
+        with job.lock:
+            if ticket not in job.running or ticket.timed_out:
+                return  # it returned meanwhile: its outcome is on its way
+            ticket.timed_out = ticket.cancelled = True
+        count(self.tally, Outcome.TIMED_OUT)
+        self.batch.emit(ticket.index, False, TaskTimeout(ticket.index, ticket.timeout))

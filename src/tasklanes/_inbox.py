@@ -4,16 +4,21 @@ Waking a loop from another thread costs tens of microseconds (a syscall on the
 loop's self-pipe and a trip through its queue). ``asyncio.to_thread`` pays it for
 every call. Here a thread appends to a list and wakes the loop only if the list was
 empty; the loop then drains everything that arrived in the meantime at once.
+
+It serves the lanes (outcomes from worker threads and the process pool) and
+`_backend.run_in_fresh_thread`; it imports nothing of tasklanes at run time, so
+every layer may use it.
 """
 
 from __future__ import annotations
 
 import threading
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from .._backend import LoopHandle
+if TYPE_CHECKING:
+    from ._backend import LoopHandle
 
 __all__ = ["Inbox"]
 

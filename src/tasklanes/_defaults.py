@@ -1,0 +1,79 @@
+"""Every default capacity and start method, each worked out in exactly one place.
+
+The Scheduler's signature names `IO_LIMIT` and `BLOCKING_LIMIT`; the cpu lane's
+capacity and the process pool's start method are resolved here, once per
+Scheduler, and handed to the lanes (which never guess a default of their own).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from concurrent.futures import Executor
+from multiprocessing.context import BaseContext
+
+__all__ = [
+    "BLOCKING_LIMIT",
+    "IO_LIMIT",
+    "cpu_capacity",
+    "default_cpu_count",
+    "mp_context",
+]
+
+#: Tasks of the io lane running at once, per event loop.
+IO_LIMIT = 1000
+#: Worker threads of the blocking lane.
+BLOCKING_LIMIT = 40
+
+
+def default_cpu_count() -> int:
+    """The CPUs this process may use (its affinity mask where the OS has one)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def executor_capacity(executor: Executor) -> int:
+    """How many tasks to keep in flight on ``executor`` when ``cpu_limit`` is None.
+
+    A ``concurrent.futures`` pool says (``_max_workers``). A Dask executor gets twice
+    its cluster's worker threads: each task pays a round trip to the cluster's
+    scheduler, so one task per thread would leave threads idle between tasks.
+    Otherwise, the CPUs this process may use.
+    """
+    workers = getattr(executor, "_max_workers", None)
+    if isinstance(workers, int) and workers >= 1:
+        return workers
+    client = getattr(executor, "_client", None)
+    if client is not None and type(executor).__module__.startswith("distributed"):
+        try:
+            threads = int(sum(client.nthreads().values()))
+        except Exception:  # an unreachable cluster: fall back, the tasks will say why
+            logging.getLogger("tasklanes").warning(
+                "could not ask the Dask cluster for its threads; cpu capacity falls back "
+                "to this machine's CPUs",
+                exc_info=True,
+            )
+            threads = 0
+        if threads >= 1:
+            return 2 * threads
+    return default_cpu_count()
+
+
+def cpu_capacity(cpu_limit: int | None, executor: Executor | None) -> int:
+    """The cpu lane's capacity: ``cpu_limit``, or the executor's (or this machine's)."""
+    if cpu_limit is not None:
+        return cpu_limit
+    if executor is not None:
+        return executor_capacity(executor)
+    return default_cpu_count()
+
+
+def mp_context(given: BaseContext | None) -> BaseContext:
+    """The process pool's start method: ``given``, or forkserver on Linux, spawn elsewhere."""
+    if given is not None:
+        return given
+    from ._processes._pool import default_context
+
+    return default_context()
