@@ -24,7 +24,8 @@ import anyio
 from .._batch import Batch
 from .._errors import TaskTimeout, WorkerCrashed
 from .._processes._pool import PoolJob, ProcessPool, default_context
-from .._stats import LaneStats, Tally
+from .._resources import workers_resources  # observe
+from .._stats import LaneStats, Tally, WorkerResources, record, shifted  # observe
 from .._tasks import END, WAIT, CachedCheck
 from ._executor import check_cpu_task, default_cpu_count
 from ._inbox import Inbox
@@ -48,7 +49,18 @@ class ProcessLane:
         self._lock = threading.Lock()
         self._jobs: set[PoolJob] = set()
         self.check_task = CachedCheck(self._check)
-        self.stats = LaneStats("cpu", self.capacity, live=self._live, extra=self.pool_stats)
+        self.stats = LaneStats(
+            "cpu",
+            self.capacity,
+            live=self._live,
+            extra=self.pool_stats,
+            resources=self._worker_resources,  # observe
+        )
+
+    def _worker_resources(self) -> WorkerResources:  # observe: an overload figure for stats()
+        # Until ProcessPool.worker_resources() lands: read /proc by the pool's pids.
+        pool = self._pool
+        return WorkerResources() if pool is None else workers_resources(pool.worker_pids())
 
     def _live(self) -> tuple[int, int]:
         with self._lock:
@@ -113,6 +125,7 @@ class ProcessLane:
             tally.run_count += job.run_count
             tally.run_total += job.run_total
             tally.run_max = max(tally.run_max, job.run_max)
+            tally.run_hist = job.run_hist  # observe: per chunk, a chunk's tasks get its mean
             # Queue lag: a task's turnaround (handed to the pool -> outcome back) less
             # its run time as measured in the worker. The workers measure run time per
             # chunk, so per task this uses the batch's mean run time.
@@ -123,6 +136,7 @@ class ProcessLane:
                     runner.turnaround_total - mean_run * runner.turnarounds, 0.0
                 )
                 tally.wait_max = max(tally.wait_max, runner.turnaround_max - mean_run, 0.0)
+                tally.wait_hist = shifted(runner.turnaround_hist, -mean_run)  # observe
             self.stats.merge(tally)
 
 
@@ -140,6 +154,7 @@ class _CpuBatch:
         self.turnarounds = 0
         self.turnaround_total = 0.0
         self.turnaround_max = 0.0
+        self.turnaround_hist: dict[int, int] = {}  # observe: for the wait percentiles
 
     async def run(self) -> None:
         batch = self.batch
@@ -218,6 +233,7 @@ class _CpuBatch:
         turnaround = time.monotonic() - (self.put_all_at or 0.0)
         self.turnarounds += n
         self.turnaround_total += turnaround * n
+        record(self.turnaround_hist, turnaround, n)  # observe
         if turnaround > self.turnaround_max:
             self.turnaround_max = turnaround
         self.tally.completed += n
@@ -238,6 +254,7 @@ class _CpuBatch:
         put_at = self.put_at
         put_all_at = self.put_all_at
         longest = 0.0
+        turnaround_hist = self.turnaround_hist  # observe
         for item in items:
             if item is _SETTLED:
                 self.settled = True
@@ -247,6 +264,7 @@ class _CpuBatch:
             turnaround = now - (put_all_at if put_all_at is not None else put_at.pop(index, now))
             self.turnarounds += 1
             self.turnaround_total += turnaround
+            record(turnaround_hist, turnaround)  # observe
             if turnaround > longest:
                 longest = turnaround
             if cancelled:

@@ -23,6 +23,7 @@ import anyio
 from .._backend import worker_group
 from .._batch import Batch
 from .._errors import TaskTimeout
+from .._loop_lag import sample_loop_lag  # observe
 from .._stats import LaneStats, Tally
 from .._tasks import END, WAIT, CachedCheck, check_io_task, close_if_coroutine, describe
 
@@ -64,6 +65,18 @@ class IoLane:
         self._limiters: dict[object, tuple[anyio.CapacityLimiter, list[int]]] = {}
         self._lock = threading.Lock()
         self.check_task = CachedCheck(check_io_task)
+        self._lag_sampled: set[object] = set()  # observe: loops with a lag sampler running
+
+    def claim_lag_sampler(self, key: object) -> bool:  # observe: one sampler per loop
+        with self._lock:
+            if key in self._lag_sampled:
+                return False
+            self._lag_sampled.add(key)
+            return True
+
+    def release_lag_sampler(self, key: object) -> None:  # observe
+        with self._lock:
+            self._lag_sampled.discard(key)
 
     def close(self) -> None:
         pass  # nothing outlives a batch on this lane
@@ -110,15 +123,21 @@ class _IoBatch:
 
     async def run(self) -> None:
         stats = self.lane.stats
+        key = self.batch.loop.key  # observe: the loop-lag sampler
+        sampling = self.lane.claim_lag_sampler(key)  # observe
         try:
             async with anyio.create_task_group() as outer:
                 if self.batch.timeout is not None:
                     outer.start_soon(self._watchdog, self.batch.timeout)
+                if sampling:  # observe
+                    outer.start_soon(sample_loop_lag, stats, self.batch.loop.clock)
                 async with worker_group(self.batch.loop.backend) as spawn:
                     self.spawn = spawn
                     self._spawn()
                 outer.cancel_scope.cancel()
         finally:
+            if sampling:  # observe
+                self.lane.release_lag_sampler(key)
             stats.merge(self.tally)
 
     def _spawn(self) -> None:
@@ -196,9 +215,7 @@ class _IoBatch:
         emit = batch.emit
         tally = self.tally
         completed = 0
-        run_count = 0
-        run_total = 0.0
-        run_max = 0.0
+        record_run = tally.run  # observe: the tally resets in place, so this stays bound
         index = -1
         try:
             while item is not END:
@@ -248,11 +265,7 @@ class _IoBatch:
                                 value = await task
                         except Exception as exc:
                             worker.deadline = INF
-                            elapsed = clock() - start
-                            run_count += 1
-                            run_total += elapsed
-                            if elapsed > run_max:
-                                run_max = elapsed
+                            record_run(clock() - start)  # observe: run figures + histogram
                             if worker.timed_out:
                                 break  # overran, then raised on its way out: a timeout
                             self._finish(index, False, exc)
@@ -262,22 +275,14 @@ class _IoBatch:
                             raise
                         else:
                             worker.deadline = INF
-                            elapsed = clock() - start
-                            run_count += 1
-                            run_total += elapsed
-                            if elapsed > run_max:
-                                run_max = elapsed
+                            record_run(clock() - start)  # observe: run figures + histogram
                             if worker.timed_out:
                                 break  # overran, swallowed the cancellation: a timeout
                             completed += 1
                             emit(index, True, value)
                             if completed >= _FLUSH_EVERY:
                                 tally.completed += completed
-                                tally.run_count += run_count
-                                tally.run_total += run_total
-                                tally.run_max = max(tally.run_max, run_max)
-                                completed = run_count = 0
-                                run_total = run_max = 0.0
+                                completed = 0
                                 self.lane.stats.merge(tally)
                 if worker.timed_out:
                     # The watchdog cancelled this worker's scope: the task overran.
@@ -287,9 +292,6 @@ class _IoBatch:
                     self._finish(index, False, TaskTimeout(index, timeout))
         finally:
             tally.completed += completed
-            tally.run_count += run_count
-            tally.run_total += run_total
-            tally.run_max = max(tally.run_max, run_max)
 
     async def _watchdog(self, timeout: float) -> None:
         """Cancel the worker whose task overruns, and only that one.

@@ -162,7 +162,12 @@ class ThreadLane:
 
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
-        self.stats = LaneStats("blocking", capacity, live=self._live)
+        self.stats = LaneStats(
+            "blocking",
+            capacity,
+            live=self._live,
+            threads=self._threads_alive,  # observe
+        )
         self._pool: ThreadPool | None = None
         self._lock = threading.Lock()
         self._jobs: set[_ThreadJob] = set()
@@ -172,6 +177,10 @@ class ThreadLane:
         with self._lock:
             jobs = list(self._jobs)
         return sum(len(j.running) for j in jobs), sum(len(j.ready) for j in jobs)
+
+    def _threads_alive(self) -> int:  # observe: an overload figure for stats()
+        pool = self._pool
+        return 0 if pool is None else sum(t.is_alive() for t in list(pool._threads))
 
     @staticmethod
     def _check(task: object, index: int) -> None:

@@ -48,6 +48,7 @@ from typing import Any
 
 from .._call import Call
 from .._errors import TaskTimeout, WorkerCrashed, closed_error
+from .._stats import record  # observe: run-time percentiles
 from . import _worker
 from ._protocol import (
     CHUNK_HEADER,
@@ -170,6 +171,7 @@ class PoolJob:
         self.run_count = 0
         self.run_total = 0.0
         self.run_max = 0.0
+        self.run_hist: dict[int, int] = {}  # observe: run-time histogram (tasklanes._stats)
         self._requeue: list[tuple[int, Callable[[], object]]] = []
 
     def put(self, items: list[tuple[int, Callable[[], object]]]) -> None:
@@ -890,6 +892,7 @@ class ProcessPool:
             job.run_total += seconds
             if mean > job.run_max:
                 job.run_max = mean
+            record(job.run_hist, mean, count)  # observe: percentiles, per chunk
         if not w.inflight:
             job._holders -= 1
             w.job = None
