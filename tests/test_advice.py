@@ -260,3 +260,47 @@ def test_options_accept_numbers() -> None:
 def test_kind_warning_is_exported() -> None:
     assert issubclass(tasklanes.KindWarning, UserWarning)
     assert "KindWarning" in tasklanes.__all__
+
+
+# -- through the Scheduler ---------------------------------------------------------------
+
+
+async def sync_call_in_async_def(seconds: float) -> float:
+    time.sleep(seconds)
+    return seconds
+
+
+@pytest.mark.anyio
+async def test_the_io_lane_advises_through_the_scheduler(caught: Caught) -> None:
+    with tasklanes.Scheduler() as sched:
+        got = await tasklanes.run_all(
+            [sync_call_in_async_def(0.4), sync_call_in_async_def(0.4)], scheduler=sched
+        )
+        assert got == [0.4, 0.4]
+        assert caught.arrived.wait(5)
+    [record] = caught.records  # once per function, though both tasks held the loop
+    assert "sync_call_in_async_def" in record.getMessage()
+    assert 'kind="blocking"' in record.getMessage()
+
+
+def test_the_blocking_lane_advises_through_the_scheduler(caught: Caught) -> None:
+    with tasklanes.Scheduler(blocking_limit=1) as sched:
+        for _ in range(6):  # retried: a loaded machine may starve the thread
+            sched.run_all_sync([hashes], kind="blocking")
+            if caught.records:
+                break
+    [record] = caught.records
+    assert "hashes" in record.getMessage() and 'kind="cpu"' in record.getMessage()
+
+
+def test_advice_false_gives_none(caught: Caught) -> None:
+    with tasklanes.Scheduler(advice=False) as sched:
+        sched.run_all_sync([hashes, hashes], kind="blocking")
+    assert not caught.records
+
+
+def test_scheduler_validates_advice_options() -> None:
+    with pytest.raises(ValueError, match="advice_threshold"):
+        tasklanes.Scheduler(advice_threshold=0)
+    with pytest.raises(TypeError, match="advice"):
+        tasklanes.Scheduler(advice=1)  # type: ignore[arg-type]

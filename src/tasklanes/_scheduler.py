@@ -10,6 +10,7 @@ from concurrent.futures import Executor
 from multiprocessing.context import BaseContext
 from typing import TYPE_CHECKING, Any
 
+from ._advice import DEFAULT_THRESHOLD, Advisor, check_advice_options  # observe
 from ._batch import BatchIterator, Lane, collect
 from ._stats import LaneSnapshot
 from ._tasks import KINDS, check_kind, check_limit, check_timeout
@@ -55,6 +56,11 @@ class Scheduler:
     is the executor's worker count (for Dask: twice the cluster's worker threads).
     ``mp_context`` picks the start method of the default process pool (default:
     forkserver on Linux, spawn elsewhere).
+
+    ``advice`` (default on) warns, with a [KindWarning][tasklanes.KindWarning], when
+    work seems to be on the wrong lane: an io task that holds the event loop longer
+    than ``advice_threshold`` seconds, a blocking task that mostly computes (see
+    "Monitoring and advice" in the docs).
     """
 
     def __init__(
@@ -64,6 +70,8 @@ class Scheduler:
         cpu_limit: int | None = None,
         cpu_executor: Executor | None = None,
         mp_context: BaseContext | str | None = None,
+        advice: bool = True,
+        advice_threshold: float = DEFAULT_THRESHOLD,
     ) -> None:
         for name, value, optional in (
             ("io_limit", io_limit, False),
@@ -85,6 +93,8 @@ class Scheduler:
                 "mp_context must be a multiprocessing context, a start method name "
                 f"('forkserver', 'spawn', 'fork') or None, got {type(mp_context).__name__}"
             )
+        threshold = check_advice_options(advice, advice_threshold)  # observe: kind advice
+        self._advisor = Advisor(threshold) if advice else None
         self._io_limit = io_limit
         self._blocking_limit = blocking_limit
         self._cpu_limit = cpu_limit
@@ -116,6 +126,12 @@ class Scheduler:
             return lane
 
     def _make_lane(self, kind: str) -> Lane:
+        lane = self._make_lane_of(kind)
+        if kind in ("io", "blocking"):  # observe: the lanes that give kind advice
+            lane.advisor = self._advisor  # type: ignore[attr-defined]
+        return lane
+
+    def _make_lane_of(self, kind: str) -> Lane:
         if kind == "io":
             from ._lanes._io import IoLane
 
@@ -274,6 +290,8 @@ class Scheduler:
             self._lanes.clear()
         for lane in lanes:
             lane.close()
+        if self._advisor is not None:  # observe: stop the advice watchdog thread
+            self._advisor.close()
 
     async def aclose(self) -> None:
         """``close()`` without blocking the event loop: it runs on a helper thread."""

@@ -20,6 +20,7 @@ from typing import Any
 
 import anyio
 
+from .._advice import Advisor  # observe
 from .._backend import worker_group
 from .._batch import Batch
 from .._errors import TaskTimeout
@@ -58,6 +59,7 @@ class _Worker:
 
 class IoLane:
     kind = "io"
+    advisor: Advisor | None = None  # observe: set by the Scheduler (kind advice)
 
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
@@ -125,6 +127,12 @@ class _IoBatch:
         stats = self.lane.stats
         key = self.batch.loop.key  # observe: the loop-lag sampler
         sampling = self.lane.claim_lag_sampler(key)  # observe
+        advisor = self.lane.advisor  # observe: watch the loop for tasks that hold it
+        watch = (
+            None
+            if advisor is None
+            else advisor.watch_loop(key, self.batch.loop.call_soon_threadsafe, _RUNNER_CODES)
+        )
         try:
             async with anyio.create_task_group() as outer:
                 if self.batch.timeout is not None:
@@ -138,6 +146,8 @@ class _IoBatch:
         finally:
             if sampling:  # observe
                 self.lane.release_lag_sampler(key)
+            if watch is not None:  # observe
+                watch.close()
             stats.merge(self.tally)
 
     def _spawn(self) -> None:
@@ -313,3 +323,7 @@ class _IoBatch:
                 elif deadline < soonest:
                     soonest = deadline
             await anyio.sleep(max(soonest - now, 0.0))
+
+
+# observe: the frames that await a task (the advice watchdog looks just inside them).
+_RUNNER_CODES = (_IoBatch._work.__code__,)

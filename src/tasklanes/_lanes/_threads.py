@@ -29,6 +29,7 @@ from typing import Any
 
 import anyio
 
+from .._advice import Advisor, ThreadMeter  # observe
 from .._batch import Batch
 from .._cancel import Ticket, set_current_ticket
 from .._errors import TaskTimeout, closed_error
@@ -59,6 +60,8 @@ class _ThreadJob:
 class ThreadPool:
     """Worker threads, started on demand up to ``capacity``, shared by every loop."""
 
+    advisor: Advisor | None = None  # observe: set by the lane (kind advice)
+
     def __init__(self, capacity: int, name: str = "tasklanes-blocking") -> None:
         self.capacity = capacity
         self._name = name
@@ -87,18 +90,24 @@ class ThreadPool:
     def _main(self) -> None:
         cond = self._cond
         jobs = self._jobs
-        while True:
-            with cond:
-                while not jobs:
-                    if self._closed:
-                        return
-                    self._idle += 1
-                    cond.wait()
-                    self._idle -= 1
-                job = jobs.popleft()
-            self._serve(job)
+        # observe: kind advice measures each task's thread CPU time
+        meter = ThreadMeter(self.advisor) if self.advisor is not None else None
+        try:
+            while True:
+                with cond:
+                    while not jobs:
+                        if self._closed:
+                            return
+                        self._idle += 1
+                        cond.wait()
+                        self._idle -= 1
+                    job = jobs.popleft()
+                self._serve(job, meter)
+        finally:
+            if meter is not None:  # observe
+                meter.close()
 
-    def _serve(self, job: _ThreadJob) -> None:
+    def _serve(self, job: _ThreadJob, meter: ThreadMeter | None = None) -> None:
         """Run ``job``'s ready tasks until it has none, or until another job waits."""
         lock = job.lock
         ready = job.ready
@@ -114,6 +123,7 @@ class ThreadPool:
                 start = _monotonic()
                 running[ticket] = start
             set_current_ticket(ticket)
+            mark = meter.start() if meter is not None else None  # observe
             try:
                 value = fn()
                 ok = True
@@ -123,6 +133,8 @@ class ThreadPool:
             finally:
                 set_current_ticket(None)
             end = _monotonic()
+            if mark is not None:  # observe: advise kind="cpu" if it computed
+                meter.stop(fn, mark)  # type: ignore[union-attr]
             with lock:
                 del running[ticket]
             inbox.put((ticket, ok, value, start - queued_at, end - start))
@@ -159,6 +171,7 @@ class ThreadPool:
 
 class ThreadLane:
     kind = "blocking"
+    advisor: Advisor | None = None  # observe: set by the Scheduler (kind advice)
 
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
@@ -193,6 +206,7 @@ class ThreadLane:
             with self._lock:
                 if self._pool is None:
                     self._pool = ThreadPool(self.capacity)
+                    self._pool.advisor = self.advisor  # observe
                 pool = self._pool
         return pool
 
