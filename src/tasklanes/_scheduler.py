@@ -274,6 +274,18 @@ class Scheduler:
                 out[kind] = LaneStats(kind, self.capacity(kind)).snapshot()
         return out
 
+    def histograms(self) -> dict[str, dict[str, tuple[list[int], int, float]]]:
+        """The lanes' `wait` and `run` histograms, for exporters (`tasklanes.metrics`):
+        `{lane: {"wait": (bucket counts, count, total seconds), "run": ...}}`."""
+        from ._stats import LaneStats
+
+        out = {}
+        for kind in KINDS:
+            lane = self._lanes.get(kind)
+            stats = lane.stats if lane is not None else LaneStats(kind, 0)
+            out[kind] = stats.histograms()
+        return out
+
     @property
     def closed(self) -> bool:
         return self._closed
