@@ -70,7 +70,7 @@ class TasklanesCollector:
                 hist, count, total = figures[which]
                 counts = cumulative_counts(hist)
                 buckets = [
-                    (_le(b), float(c)) for b, c in zip(HISTOGRAM_BOUNDS, counts, strict=True)
+                    (repr(b), float(c)) for b, c in zip(HISTOGRAM_BOUNDS, counts, strict=True)
                 ]
                 buckets.append(("+Inf", float(count)))
                 family.add_metric([kind], buckets, total)
