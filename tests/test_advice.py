@@ -304,3 +304,11 @@ def test_scheduler_validates_advice_options() -> None:
         tasklanes.Scheduler(advice_threshold=0)
     with pytest.raises(TypeError, match="advice"):
         tasklanes.Scheduler(advice=1)  # type: ignore[arg-type]
+
+
+def test_a_warning_filter_set_to_error_does_not_break_the_lane() -> None:
+    # pyproject's filterwarnings = ["error"] applies here: the advice must not raise
+    # on the worker thread (the task's result stands, the thread lives on).
+    with tasklanes.Scheduler(blocking_limit=1) as sched:
+        assert sched.run_all_sync([hashes, call(len, "ab")], kind="blocking")[1] == 2
+        assert sched.stats()["blocking"].completed == 2

@@ -66,16 +66,22 @@ _IDLE_SECONDS = 1.0
 class KindWarning(UserWarning):
     """Work seems to run on the wrong lane; the message says which `kind=` fits.
 
-    Issued once per function and [Scheduler][tasklanes.Scheduler] (and logged on
-    `logging.getLogger("tasklanes.advice")`); turn it off with `Scheduler(advice=False)`
+    Issued once per function and [Scheduler][tasklanes.Scheduler], from the thread
+    that noticed (a worker thread, or the io lane's watchdog thread), and logged on
+    `logging.getLogger("tasklanes.advice")` with `extra=` fields `lane`, `suggest`,
+    `function`, `seconds` and `cpu_share`. Turn it off with `Scheduler(advice=False)`
     or the `warnings` filters:
 
     ```python
     import warnings
     from tasklanes import KindWarning
 
-    warnings.simplefilter("error", KindWarning)  # make it fail in tests
+    warnings.simplefilter("ignore", KindWarning)
     ```
+
+    A filter that turns it into an error does not stop the work: the warning is
+    raised on another thread than the caller's, so tasklanes drops it there (the log
+    record remains).
     """
 
 
@@ -244,13 +250,19 @@ class Advisor:
             },
         )
         # Pointed at the function, so that the warning shows the user's file and line.
-        warnings.warn_explicit(
-            message,
-            KindWarning,
-            advice.filename or "<unknown>",
-            advice.lineno or 0,
-            module=advice.module,
-        )
+        try:
+            warnings.warn_explicit(
+                message,
+                KindWarning,
+                advice.filename or "<unknown>",
+                advice.lineno or 0,
+                module=advice.module,
+            )
+        except Exception:
+            # The filters turned it into an error ("-W error"): raised here, on a
+            # worker or watchdog thread, it would reach no caller and could kill the
+            # thread. The log record above stands for it.
+            logger.debug("KindWarning raised as an error by the warnings filters; ignored")
         return True
 
     def advised(self, obj: object) -> bool:
