@@ -282,7 +282,10 @@ class Advisor:
         """
         if wall_seconds < BLOCKING_MIN_SECONDS:
             return False
-        could_run = wall_seconds - min(max(runnable_seconds, 0.0), wall_seconds)
+        # The scheduler accounts a wait for a core when the thread gets one, so the
+        # runnable figure can spill over the task's edges: the thread ran at least
+        # its CPU time.
+        could_run = max(wall_seconds - max(runnable_seconds, 0.0), cpu_seconds)
         if could_run <= 0 or cpu_seconds < BLOCKING_CPU_SHARE * could_run:
             return False
         from ._call import unwrap_callable
@@ -525,8 +528,8 @@ class _Watchdog:
         share = 0.0
         if now_times is not None and before is not None:
             cpu = max(now_times[0] - before[0], 0.0)
-            could_run = held - max(now_times[1] - before[1], 0.0)
-            share = min(cpu / could_run, 1.0) if could_run > 0 else 1.0
+            could_run = max(held - max(now_times[1] - before[1], 0.0), cpu)
+            share = min(cpu / could_run, 1.0) if could_run > 0 else 0.0
         code = task_frame.f_code
         seen = _seen_at(task_frame)
         if inner is not task_frame:
