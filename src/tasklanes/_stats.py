@@ -15,6 +15,7 @@ __all__ = [
     "Tally",
     "TimingSummary",
     "WorkerResources",
+    "add_counts",
     "bucket_bounds",
     "percentiles",
     "record",
@@ -32,7 +33,7 @@ ALPHA = 0.02
 GAMMA = (1 + ALPHA) / (1 - ALPHA)
 FLOOR = 1e-9  # 1 ns: shorter durations share bucket 0, reported as 0
 CEILING = 1e6  # about 11 days: longer ones share the last bucket (reported as max)
-_INV_LOG_GAMMA = 1 / math.log(GAMMA)
+INV_LOG_GAMMA = _INV_LOG_GAMMA = 1 / math.log(GAMMA)
 _INV_FLOOR = 1 / FLOOR
 BUCKETS = math.ceil(math.log(CEILING / FLOOR) * _INV_LOG_GAMMA) + 2
 _TOP = BUCKETS - 1
@@ -80,6 +81,13 @@ def percentiles(
     while len(out) < len(qs):  # a count ahead of the histogram (never, but be safe)
         out.append(top)
     return tuple(out)
+
+
+def add_counts(into: dict[int, int], part: dict[int, int]) -> None:
+    """Add a sparse histogram into another, and empty it."""
+    for k, c in part.items():
+        into[k] = into.get(k, 0) + c
+    part.clear()
 
 
 def shifted(hist: dict[int, int], by: float) -> dict[int, int]:

@@ -25,7 +25,9 @@ from .._backend import worker_group
 from .._batch import Batch
 from .._errors import TaskTimeout
 from .._loop_lag import sample_loop_lag  # observe
-from .._stats import LaneStats, Tally
+from .._stats import FLOOR as HIST_FLOOR  # observe
+from .._stats import INV_LOG_GAMMA as HIST_INV_LOG_GAMMA  # observe
+from .._stats import LaneStats, Tally, add_counts
 from .._tasks import END, WAIT, CachedCheck, check_io_task, close_if_coroutine, describe
 
 __all__ = ["IoLane"]
@@ -225,7 +227,12 @@ class _IoBatch:
         emit = batch.emit
         tally = self.tally
         completed = 0
-        record_run = tally.run  # observe: the tally resets in place, so this stays bound
+        run_count = 0
+        run_total = 0.0
+        run_max = 0.0
+        run_hist: dict[int, int] = {}  # observe: merged into the tally with the sums
+        log = math.log  # observe
+        hfloor, hscale, hstep = HIST_FLOOR, 1 / HIST_FLOOR, HIST_INV_LOG_GAMMA  # observe
         index = -1
         try:
             while item is not END:
@@ -275,7 +282,14 @@ class _IoBatch:
                                 value = await task
                         except Exception as exc:
                             worker.deadline = INF
-                            record_run(clock() - start)  # observe: run figures + histogram
+                            elapsed = clock() - start
+                            run_count += 1
+                            run_total += elapsed
+                            if elapsed > run_max:
+                                run_max = elapsed
+                            # observe: the run-time histogram, inline (see _stats.record)
+                            k = int(log(elapsed * hscale) * hstep) + 1 if elapsed > hfloor else 0
+                            run_hist[k] = run_hist.get(k, 0) + 1
                             if worker.timed_out:
                                 break  # overran, then raised on its way out: a timeout
                             self._finish(index, False, exc)
@@ -285,14 +299,26 @@ class _IoBatch:
                             raise
                         else:
                             worker.deadline = INF
-                            record_run(clock() - start)  # observe: run figures + histogram
+                            elapsed = clock() - start
+                            run_count += 1
+                            run_total += elapsed
+                            if elapsed > run_max:
+                                run_max = elapsed
+                            # observe: the run-time histogram, inline (see _stats.record)
+                            k = int(log(elapsed * hscale) * hstep) + 1 if elapsed > hfloor else 0
+                            run_hist[k] = run_hist.get(k, 0) + 1
                             if worker.timed_out:
                                 break  # overran, swallowed the cancellation: a timeout
                             completed += 1
                             emit(index, True, value)
                             if completed >= _FLUSH_EVERY:
                                 tally.completed += completed
-                                completed = 0
+                                tally.run_count += run_count
+                                tally.run_total += run_total
+                                tally.run_max = max(tally.run_max, run_max)
+                                add_counts(tally.run_hist, run_hist)  # observe
+                                completed = run_count = 0
+                                run_total = run_max = 0.0
                                 self.lane.stats.merge(tally)
                 if worker.timed_out:
                     # The watchdog cancelled this worker's scope: the task overran.
@@ -302,6 +328,10 @@ class _IoBatch:
                     self._finish(index, False, TaskTimeout(index, timeout))
         finally:
             tally.completed += completed
+            tally.run_count += run_count
+            tally.run_total += run_total
+            tally.run_max = max(tally.run_max, run_max)
+            add_counts(tally.run_hist, run_hist)  # observe
 
     async def _watchdog(self, timeout: float) -> None:
         """Cancel the worker whose task overruns, and only that one.
