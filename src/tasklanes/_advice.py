@@ -330,9 +330,12 @@ class Advisor:
 class ThreadMeter:
     """Measures the tasks of one worker thread for [Advisor.after_blocking][].
 
-    Make, use and close it on that thread. Costs two reads of the thread's scheduler
-    figures per task (a `pread` of `/proc/thread-self/schedstat`, kept open; where
-    that does not exist, `time.thread_time()`).
+    Make, use and close it on that thread. A task costs one `time.thread_time()` and
+    one `time.monotonic()`, which keep the GIL. After a task of at least 50 ms, the
+    next task is measured with the thread's scheduler figures too (a `pread` of
+    `/proc/thread-self/schedstat`, kept open, which releases the GIL: too dear for
+    every task), so that on a loaded machine the time the thread was ready but had no
+    core is not taken for waiting.
 
     ```python
     meter = ThreadMeter(advisor)
@@ -346,35 +349,44 @@ class ThreadMeter:
     ```
     """
 
-    __slots__ = ("_advisor", "_fd")
+    __slots__ = ("_advisor", "_fd", "_precise")
 
     def __init__(self, advisor: Advisor) -> None:
         self._advisor = advisor
+        self._precise = False
         try:
             self._fd = os.open("/proc/thread-self/schedstat", os.O_RDONLY)
         except OSError:
             self._fd = -1
 
-    def _read(self) -> tuple[float, float]:
-        if self._fd >= 0:
-            try:
-                on_cpu, runnable = os.pread(self._fd, 64, 0).split()[:2]
-                return int(on_cpu) / 1e9, int(runnable) / 1e9
-            except (OSError, ValueError):
-                pass
-        return time.thread_time(), 0.0
+    def _read(self) -> tuple[float, float] | None:
+        try:
+            on_cpu, runnable = os.pread(self._fd, 64, 0).split()[:2]
+            return int(on_cpu) / 1e9, int(runnable) / 1e9
+        except (OSError, ValueError):
+            return None
 
     def start(self) -> tuple[float, float, float]:
-        cpu, runnable = self._read()
-        return time.monotonic(), cpu, runnable
+        """`(wall, cpu, runnable)` now; runnable is -1.0 when not read."""
+        if self._precise and self._fd >= 0:
+            got = self._read()
+            if got is not None:
+                return time.monotonic(), got[0], got[1]
+        return time.monotonic(), time.thread_time(), -1.0
 
     def stop(self, task: object, mark: tuple[float, float, float]) -> bool:
         """Judge the task started at `mark`; True if it was advised now."""
         wall = time.monotonic() - mark[0]
-        if wall < BLOCKING_MIN_SECONDS:  # the common case: no second read
+        if wall < BLOCKING_MIN_SECONDS:  # the common case: nothing more to read
+            self._precise = False
             return False
-        cpu, runnable = self._read()
-        return self._advisor.after_blocking(task, cpu - mark[1], wall, runnable - mark[2])
+        self._precise = True  # long tasks come in batches: measure the next one fully
+        if mark[2] < 0:
+            return self._advisor.after_blocking(task, time.thread_time() - mark[1], wall)
+        got = self._read()
+        if got is None:
+            return False
+        return self._advisor.after_blocking(task, got[0] - mark[1], wall, got[1] - mark[2])
 
     def close(self) -> None:
         if self._fd >= 0:
