@@ -6,12 +6,14 @@ Two measurements, both cheap enough to stay on:
   posts a heartbeat callback to the loop every `threshold / 2` seconds. A heartbeat
   still pending after `threshold` means one callback has held the loop that long: the
   watchdog samples the loop thread's stack (`sys._current_frames()`), finds the frame
-  the lane's runner called (the task's own coroutine), and reads the loop thread's CPU
-  time over the hold. Mostly computing: `kind="cpu"`; mostly waiting in a sync call:
-  `kind="blocking"`.
+  the lane's runner called (the task's own coroutine), checks on the next tick that
+  it is still there, and reads the loop thread's CPU time between the two ticks.
+  Mostly computing: `kind="cpu"`; mostly waiting in a sync call: `kind="blocking"`.
+  While the loop answers, a tick only posts the heartbeat (no reads).
 * **blocking tasks that compute.** The blocking runner reads its thread's CPU time
   (`time.thread_time()`) around a task; at least 80% of at least 50 ms computing
-  suggests `kind="cpu"`. (Time spent waiting for the GIL may count as computing.)
+  suggests `kind="cpu"`. Time waiting for the GIL counts as waiting, so threads that
+  compute at the same time may each stay under 80%.
 
 Each function is advised once per [Advisor][tasklanes._advice.Advisor] (one per
 `Scheduler`), as a [KindWarning][tasklanes.KindWarning] pointing at the function and
@@ -413,8 +415,9 @@ class _Loop:
         self.users = 0
         self.phase = _Phase.IDLE
         self.posted_at = 0.0
-        self.times_at_post: tuple[float, float] | None = None
         self.suspect: tuple[FrameType, int] | None = None
+        self.suspect_at = 0.0
+        self.times_at_suspect: tuple[float, float] | None = None
 
     def beat(self) -> None:
         # Runs on the loop: it got a turn, so nothing holds it.
@@ -511,10 +514,11 @@ class _Watchdog:
                     logger.exception("tasklanes: the advice watchdog failed")
 
     def _check(self, loop: _Loop, now: float) -> None:
+        # While the loop answers, a tick only posts a heartbeat: no reads, and as few
+        # GIL handoffs as possible (each one makes the loop thread wait for this one).
         if loop.phase is _Phase.IDLE:
             loop.phase = _Phase.POSTED
             loop.posted_at = now
-            loop.times_at_post = thread_times(loop.native_id, loop.ident)
             loop.post(loop.beat)
             return
         if loop.phase is not _Phase.POSTED:
@@ -527,20 +531,24 @@ class _Watchdog:
             loop.suspect = None
             return
         # One sample could catch a task that yields often on a merely busy loop: ask
-        # for the same frame, at the same line, on two ticks in a row.
+        # for the same frame, at the same line, on two ticks in a row, and measure the
+        # thread between them.
         if loop.suspect is None or loop.suspect[0] is not found[0] or loop.suspect[1] != found[1]:
             loop.suspect = (found[0], found[1])
+            loop.suspect_at = now
+            loop.times_at_suspect = thread_times(loop.native_id, loop.ident)
             return
         loop.phase = _Phase.REPORTED
         task_frame, _, inner = found
         # Share of the time the thread could run that it spent computing: time spent
         # runnable but waiting for a core (a loaded machine) is left out of the wall.
         now_times = thread_times(loop.native_id, loop.ident)
-        before = loop.times_at_post
+        before = loop.times_at_suspect
+        watched = now - loop.suspect_at
         share = 0.0
-        if now_times is not None and before is not None:
+        if now_times is not None and before is not None and watched > 0:
             cpu = max(now_times[0] - before[0], 0.0)
-            could_run = max(held - max(now_times[1] - before[1], 0.0), cpu)
+            could_run = max(watched - max(now_times[1] - before[1], 0.0), cpu)
             share = min(cpu / could_run, 1.0) if could_run > 0 else 0.0
         code = task_frame.f_code
         seen = _seen_at(task_frame)
