@@ -274,7 +274,7 @@ class Scheduler:
                 out[kind] = LaneStats(kind, self.capacity(kind)).snapshot()
         return out
 
-    def histograms(self) -> dict[str, dict[str, tuple[list[int], int, float]]]:
+    def _histograms(self) -> dict[str, dict[str, tuple[list[int], int, float]]]:
         """The lanes' `wait` and `run` histograms, for exporters (`tasklanes.metrics`):
         `{lane: {"wait": (bucket counts, count, total seconds), "run": ...}}`."""
         from ._stats import LaneStats

@@ -53,7 +53,7 @@ class TasklanesCollector:
         core = self._core
         sched = self._scheduler()
         snapshots = sched.stats()
-        histograms = sched.histograms()
+        histograms = sched._histograms()
         for name, doc, read in COUNTERS:
             counter = core.CounterMetricFamily(name, doc, labels=["lane"])
             for kind, snap in snapshots.items():
