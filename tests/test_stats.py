@@ -127,7 +127,7 @@ async def test_lanes_report_percentiles(scheduler: tasklanes.Scheduler) -> None:
     stats = scheduler.stats()
     io = stats["io"].run
     assert io.count == 21
-    assert 0.009 <= io.p50 <= io.p90 <= io.p99 <= io.max
+    assert 0.008 <= io.p50 <= io.p90 <= io.p99 <= io.max  # uvloop: up to 1 ms early
     assert io.p50 < 0.15, "the median is one of the twenty short naps"
     blocking = stats["blocking"].run
     assert 0.019 <= blocking.p50 <= blocking.max
