@@ -8,8 +8,8 @@ A long-running service should:
 * collect failures with ``return_exceptions=True`` where one bad item must not sink
   the batch, and log them;
 * export the lanes' figures: queue lag (``wait``), ``running``/``waiting``, errors
-  and timeouts, here both logged every 0.2 s and served on a Prometheus-style
-  ``/metrics`` endpoint.
+  and timeouts, here both logged every 0.2 s and served on a Prometheus ``/metrics``
+  endpoint by the collector of ``tasklanes.metrics.prometheus`` (extra: prometheus).
 
 Run: python examples/10_production.py
 """
@@ -23,12 +23,14 @@ import time
 import anyio
 import httpx
 from _servers import serve
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import PlainTextResponse
+from starlette.responses import Response
 from starlette.routing import Route
 
 from tasklanes import Scheduler, TaskTimeout, call
+from tasklanes.metrics import prometheus
 
 log = logging.getLogger("service")
 scheduler = Scheduler(io_limit=200, blocking_limit=16, cpu_limit=2)
@@ -36,28 +38,16 @@ scheduler = Scheduler(io_limit=200, blocking_limit=16, cpu_limit=2)
 
 # -- exporting the figures ----------------------------------------------------------
 
-COUNTERS = ("completed", "failed", "timed_out", "cancelled", "crashed")
+# A collector reads scheduler.stats() at each scrape (safe from any thread or loop;
+# here uvicorn's). Its own registry keeps this example's output to tasklanes' figures;
+# a service would usually register on prometheus_client's default REGISTRY.
+registry = CollectorRegistry()
+prometheus.register(scheduler, registry)
 
 
-def prometheus_text(sched: Scheduler) -> str:
-    """``sched.stats()`` in the Prometheus text exposition format."""
-    lines = []
-    for kind, lane in sched.stats().items():
-        label = f'{{lane="{kind}"}}'
-        lines.append(f"tasklanes_capacity{label} {lane.capacity}")
-        lines.append(f"tasklanes_running{label} {lane.running}")
-        lines.append(f"tasklanes_waiting{label} {lane.waiting}")
-        for name in COUNTERS:
-            lines.append(f"tasklanes_tasks_{name}_total{label} {lane[name]}")
-        lines.append(f"tasklanes_queue_lag_seconds_max{label} {lane.wait.max:.6f}")
-        lines.append(f"tasklanes_queue_lag_seconds_mean{label} {lane.wait.mean:.6f}")
-        lines.append(f"tasklanes_run_seconds_mean{label} {lane.run.mean:.6f}")
-    return "\n".join(lines) + "\n"
 
-
-async def metrics(request: Request) -> PlainTextResponse:
-    # stats() is safe to call from any thread or event loop (here: uvicorn's).
-    return PlainTextResponse(prometheus_text(scheduler))
+async def metrics(request: Request) -> Response:
+    return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
 
 metrics_app = Starlette(routes=[Route("/metrics", metrics)])
@@ -125,8 +115,13 @@ async def main(metrics_url: str) -> None:
         tg.cancel_scope.cancel()  # stop the exporter
 
     print("GET /metrics:")
-    print("".join(f"  {line}\n" for line in text.splitlines() if 'lane="io"' in line), end="")
-    values = {line.split()[0]: float(line.split()[1]) for line in text.splitlines()}
+    shown = [line for line in text.splitlines() if 'lane="io"' in line and "_bucket" not in line]
+    print("".join(f"  {line}\n" for line in shown), end="")
+    values = {
+        line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line and not line.startswith("#")
+    }
     assert values['tasklanes_tasks_completed_total{lane="io"}'] == 144
     assert values['tasklanes_tasks_timed_out_total{lane="io"}'] == 6
     assert values['tasklanes_tasks_failed_total{lane="blocking"}'] == 3

@@ -27,7 +27,7 @@ EXPECTED = {
     "07_cpu_work.py": ["kind='cpu' (processes)", "kind='cpu' from async"],
     "08_trio.py": ["under trio", "stopped after"],
     "09_dask.py": ["on the Dask cluster (2 worker processes)", "TaskTimeout"],
-    "10_production.py": ["GET /metrics:", 'tasklanes_tasks_completed_total{lane="io"} 144'],
+    "10_production.py": ["GET /metrics:", 'tasklanes_tasks_completed_total{lane="io"} 144.0'],
 }
 
 

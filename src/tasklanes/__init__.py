@@ -9,13 +9,19 @@
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING, Any
+
+# Events outside a task's result go to this logger (and its children, such as
+# "tasklanes.advice"); the application decides where they are shown.
+logging.getLogger("tasklanes").addHandler(logging.NullHandler())
 
 __version__ = "0.1.0"
 
 __all__ = [
     "BatchIterator",
     "Call",
+    "KindWarning",
     "LaneSnapshot",
     "Offloaded",
     "ProgressUpdate",
@@ -49,6 +55,7 @@ _SOURCES = {
     "TaskCancelled": "_errors",
     "TaskTimeout": "_errors",
     "WorkerCrashed": "_errors",
+    "KindWarning": "_advice",
     "Offloaded": "_offload",
     "offload": "_offload",
     "ProgressUpdate": "_progress",
@@ -59,6 +66,7 @@ _SOURCES = {
 }
 
 if TYPE_CHECKING:
+    from ._advice import KindWarning
     from ._api import amap, as_completed, run_all, run_all_sync
     from ._batch import BatchIterator
     from ._call import Call, call

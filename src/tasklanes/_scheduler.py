@@ -12,6 +12,7 @@ from concurrent.futures import Executor
 from multiprocessing.context import BaseContext
 from typing import TYPE_CHECKING, Any
 
+from ._advice import DEFAULT_THRESHOLD, Advisor, check_advice_options  # observe
 from ._backend import run_in_fresh_thread, run_sync
 from ._batch import BatchIterator, Lane, collect
 from ._defaults import BLOCKING_LIMIT, IO_LIMIT, cpu_capacity
@@ -29,11 +30,7 @@ __all__ = ["CLOSE_TIMEOUT", "Scheduler", "get_scheduler"]
 #: and after this its thread is abandoned (a daemon thread, gone with the process).
 CLOSE_TIMEOUT = 5.0
 
-_log = logging.getLogger("tasklanes")
-if not any(isinstance(handler, logging.NullHandler) for handler in _log.handlers):
-    # A library adds no handler but this one: without any, Python's last-resort
-    # handler would print our warnings to stderr; the application decides.
-    _log.addHandler(logging.NullHandler())
+_log = logging.getLogger("tasklanes")  # its NullHandler is added in __init__.py
 
 
 def _check_capacity(name: str, value: object, optional: bool) -> None:
@@ -79,6 +76,10 @@ class Scheduler:
     many tasks, or whose memory exceeds the limit after a chunk of tasks, is replaced
     once its current work is over. No task is lost or run twice;
     ``stats()["cpu"].recycled`` counts replacements.
+    ``advice`` (default on) warns, with a [KindWarning][tasklanes.KindWarning], when
+    work seems to be on the wrong lane: an io task that holds the event loop longer
+    than ``advice_threshold`` seconds, a blocking task that mostly computes (see
+    "Monitoring and advice" in the docs).
     """
 
     def __init__(
@@ -90,6 +91,8 @@ class Scheduler:
         mp_context: BaseContext | str | None = None,
         cpu_max_tasks_per_worker: int | None = None,
         cpu_max_worker_memory: int | None = None,
+        advice: bool = True,
+        advice_threshold: float = DEFAULT_THRESHOLD,
     ) -> None:
         for name, value, optional in (
             ("io_limit", io_limit, False),
@@ -128,6 +131,8 @@ class Scheduler:
                 "mp_context must be a multiprocessing context, a start method name "
                 f"('forkserver', 'spawn', 'fork') or None, got {type(mp_context).__name__}"
             )
+        threshold = check_advice_options(advice, advice_threshold)  # observe: kind advice
+        self._advisor = Advisor(threshold) if advice else None
         self._io_limit = io_limit
         self._blocking_limit = blocking_limit
         self._cpu_limit = cpu_limit
@@ -161,6 +166,12 @@ class Scheduler:
             return lane
 
     def _make_lane(self, kind: str) -> Lane:
+        lane = self._make_lane_of(kind)
+        if kind in ("io", "blocking"):  # observe: the lanes that give kind advice
+            lane.advisor = self._advisor  # type: ignore[attr-defined]
+        return lane
+
+    def _make_lane_of(self, kind: str) -> Lane:
         if kind == "io":
             from ._lanes._io import IoLane
 
@@ -311,6 +322,18 @@ class Scheduler:
                 out[kind] = LaneStats(kind, self.capacity(kind)).snapshot()
         return out
 
+    def _histograms(self) -> dict[str, dict[str, tuple[list[int], int, float]]]:
+        """The lanes' `wait` and `run` histograms, for exporters (`tasklanes.metrics`):
+        `{lane: {"wait": (bucket counts, count, total seconds), "run": ...}}`."""
+        from ._stats import LaneStats
+
+        out = {}
+        for kind in KINDS:
+            lane = self._lanes.get(kind)
+            stats = lane.stats if lane is not None else LaneStats(kind, 0)
+            out[kind] = stats.histograms()
+        return out
+
     @property
     def closed(self) -> bool:
         return self._closed
@@ -335,6 +358,8 @@ class Scheduler:
             self._lanes.clear()
             self._finalizer.detach()
         _stop_lanes(lanes, timeout)
+        if self._advisor is not None:  # stop the advice watchdog thread
+            self._advisor.close()
 
     async def aclose(self, timeout: float | None = CLOSE_TIMEOUT) -> None:
         """``close()`` without blocking the event loop: it runs on a helper thread."""

@@ -23,7 +23,7 @@ import anyio
 from .._batch import Batch
 from .._inbox import Inbox
 from .._processes._pool import PoolJob, ProcessPool
-from .._stats import LaneStats, Tally
+from .._stats import LaneStats, Tally, WorkerResources, record, shifted
 from .._tasks import CachedCheck, check_cpu_task
 from ._base import LaneBase, Outcome, classify, count, pull
 
@@ -52,7 +52,23 @@ class ProcessLane(LaneBase):
         self._context = mp_context
         self._recycling = (max_tasks_per_worker, max_worker_memory)
         self.check_task = CachedCheck(self._check)
-        self.stats = LaneStats("cpu", self.capacity, live=self._live, extra=self.pool_stats)
+        self.stats = LaneStats(
+            "cpu",
+            self.capacity,
+            live=self._live,
+            extra=self.pool_stats,
+            resources=self._worker_resources,
+        )
+
+    def _worker_resources(self) -> WorkerResources:
+        """The workers' resident memory and CPU time, an overload figure for `stats()`."""
+        pool: ProcessPool | None = self._resource
+        if pool is None:
+            return WorkerResources()
+        figures = pool.worker_resources()
+        return WorkerResources(
+            int(figures["workers"]), int(figures["rss_bytes"]), figures["cpu_seconds"]
+        )
 
     def _live(self) -> tuple[int, int]:
         jobs = [run.job for run in self.runs() if run.job is not None]
@@ -135,6 +151,7 @@ class _CpuBatch:
         self.turnarounds = 0
         self.turnaround_total = 0.0
         self.turnaround_max = 0.0
+        self.turnaround_hist: dict[int, int] = {}  # for the wait percentiles
 
     def figures(self, job: PoolJob) -> Tally:
         """The batch's tally with the pool's run-time figures and the queue lag."""
@@ -142,6 +159,7 @@ class _CpuBatch:
         tally.run_count += job.run_count
         tally.run_total += job.run_total
         tally.run_max = max(tally.run_max, job.run_max)
+        tally.run_hist = job.run_hist  # per chunk: a chunk's tasks get its mean
         # Queue lag: a task's turnaround (handed to the pool -> outcome back) less
         # its run time as measured in the worker. The workers measure run time per
         # chunk, so per task this uses the batch's mean run time.
@@ -150,6 +168,7 @@ class _CpuBatch:
             tally.wait_count += self.turnarounds
             tally.wait_total += max(self.turnaround_total - mean_run * self.turnarounds, 0.0)
             tally.wait_max = max(tally.wait_max, self.turnaround_max - mean_run, 0.0)
+            tally.wait_hist = shifted(self.turnaround_hist, -mean_run)
         return tally
 
     async def run(self) -> None:
@@ -218,6 +237,7 @@ class _CpuBatch:
         turnaround = time.monotonic() - (self.put_all_at or 0.0)
         self.turnarounds += n
         self.turnaround_total += turnaround * n
+        record(self.turnaround_hist, turnaround, n)
         if turnaround > self.turnaround_max:
             self.turnaround_max = turnaround
         count(self.tally, Outcome.COMPLETED, n)
@@ -238,6 +258,7 @@ class _CpuBatch:
         put_at = self.put_at
         put_all_at = self.put_all_at
         longest = 0.0
+        turnaround_hist = self.turnaround_hist
         for item in items:
             if item is _SETTLED:
                 self.settled = True
@@ -247,6 +268,7 @@ class _CpuBatch:
             turnaround = now - (put_all_at if put_all_at is not None else put_at.pop(index, now))
             self.turnarounds += 1
             self.turnaround_total += turnaround
+            record(turnaround_hist, turnaround)
             if turnaround > longest:
                 longest = turnaround
             if cancelled:

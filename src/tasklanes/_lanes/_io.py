@@ -26,10 +26,12 @@ from typing import Any
 
 import anyio
 
+from .._advice import Advisor
 from .._backend import worker_group
 from .._batch import Batch
 from .._errors import TaskTimeout
-from .._stats import LaneStats, Tally
+from .._loop_lag import sample_loop_lag
+from .._stats import LaneStats, Tally, record_all
 from .._tasks import CachedCheck, check_io_task, close_if_coroutine, describe
 from ._base import Deadlines, LaneBase, Outcome, classify, count, pull, watch
 
@@ -110,6 +112,7 @@ class _Slots:
 
 class IoLane(LaneBase):
     kind = "io"
+    advisor: Advisor | None = None  # set by the Scheduler (kind advice)
 
     def __init__(self, capacity: int) -> None:
         super().__init__()
@@ -117,6 +120,19 @@ class IoLane(LaneBase):
         self.stats = LaneStats("io", capacity, live=self._live)
         self._slots: dict[object, _Slots] = {}
         self.check_task = CachedCheck(check_io_task, trusted=frozenset({CoroutineType}))
+        self._lag_sampled: set[object] = set()  # loops with a lag sampler running
+
+    def claim_lag_sampler(self, key: object) -> bool:
+        """True if the caller should sample this loop's lag (one sampler per loop)."""
+        with self._lock:
+            if key in self._lag_sampled:
+                return False
+            self._lag_sampled.add(key)
+            return True
+
+    def release_lag_sampler(self, key: object) -> None:
+        with self._lock:
+            self._lag_sampled.discard(key)
 
     def _live(self) -> tuple[int, int]:
         runs = self.runs()
@@ -184,12 +200,23 @@ class _IoBatch:
 
     async def run(self) -> None:
         batch = self.batch
+        stats = self.lane.stats
+        key = batch.loop.key
+        sampling = self.lane.claim_lag_sampler(key)  # the loop-lag figure
+        advisor = self.lane.advisor  # kind advice: watch the loop for tasks that hold it
+        watching = (
+            None
+            if advisor is None
+            else advisor.watch_loop(key, batch.loop.call_soon_threadsafe, _RUNNER_CODES)
+        )
         try:
             async with anyio.create_task_group() as outer:
                 if batch.timeout is not None:
                     outer.start_soon(
                         watch, self.deadlines, self._expired, batch.loop.clock, batch.timeout
                     )
+                if sampling:
+                    outer.start_soon(sample_loop_lag, stats, batch.loop.clock)
                 async with worker_group(batch.loop.backend) as spawn:
                     self.spawn = spawn
                     await self._refill()
@@ -200,7 +227,11 @@ class _IoBatch:
             for task in self.ready:
                 close_if_coroutine(task)
             self.ready.clear()
-            self.lane.stats.merge(self.tally)
+            if sampling:
+                self.lane.release_lag_sampler(key)
+            if watching is not None:
+                watching.close()
+            stats.merge(self.tally)
 
     def _grow(self) -> None:
         """Make sure a worker is on its way while tasks wait, up to ``limit``.
@@ -314,6 +345,10 @@ class _IoBatch:
         completed = 0
         run_total = 0.0
         run_max = 0.0
+        # Run times for the percentiles: appended here, bucketed in bulk at each flush
+        # (an append costs a fraction of bucketing one value inline).
+        times: list[float] = []
+        keep = times.append
         ready = self.ready
         top = self.top
         pop = ready.pop
@@ -352,6 +387,7 @@ class _IoBatch:
                     run_total += elapsed
                     if elapsed > run_max:
                         run_max = elapsed
+                    keep(elapsed)
                     completed += 1
                     emit_ok(index, value)
                     if completed >= _FLUSH_EVERY:
@@ -359,6 +395,7 @@ class _IoBatch:
                         tally.run_count += completed
                         tally.run_total += run_total
                         tally.run_max = max(tally.run_max, run_max)
+                        record_all(tally.run_hist, times)
                         completed = 0
                         run_total = run_max = 0.0
                         self.lane.stats.merge(tally)
@@ -367,6 +404,7 @@ class _IoBatch:
             tally.run_count += completed
             tally.run_total += run_total
             tally.run_max = max(tally.run_max, run_max)
+            record_all(tally.run_hist, times)
 
     async def _work(self, worker: _Worker) -> None:
         """Run tasks until the input ends.
@@ -387,6 +425,8 @@ class _IoBatch:
         run_count = 0
         run_total = 0.0
         run_max = 0.0
+        times: list[float] = []  # run times, bucketed in bulk (see `_work_plain`)
+        keep = times.append
         index = -1
         more = True
         try:
@@ -421,6 +461,7 @@ class _IoBatch:
                             run_total += elapsed
                             if elapsed > run_max:
                                 run_max = elapsed
+                            keep(elapsed)
                             if worker.timed_out:
                                 break  # overran, then raised on its way out: a timeout
                             if timeout is not None:
@@ -436,6 +477,7 @@ class _IoBatch:
                             run_total += elapsed
                             if elapsed > run_max:
                                 run_max = elapsed
+                            keep(elapsed)
                             if worker.timed_out:
                                 break  # overran, swallowed the cancellation: a timeout
                             if timeout is not None:
@@ -447,6 +489,7 @@ class _IoBatch:
                                 tally.run_count += run_count
                                 tally.run_total += run_total
                                 tally.run_max = max(tally.run_max, run_max)
+                                record_all(tally.run_hist, times)
                                 completed = run_count = 0
                                 run_total = run_max = 0.0
                                 self.lane.stats.merge(tally)
@@ -460,6 +503,7 @@ class _IoBatch:
             tally.run_count += run_count
             tally.run_total += run_total
             tally.run_max = max(tally.run_max, run_max)
+            record_all(tally.run_hist, times)
 
     def _expired(self, worker: _Worker) -> None:
         """The watchdog's verdict: cancel the overrunning worker's scope, and only it."""
@@ -480,3 +524,7 @@ def _awaitable(index: int, task: Any) -> Any:
             "for sync code"
         )
     return awaitable
+
+
+# The frames that await a task: the advice watchdog looks just inside them.
+_RUNNER_CODES = (_IoBatch._work.__code__, _IoBatch._work_plain.__code__)

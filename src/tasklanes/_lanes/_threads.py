@@ -29,6 +29,7 @@ from typing import Any
 
 import anyio
 
+from .._advice import Advisor, ThreadMeter  # observe
 from .._batch import Batch
 from .._cancel import Ticket, set_current_ticket
 from .._errors import TaskTimeout, closed_error
@@ -66,6 +67,8 @@ class _ThreadJob:
 class ThreadPool:
     """Worker threads, started on demand up to ``capacity``, shared by every loop."""
 
+    advisor: Advisor | None = None  # observe: set by the lane (kind advice)
+
     def __init__(self, capacity: int, name: str = "tasklanes-blocking") -> None:
         self.capacity = capacity
         self._name = name
@@ -94,18 +97,24 @@ class ThreadPool:
     def _main(self) -> None:
         cond = self._cond
         jobs = self._jobs
-        while True:
-            with cond:
-                while not jobs:
-                    if self._closed:
-                        return
-                    self._idle += 1
-                    cond.wait()
-                    self._idle -= 1
-                job = jobs.popleft()
-            self._serve(job)
+        # observe: kind advice measures each task's thread CPU time
+        meter = ThreadMeter(self.advisor) if self.advisor is not None else None
+        try:
+            while True:
+                with cond:
+                    while not jobs:
+                        if self._closed:
+                            return
+                        self._idle += 1
+                        cond.wait()
+                        self._idle -= 1
+                    job = jobs.popleft()
+                self._serve(job, meter)
+        finally:
+            if meter is not None:  # observe
+                meter.close()
 
-    def _serve(self, job: _ThreadJob) -> None:
+    def _serve(self, job: _ThreadJob, meter: ThreadMeter | None = None) -> None:
         """Run ``job``'s ready tasks until it has none, or until another job waits."""
         lock = job.lock
         ready = job.ready
@@ -123,6 +132,7 @@ class ThreadPool:
                 if job.timed:
                     job.started.append((start, ticket))
             set_current_ticket(ticket)
+            mark = meter.start() if meter is not None else None  # observe
             try:
                 value = fn()
                 ok = True
@@ -132,6 +142,8 @@ class ThreadPool:
             finally:
                 set_current_ticket(None)
             end = _monotonic()
+            if mark is not None:  # observe: advise kind="cpu" if it computed
+                meter.stop(fn, mark)  # type: ignore[union-attr]
             with lock:
                 del running[ticket]
             inbox.put((ticket, ok, value, start - queued_at, end - start))
@@ -168,16 +180,22 @@ class ThreadPool:
 
 class ThreadLane(LaneBase):
     kind = "blocking"
+    advisor: Advisor | None = None  # observe: set by the Scheduler (kind advice)
 
     def __init__(self, capacity: int) -> None:
         super().__init__()
         self.capacity = capacity
-        self.stats = LaneStats("blocking", capacity, live=self._live)
+        self.stats = LaneStats("blocking", capacity, live=self._live, threads=self._threads_alive)
         self.check_task = CachedCheck(self._check)
 
     def _live(self) -> tuple[int, int]:
         jobs = [run.job for run in self.runs()]
         return sum(len(j.running) for j in jobs), sum(len(j.ready) for j in jobs)
+
+    def _threads_alive(self) -> int:
+        """Threads alive, an overload figure for `stats()`."""
+        pool: ThreadPool | None = self._resource
+        return 0 if pool is None else sum(t.is_alive() for t in list(pool._threads))
 
     @staticmethod
     def _check(task: object, index: int) -> None:
@@ -186,7 +204,12 @@ class ThreadLane(LaneBase):
     @property
     def pool(self) -> ThreadPool:
         """The lane's threads, started on first use; ``RuntimeError`` once closed."""
-        return self.resource(lambda: ThreadPool(self.capacity))
+        return self.resource(self._make_pool)
+
+    def _make_pool(self) -> ThreadPool:
+        pool = ThreadPool(self.capacity)
+        pool.advisor = self.advisor
+        return pool
 
     def owns_current_thread(self) -> bool:
         """The calling thread is one of this lane's workers (see `_nested`)."""

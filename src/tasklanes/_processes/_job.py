@@ -58,6 +58,7 @@ class JobCore:
         "queue",
         "requeue",
         "run_count",
+        "run_hist",
         "run_max",
         "run_total",
         "settled",
@@ -92,6 +93,7 @@ class JobCore:
         self.run_count = 0
         self.run_total = 0.0
         self.run_max = 0.0
+        self.run_hist: dict[int, int] = {}  # run-time histogram (see `tasklanes._stats`)
 
 
 class PoolJob:
@@ -193,3 +195,8 @@ class PoolJob:
     @property
     def run_max(self) -> float:
         return self._core.run_max
+
+    @property
+    def run_hist(self) -> dict[int, int]:
+        """Run-time histogram of the finished chunks (each task counted at its chunk's mean)."""
+        return self._core.run_hist

@@ -9,9 +9,4 @@ import logging
 __all__ = ["log"]
 
 log = logging.getLogger("tasklanes.processes")
-
-# A library adds no handler but a NullHandler (so that, unconfigured, logging does not
-# fall back to printing warnings on stderr). Once, on the package's logger.
-_root = logging.getLogger("tasklanes")
-if not any(isinstance(h, logging.NullHandler) for h in _root.handlers):
-    _root.addHandler(logging.NullHandler())
+# (The package's `__init__` gives the "tasklanes" logger its NullHandler, once.)

@@ -11,6 +11,7 @@ import os
 import pickle
 from typing import Any
 
+from .._stats import record
 from ._log import log
 from ._protocol import RECORD_LEN, SECONDS, TAG_OK, TAG_OK_MANY, TAG_OTHER
 from ._state import ManagerState
@@ -235,6 +236,7 @@ class ResultReader(ManagerState):
             job.run_total += seconds
             if mean > job.run_max:
                 job.run_max = mean
+            record(job.run_hist, mean, count)  # percentiles, per chunk
         if not w.inflight:
             job.holders -= 1
             w.job = None
