@@ -43,6 +43,14 @@ def expected_cases() -> set[str]:
         cases |= {"dask.trivial", "dask.heavy"}
     if have("joblib"):
         cases.add("cpu.warm_vs_fresh")
+    # Issue 14's floor group.
+    cases |= {"floor.io.gen", "floor.io.list", "floor.io.sleep10ms", "floor.cpu.warm_gen",
+              "floor.cpu.warm_list", "floor.cpu.oneshot", "floor.cpu.oneshot_heavy",
+              "floor.cpu.big_result", "floor.cpu.big_result_mem"}
+    if have("distributed"):
+        cases.add("floor.dask")
+    if have("uvicorn") and have("httpx") and have("starlette"):
+        cases.add("web.offload_p99")
     return cases
 
 
@@ -88,6 +96,10 @@ def test_quick_run_has_every_case_with_positive_figures(quick_run: tuple[Path, s
         issue4 += ["cpu.warm_vs_fresh", "cpu.cold"]
     for case_id in issue4:
         assert (case_id, "issue 4") in targets, case_id
+    issue14 = {case_id for case_id in expected_cases() if case_id.startswith(("floor.", "web."))}
+    for case_id in issue14 - {"floor.cpu.big_result_mem"}:
+        assert (case_id, "issue 14") in targets, case_id
+    assert positive(cases["floor.cpu.big_result_mem"]["results"]["tasklanes"]["median"])
     # The crash case: tasklanes delivers every other task.
     assert cases["cpu.crash"]["results"]["tasklanes"]["median"] == 39
     for lane in ("io", "blocking", "cpu"):
