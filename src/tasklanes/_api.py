@@ -5,15 +5,17 @@ from __future__ import annotations
 import functools
 import threading
 from collections.abc import AsyncIterable, Awaitable, Callable, Coroutine, Iterable
-from typing import Any, Literal, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, overload
 
-import anyio
-
-from ._backend import LoopHandle, current_backend
-from ._batch import BatchIterator
-from ._lanes._inbox import Inbox
-from ._progress import ProgressArg
-from ._scheduler import Scheduler, scheduler_or_default
+# The machinery (anyio, asyncio, the scheduler and its lanes) is imported on first
+# use, not here. Why: ``from tasklanes import run_all_sync`` at the top of a script
+# is re-run by the cpu lane's forkserver, which preloads the script to fork workers
+# from it; the workers never need that machinery, and a one-shot script waits for
+# the forkserver before its first task runs.
+if TYPE_CHECKING:
+    from ._batch import BatchIterator
+    from ._progress import ProgressArg
+    from ._scheduler import Scheduler
 
 __all__ = ["amap", "as_completed", "run_all", "run_all_sync"]
 
@@ -22,6 +24,12 @@ A = TypeVar("A")
 
 IoTask = Awaitable[T] | Callable[[], Awaitable[T]]
 Tasks = Iterable[T] | AsyncIterable[T]
+
+
+def scheduler_or_default(scheduler: Scheduler | None) -> Scheduler:
+    from ._scheduler import scheduler_or_default as resolve
+
+    return resolve(scheduler)
 
 
 # -- run_all ------------------------------------------------------------------------
@@ -275,6 +283,8 @@ def amap(
 
 
 def _in_event_loop() -> bool:
+    from ._backend import current_backend
+
     try:
         current_backend()
     except RuntimeError:
@@ -283,6 +293,8 @@ def _in_event_loop() -> bool:
 
 
 def run_sync(async_fn: Callable[..., Coroutine[Any, Any, T]], *args: Any) -> T:
+    import anyio
+
     if _in_event_loop():
         raise RuntimeError(
             "run_all_sync() cannot be called from inside a running event loop: "
@@ -372,6 +384,11 @@ async def run_in_fresh_thread(fn: Callable[[], T]) -> T:
     For rare, slow housekeeping (closing a Scheduler joins threads and processes);
     a fresh thread is joined before returning, so nothing is left behind.
     """
+    import anyio
+
+    from ._backend import LoopHandle
+    from ._lanes._inbox import Inbox
+
     inbox = Inbox(LoopHandle())
     outcome: list[Any] = []
 
