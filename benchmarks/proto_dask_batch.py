@@ -12,6 +12,10 @@ tasklanes' executor lane (``Scheduler(cpu_executor=client.get_executor())``) cal
 * ``client.map in chunks of k``: the batched shape a lane could use -- one
   ``client.map`` (one message to the scheduler) per chunk of k tasks, each task its
   own future, so per-task results, errors and streaming stay as they are;
+* ``one client.map, as_completed per future``: one message, per-task completion
+  handling (what a lane that keeps per-task outcomes would pay);
+* ``results in batches``: futures as above, results fetched with
+  ``as_completed(with_results=True).batches()`` (one transfer for many futures);
 * ``client.map + gather``: issue 14's yardstick.
 """
 
@@ -89,6 +93,24 @@ def chunked_map(client: Any, n: int, chunk: int, window_chunks: int = 4) -> list
     return results
 
 
+def map_batched_results(client: Any, n: int, chunk: int) -> list[Any]:
+    """``client.map`` per chunk of ``chunk`` tasks, all submitted at once; results
+    fetched in batches as they complete (``as_completed(with_results=True).batches()``:
+    one transfer for many futures, instead of one ``future.result()`` round trip each)."""
+    from distributed import as_completed
+
+    results: list[Any] = [None] * n
+    index: dict[Any, int] = {}
+    for start in range(0, n, chunk):
+        ids = list(range(start, min(n, start + chunk)))
+        for i, fut in zip(ids, client.map(B.inc, ids, pure=False), strict=True):
+            index[fut] = i
+    for batch in as_completed(list(index), with_results=True).batches():
+        for fut, value in batch:
+            results[index[fut]] = value  # a failed task would arrive as its exception
+    return results
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--n", type=int, default=200)
@@ -108,6 +130,12 @@ def main() -> int:
         "submit all (window n)": lambda: windowed_submit(executor, n, n),
         "client.map in chunks of 25, 4 chunks in flight": lambda: chunked_map(client, n, 25),
         "client.map in chunks of 50, 4 chunks in flight": lambda: chunked_map(client, n, 50),
+        "client.map in 2 blocks of n/2, both in flight":
+            lambda: chunked_map(client, n, -(-n // 2), 2),
+        "one client.map, as_completed per future": lambda: chunked_map(client, n, n, 1),
+        "one client.map, results in batches as completed":
+            lambda: map_batched_results(client, n, n),
+        "client.map in chunks of 50, results in batches": lambda: map_batched_results(client, n, 50),
         "client.map + gather (yardstick)":
             lambda: client.gather(client.map(B.inc, range(n), pure=False)),
     }
