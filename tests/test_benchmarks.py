@@ -43,6 +43,14 @@ def expected_cases() -> set[str]:
         cases |= {"dask.trivial", "dask.heavy"}
     if have("joblib"):
         cases.add("cpu.warm_vs_fresh")
+    # Issue 14's floor group.
+    cases |= {"floor.io.gen", "floor.io.list", "floor.io.sleep10ms", "floor.cpu.warm_gen",
+              "floor.cpu.warm_list", "floor.cpu.warm_amap", "floor.cpu.oneshot", "floor.cpu.oneshot_heavy",
+              "floor.cpu.big_result", "floor.cpu.big_result_mem"}
+    if have("distributed"):
+        cases.add("floor.dask")
+    if have("uvicorn") and have("httpx") and have("starlette"):
+        cases.add("web.offload_p99")
     return cases
 
 
@@ -88,6 +96,14 @@ def test_quick_run_has_every_case_with_positive_figures(quick_run: tuple[Path, s
         cpu_targets += ["cpu.warm_vs_fresh", "cpu.cold"]
     for case_id in cpu_targets:
         assert (case_id, "0.1.0 target") in targets, case_id
+    floor = {case_id for case_id in expected_cases() if case_id.startswith(("floor.", "web."))}
+    for case_id in floor - {"floor.cpu.warm_amap"}:  # a reference row, no target
+        assert (case_id, "0.2.0 target") in targets, case_id
+    assert positive(cases["floor.cpu.big_result_mem"]["results"]["tasklanes"]["median"])
+    if "web.offload_p99" in cases:  # the web ratio is the web group's own figures
+        modes = res["web"]["modes"]
+        ratio = modes['@offload(kind="cpu")']["p99_ms"] / modes["no load"]["p99_ms"]
+        assert cases["web.offload_p99"]["targets"][0]["ratio"] == pytest.approx(ratio)
     # The crash case: tasklanes delivers every other task.
     assert cases["cpu.crash"]["results"]["tasklanes"]["median"] == 39
     for lane in ("io", "blocking", "cpu"):
