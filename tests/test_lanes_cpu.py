@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import anyio
@@ -35,6 +36,43 @@ async def wait_for_file(path: Path, seconds: float = 10.0) -> str:
         while not path.exists() or not path.read_text():
             await anyio.sleep(0.01)
     return path.read_text()
+
+
+START_METHODS = [
+    pytest.param(
+        "fork",
+        # Python 3.12+ warns when fork() runs while threads are alive; a pool with
+        # mp_context="fork" always has its own (docs/start-methods.md). Only that
+        # warning is let through; everything else still fails the test.
+        marks=pytest.mark.filterwarnings(
+            r"ignore:This process \(pid=\d+\) is multi-threaded, use of fork\(\) may lead "
+            r"to deadlocks in the child:DeprecationWarning"
+        ),
+        id="fork",
+    ),
+    pytest.param("forkserver", id="forkserver"),
+    pytest.param("spawn", id="spawn"),
+]
+
+
+@pytest.fixture(params=START_METHODS)
+def each_start_method(request: pytest.FixtureRequest) -> Iterator[Scheduler]:
+    """A scheduler per start method, for the tests that must hold under all three."""
+    with Scheduler(mp_context=request.param) as sched:
+        yield sched
+
+
+async def test_every_start_method_runs_tasks(each_start_method: Scheduler) -> None:
+    # Regression (issue 10, hazard 7): under "fork" every worker died at start with
+    # "memoryview: a bytes-like object is required, not 'SharedBlock'".
+    results = await run_all(
+        [call(T.double, i) for i in range(200)], kind="cpu", scheduler=each_start_method
+    )
+    assert results == [2 * i for i in range(200)]
+    pids = await run_all(
+        [call(T.getpid_sleep, 0.05) for _ in range(6)], kind="cpu", scheduler=each_start_method
+    )
+    assert os.getpid() not in pids
 
 
 async def test_results_in_order(scheduler: Scheduler) -> None:
