@@ -49,6 +49,15 @@ from typing import Any
 from .._call import Call
 from .._errors import TaskTimeout, WorkerCrashed, closed_error
 from . import _worker
+from ._context import (
+    WORKER_NAME,
+    default_context,
+    refuse_while_importing_main,
+    start_process,
+    worker_exit_error,
+    worker_target,
+)
+from ._pickling import dumps_chunk, dumps_task
 from ._protocol import (
     CHUNK_HEADER,
     FRAME_HEADER,
@@ -90,11 +99,8 @@ SPAWN_RETRY_SECONDS = 0.5
 # imports the main module, which then tries to start workers itself.
 SPAWN_GIVE_UP = 3
 _READ_SIZE = 1 << 20
-_WORKER_MODULE = _worker.__name__
 
-_dumps = pickle.dumps
 _loads = pickle.loads
-_PROTOCOL = pickle.HIGHEST_PROTOCOL
 _unpack_len = FRAME_HEADER.unpack_from
 _unpack_long = FRAME_HEADER_LONG.unpack_from
 _unpack_seconds = SECONDS.unpack_from
@@ -103,30 +109,6 @@ _MANY_SIZE = MANY_HEADER.size
 _unpack_record = RECORD_LEN.unpack_from
 _REC = RECORD_LEN.size
 _partial = functools.partial
-
-
-def default_context() -> BaseContext:
-    """The start method the pool uses unless told otherwise.
-
-    ``forkserver`` on Linux: safe with threads in the parent (unlike ``fork``), and a
-    worker starts in milliseconds because the server has already imported the worker
-    module (we add it to the server's preload list). ``spawn`` elsewhere.
-
-    ``multiprocessing.get_context("forkserver")`` is a process-wide singleton, and so is
-    its server, so the preload list we extend is shared with any other user of that
-    context. That is harmless: we keep the modules already listed and only add our
-    import-light worker module; and if the server already runs, the call has no effect.
-    """
-    if not sys.platform.startswith("linux"):
-        return multiprocessing.get_context("spawn")
-    ctx = multiprocessing.get_context("forkserver")
-    from multiprocessing import forkserver
-
-    server = getattr(forkserver, "_forkserver", None)
-    current = list(getattr(server, "_preload_modules", None) or ["__main__"])
-    if _WORKER_MODULE not in current:
-        ctx.set_forkserver_preload([*current, _WORKER_MODULE])
-    return ctx
 
 
 class PoolJob:
@@ -251,7 +233,7 @@ def _encode(items: list[tuple[int, Callable[[], object]]]) -> bytes:
                 break
             append(t.args)
         else:
-            return _dumps((fn, args), _PROTOCOL)
+            return dumps_chunk(fn, args)
     elif type(first) is Call:
         fn = first.fn
         for _, t in items:
@@ -259,8 +241,8 @@ def _encode(items: list[tuple[int, Callable[[], object]]]) -> bytes:
                 break
             append(t.args)
         else:
-            return _dumps((fn, args), _PROTOCOL)
-    return _dumps((None, [t for _, t in items]), _PROTOCOL)
+            return dumps_chunk(fn, args)
+    return dumps_chunk(None, [t for _, t in items])
 
 
 class _Chunk:
@@ -350,9 +332,8 @@ class ProcessPool:
     Nothing starts in the constructor. The first :meth:`open_job` starts the manager
     thread, which starts the workers; the caller does not wait for them.
 
-    ``mp_context`` picks the start method (default: :func:`default_context`). With the
-    ``fork`` method, workers inherit the parent's other pipes, so a worker may not notice
-    its parent's death while it runs a long task; prefer forkserver or spawn.
+    ``mp_context`` picks the start method (default: :func:`default_context`); fork,
+    forkserver and spawn all work (``_context`` says what each needs).
     """
 
     def __init__(self, max_workers: int, mp_context: BaseContext | None = None) -> None:
@@ -421,6 +402,7 @@ class ProcessPool:
             raise ValueError(f"limit must be >= 1, got {limit}")
         if timeout is not None and timeout <= 0:
             raise ValueError(f"timeout must be > 0, got {timeout}")
+        refuse_while_importing_main()
         job = PoolJob(self, limit, timeout, deliver, on_settled)
         with self._lock:
             if self._closed:
@@ -524,13 +506,16 @@ class ProcessPool:
         result_r, result_w = ctx.Pipe(duplex=False)
         block = SharedBlock(SLOT_BYTES + JOURNAL_BYTES)
         try:
-            proc = ctx.Process(  # type: ignore[attr-defined]
-                target=_worker.main,
-                args=(task_r, result_w, self._alive_r, block),
-                name="tasklanes-worker",
-                daemon=True,
+            target, args = worker_target(
+                ctx,
+                _worker.main,
+                (task_r, result_w, self._alive_r, block),
+                (self._alive_w, self._wake_r, self._wake_w, task_w.fileno(), result_r.fileno()),
             )
-            proc.start()
+            proc = ctx.Process(  # type: ignore[attr-defined]
+                target=target, args=args, name=WORKER_NAME, daemon=True
+            )
+            start_process(proc)
         except BaseException:
             for conn in (task_r, task_w, result_r, result_w):
                 conn.close()
@@ -1058,7 +1043,7 @@ class ProcessPool:
         good = []
         for index, task in items:
             try:
-                _dumps(task, _PROTOCOL)
+                dumps_task(task)
             except Exception as exc:
                 error = TypeError(f"task {index} could not be pickled: {exc!r}")
                 error.__cause__ = exc
@@ -1153,9 +1138,7 @@ class ProcessPool:
             self._stats["crashed"] += 1
         if crashed and not w.ready and not self._closing:
             self._spawn_failures += 1
-            self._spawn_error = RuntimeError(
-                f"a worker process exited (code {exitcode}) before it was ready"
-            )
+            self._spawn_error = worker_exit_error(exitcode)
         # The task that was running takes the blame for a crash; every task after it
         # runs again elsewhere. (Outcomes it held were read from its journal above, so
         # the running task is normally the first without an outcome. If none was
@@ -1231,10 +1214,7 @@ class ProcessPool:
                 index, _ = job._queue.popleft()
                 error = RuntimeError(
                     f"task {index} did not run: tasklanes could not start a worker process "
-                    f"({self._spawn_failures} attempts in a row failed; last: {cause!r}). "
-                    "If this runs from a script, put the code that starts the work under "
-                    "'if __name__ == \"__main__\":' -- worker processes import the main "
-                    "module."
+                    f"({self._spawn_failures} attempts in a row failed; last: {cause})"
                 )
                 error.__cause__ = cause
                 job._out.append((index, False, error))

@@ -133,12 +133,16 @@ def main(tasks: Connection, results: Connection, alive: Connection, block: mmap.
                 payload = _OTHER + _other_payload(_with_traceback(("error", seconds), exc))
             else:
                 now = clock()
+                data: bytes | None
                 try:
                     data = dumps(value, _PROTOCOL)
                 except BaseException as exc:
-                    seconds = now - started if k == last else None
-                    payload = _OTHER + _other_payload(("bad_result", seconds, _describe(exc)))
-                else:
+                    # A class of a task sent by value: cloudpickle can send it back.
+                    data = _result_by_value(value)
+                    if data is None:
+                        seconds = now - started if k == last else None
+                        payload = _OTHER + _other_payload(("bad_result", seconds, _describe(exc)))
+                if data is not None:
                     if held.add(data, now):
                         payload = None  # held: goes with the next flush
                     elif k == last:  # too big to hold: goes alone
@@ -265,6 +269,12 @@ def _read_queued(
     except (EOFError, OSError):
         stop = True
     return ids, stop
+
+
+def _result_by_value(value: object) -> bytes | None:
+    from ._pickling import result_by_value  # only paid when a result does not pickle
+
+    return result_by_value(value)
 
 
 def _describe(exc: BaseException) -> str:
