@@ -66,7 +66,7 @@ def dumps_chunk(fn: object, seq: list[Any]) -> bytes:
         data = _by_value_dumps(obj, exc)
         _remember_if_needed(fn)
         return data
-    if _MAIN_REFERENCE in data and not main_is_importable():
+    if not main_is_importable() and _MAIN_REFERENCE in data:
         data = _by_value_dumps(obj, None)
         _remember_if_needed(fn)
     return data
@@ -79,7 +79,7 @@ def dumps_task(task: object) -> bytes:
         data = _plain(task, _PROTOCOL)
     except Exception as exc:
         return _by_value_dumps(task, exc)
-    if _MAIN_REFERENCE in data and not main_is_importable():
+    if not main_is_importable() and _MAIN_REFERENCE in data:
         return _by_value_dumps(task, None)
     return data
 
@@ -215,7 +215,7 @@ def _remember_if_needed(fn: object) -> None:
     except Exception:
         _remember(fn)
         return
-    if _MAIN_REFERENCE in data and not main_is_importable():
+    if not main_is_importable() and _MAIN_REFERENCE in data:
         _remember(fn)
 
 
