@@ -121,3 +121,15 @@ def test_wrong_kind_for_the_function_is_refused_at_decoration() -> None:
         offload(kind="gpu")  # type: ignore[call-overload]
     with pytest.raises(ValueError, match=">= 1"):
         offload(limit=0)
+
+
+async def test_a_cpu_offload_defined_inside_a_function_travels_by_value() -> None:
+    # No name a worker could import it by: the original goes by value (cloudpickle).
+    factor = 3
+
+    @offload(kind="cpu")
+    def scale(x: int) -> int:
+        return x * factor
+
+    assert await scale(2) == 6
+    assert await scale.map(range(4)) == [0, 3, 6, 9]

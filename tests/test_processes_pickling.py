@@ -212,7 +212,15 @@ def test_a_result_of_a_class_sent_by_value_comes_back_as_that_class() -> None:
 SESSION = """
 import sys
 from dataclasses import dataclass
-from tasklanes import Scheduler, call
+
+import anyio
+from tasklanes import Scheduler, call, offload
+
+sched = Scheduler(mp_context=sys.argv[-1])
+
+@offload(kind="cpu", scheduler=sched)
+def cube(x):
+    return x ** 3
 
 @dataclass
 class Point:
@@ -229,7 +237,11 @@ def make_adder(n):
 def to_point(x):
     return Point(x)
 
-with Scheduler(mp_context=sys.argv[-1]) as sched:
+async def offloaded():
+    return await cube(2), await cube.map(range(3))
+
+with sched:
+    assert anyio.run(offloaded) == (8, [0, 1, 8])
     assert sched.run_all_sync([call(square, i) for i in range(5)], kind="cpu") == [0, 1, 4, 9, 16]
     assert sched.run_all_sync([lambda i=i: i + 1 for i in range(3)], kind="cpu") == [1, 2, 3]
     assert sched.run_all_sync([call(make_adder(10), 1)], kind="cpu") == [11]

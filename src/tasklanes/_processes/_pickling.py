@@ -32,7 +32,14 @@ from typing import Any
 
 from ._context import describe_main, main_is_importable
 
-__all__ = ["EXTRA_HINT", "check_task_function", "dumps_chunk", "dumps_task", "result_by_value"]
+__all__ = [
+    "EXTRA_HINT",
+    "check_task_function",
+    "dumps_chunk",
+    "dumps_task",
+    "importable_by_name",
+    "result_by_value",
+]
 
 EXTRA_HINT = "pip install 'tasklanes[interactive]'"
 
@@ -130,6 +137,18 @@ def check_task_function(task: object, index: int) -> None:
             f"does not pickle, even by value ({exc})"
         ) from exc
     _remember(fn)
+
+
+def importable_by_name(module: str | None, qualname: str) -> bool:
+    """Whether a worker process can import `module.qualname` by name.
+
+    Not for a lambda or what is defined inside a function, nor for what an
+    interactive `__main__` defines (see
+    [main_is_importable][tasklanes._processes._context.main_is_importable]).
+    """
+    if not module or "<locals>" in qualname or "<lambda>" in qualname:
+        return False
+    return module != "__main__" or main_is_importable()
 
 
 def result_by_value(value: object) -> bytes | None:
