@@ -237,6 +237,12 @@ def make_adder(n):
 def to_point(x):
     return Point(x)
 
+class Oops(Exception):
+    pass
+
+def fail(message):
+    raise Oops(message)
+
 async def offloaded():
     return await cube(2), await cube.map(range(3))
 
@@ -247,6 +253,13 @@ with sched:
     assert sched.run_all_sync([call(make_adder(10), 1)], kind="cpu") == [11]
     points = sched.run_all_sync([call(to_point, 2)], kind="cpu")
     assert points == [Point(2)] and type(points[0]) is Point
+    try:
+        sched.run_all_sync([call(fail, "no luck")], kind="cpu")
+    except Oops as exc:  # the session's own class, not a stand-in
+        assert str(exc) == "no luck"
+        assert "Traceback in worker process" in exc.__notes__[0]
+    else:
+        raise AssertionError("Oops was not raised")
 print("session ok")
 """
 

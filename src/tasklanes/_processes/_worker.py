@@ -306,6 +306,15 @@ def _with_traceback(head: tuple[object, ...], exc: BaseException) -> tuple[objec
         return (*head, exc, text)
     except BaseException:
         pass
+    try:
+        # An exception class sent by value (defined in a notebook, say) goes back the
+        # same way (_other_payload).
+        data = _result_by_value(exc)
+        if data is not None:
+            _loads(data)
+            return (*head, exc, text)
+    except BaseException:
+        pass
     cls = type(exc)
     try:
         message = str(exc)
@@ -316,7 +325,13 @@ def _with_traceback(head: tuple[object, ...], exc: BaseException) -> tuple[objec
 
 
 def _other_payload(message: tuple[object, ...]) -> bytes:
-    return _dumps(message, _PROTOCOL)
+    try:
+        return _dumps(message, _PROTOCOL)
+    except BaseException:
+        data = _result_by_value(message)  # checked by _with_traceback: it goes by value
+        if data is None:
+            raise
+        return data
 
 
 def _send_other(fd: int, message: tuple[object, ...]) -> None:
