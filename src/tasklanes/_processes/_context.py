@@ -229,6 +229,13 @@ def worker_target(
     """
     if ctx.get_start_method() != "fork":
         return target, args
+    # A fork made while another thread is inside an import leaves that module's import
+    # lock held, forever, in the child: the child hangs on its first use of the module.
+    # Our own threads import cloudpickle lazily (the first task sent by value), and the
+    # worker needs it to load such a task, so finish that import here, on the thread
+    # that forks, before it does (it waits for an import under way elsewhere).
+    with contextlib.suppress(ImportError):
+        import cloudpickle  # type: ignore[import-untyped]  # noqa: F401
     return _run_forked, (tuple(parent_fds), target, args)
 
 
