@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -128,3 +129,17 @@ def test_quick_run_writes_the_markdown_table_and_plots(quick_run: tuple[Path, st
     else:
         assert "plots skipped" in log
     assert "Traceback" not in log
+
+
+def test_start_methods_benchmark_measures_each_method() -> None:
+    """benchmarks/bench_start_methods.py (quoted in docs/start-methods.md) still runs."""
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "bench_start_methods.py"), "--rounds", "1"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    rows = [line for line in proc.stdout.splitlines() if line.startswith("| ")]
+    assert [row.split("|")[1].strip() for row in rows[1:]] == ["fork", "forkserver", "spawn"]
+    for row in rows[1:]:
+        figures = [float(m) for m in re.findall(r"(\d+) ms", row)]
+        assert len(figures) == 4 and all(f > 0 for f in figures[:3]), row
