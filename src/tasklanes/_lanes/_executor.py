@@ -253,7 +253,12 @@ class _DaskBatch:
         self.client: Any = executor._client
         # The executor's own options (workers=, resources=, retries=, pure=...) apply;
         # pure=False unless it says otherwise, as for tasklanes' own pool: every task runs.
-        self.options: dict[str, Any] = {"pure": False, **getattr(executor, "_kwargs", {})}
+        # Keys read "tasklanes-cpu-..." on the dashboard.
+        self.options: dict[str, Any] = {
+            "pure": False,
+            "key": "tasklanes-cpu",
+            **getattr(executor, "_kwargs", {}),
+        }
         self.inbox = Inbox(batch.loop)
         # id(future) -> (future, index, submitted at, task)
         self.futures: dict[int, tuple[Any, int, float, object]] = {}
