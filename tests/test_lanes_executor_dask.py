@@ -111,6 +111,17 @@ async def wait_released(client: Any) -> list[str]:
     return our_keys(client)
 
 
+async def wait_idle(client: Any) -> None:
+    """Wait until no task runs on the cluster: a task a test timed out or cancelled
+    runs on to its end there (Dask cannot stop it), and would hold a worker."""
+    def executing(dask_worker: Any) -> int:  # cloudpickled by value to the workers
+        return len(dask_worker.state.executing)
+
+    with anyio.move_on_after(30):
+        while any(client.run(executing).values()):
+            await anyio.sleep(0.05)
+
+
 @pytest.mark.timeout(120)
 async def test_dask_results_in_input_order(dask_client: Any) -> None:
     with Scheduler(cpu_executor=dask_client.get_executor()) as sched:
@@ -155,6 +166,7 @@ async def test_dask_a_task_that_does_not_pickle_fails_alone(dask_client: Any) ->
 
 @pytest.mark.timeout(120)
 async def test_dask_a_timed_out_task_is_cancelled_on_the_cluster(dask_client: Any) -> None:
+    await wait_idle(dask_client)
     # Two tasks for two idle workers: Dask places them side by side (a third could
     # queue behind the slow one, and a timeout counts from submission).
     tasks = [call(T.sleep_return, 3, "slow"), call(T.double, 2)]
@@ -172,6 +184,7 @@ async def test_dask_a_timed_out_task_is_cancelled_on_the_cluster(dask_client: An
 
 @pytest.mark.timeout(120)
 async def test_dask_cancelling_the_caller_cancels_the_batch(dask_client: Any) -> None:
+    await wait_idle(dask_client)
     tasks = [call(T.sleep_return, 2, i) for i in range(12)]  # 12 s of work on 2 workers
     with Scheduler(cpu_executor=dask_client.get_executor()) as sched:
         with anyio.move_on_after(0.5) as scope:
@@ -187,6 +200,7 @@ async def test_dask_cancelling_the_caller_cancels_the_batch(dask_client: Any) ->
 
 @pytest.mark.timeout(120)
 async def test_dask_streams_results_as_they_finish(dask_client: Any) -> None:
+    await wait_idle(dask_client)
     tasks = [call(T.sleep_return, 4, "slow")] + [call(T.double, i) for i in range(1, 6)]
     with Scheduler(cpu_executor=dask_client.get_executor()) as sched:
         seen = []

@@ -335,10 +335,7 @@ class _DaskBatch:
             deadline = started + batch.timeout
             for future in futures:
                 self.deadlines.add(deadline, id(future))
-        collector = self._as_completed(
-            futures, loop=self.client.loop, with_results=True, raise_errors=False
-        )
-        self.client.loop.add_callback(self._collect, collector)
+        self.client.loop.add_callback(self._collect, futures)
 
     def _drop_unpicklable(
         self, indexes: list[int], tasks: list[object], exc: Exception
@@ -359,16 +356,45 @@ class _DaskBatch:
             return [], []
         return keep_indexes, keep
 
-    async def _collect(self, collector: Any) -> None:
-        """On the client's loop: hand outcomes over as they finish, many at a time."""
+    async def _collect(self, futures: list[Any]) -> None:
+        """On the client's loop: hand the outcomes of one map over as they finish,
+        all those that finished together at once, their results fetched in one
+        ``gather`` (a request per future, as ``as_completed(with_results=True)`` and
+        ``ClientExecutor`` make, costs ~1.3-1.6x ``client.map`` + ``gather``)."""
         try:
-            async for first in collector:
-                items = [first]
-                items.extend(collector.next_batch(block=False))
-                self._post(items)
+            finishing = self._as_completed(futures, loop=self.client.loop)
+            async for first in finishing:
+                done = [first, *finishing.next_batch(block=False)]
+                self._post(await self._outcomes(done))
         except Exception as exc:  # not a task's error (those arrive as outcomes)
             log.exception("collecting Dask results failed")
             self._post([_CollectorFailed(exc)])
+
+    async def _outcomes(self, done: list[Any]) -> list[tuple[Any, str, Any]]:
+        """``(future, status, value)`` for futures that are done: a result for
+        ``"finished"``, ``(type, error, traceback)`` for ``"error"``, an exception else."""
+        finished = [f for f in done if f.status == "finished"]
+        out: list[tuple[Any, str, Any]] = []
+        if finished:
+            try:
+                values = await self.client.gather(finished, asynchronous=True)
+            except Exception:  # one was lost meanwhile (its worker died): ask each
+                finished = []
+            else:
+                out.extend(zip(finished, ["finished"] * len(finished), values, strict=True))
+        fetched = {id(f) for f in finished}
+        for future in done:
+            if id(future) in fetched:
+                continue
+            try:
+                # The private coroutine ``as_completed`` awaits too: the error and the
+                # traceback a worker sent, or a cancellation, without a round trip.
+                value = await future._result(raiseit=False)
+            except Exception as exc:
+                out.append((future, "lost", exc))
+            else:
+                out.append((future, future.status, value))
+        return out
 
     def _post(self, items: list[Any]) -> None:
         if self.phase is not _Phase.RUNS:
@@ -387,7 +413,7 @@ class _DaskBatch:
             if isinstance(item, _CollectorFailed):
                 batch.fail(item.error)
                 continue
-            future, result = item
+            future, status, result = item
             key = id(future)
             entry = self.futures.pop(key, None)
             if entry is None:
@@ -398,11 +424,11 @@ class _DaskBatch:
             if key in self.timed_out:
                 self.timed_out.discard(key)
                 continue
-            if future.status == "finished":
+            if status == "finished":
                 tally.completed += 1
                 emit_ok(index, result)
                 continue
-            error = self._error(index, task, future.status, result)
+            error = self._error(index, task, status, result)
             count(tally, classify(False, error))
             batch.emit(index, False, error)
 
@@ -415,10 +441,10 @@ class _DaskBatch:
             if isinstance(exc, _PICKLING_ERRORS) and self.lane.does_not_pickle(task):
                 return pickle_error(index, task, exc)
             return exc
-        # Cancelled by someone else (client.cancel, a restart): the task has no
-        # result. A RuntimeError, not a CancelledError the caller's loop would take
-        # for its own cancellation.
-        err = RuntimeError(f"task {index} was cancelled on the Dask cluster ({status})")
+        # Cancelled by someone else (client.cancel, a restart) or lost with its worker:
+        # the task has no result. A RuntimeError, not a CancelledError the caller's
+        # loop would take for its own cancellation.
+        err = RuntimeError(f"task {index} has no result on the Dask cluster ({status})")
         if isinstance(result, BaseException):
             err.__cause__ = result
         return err
