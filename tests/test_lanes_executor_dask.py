@@ -125,7 +125,7 @@ async def wait_idle(client: Any) -> None:
 @pytest.mark.timeout(120)
 async def test_dask_results_in_input_order(dask_client: Any) -> None:
     with Scheduler(cpu_executor=dask_client.get_executor()) as sched:
-        assert sched.stats()["cpu"].capacity == 64
+        assert sched.stats()["cpu"].capacity == 256
         assert await sched.run_all([call(T.double, i) for i in range(150)], kind="cpu") == [
             2 * i for i in range(150)
         ]

@@ -182,10 +182,10 @@ if __name__ == "__main__":
             assert sched.run_all_sync([lambda: 5], kind="cpu") == [5]
             stats = sched.stats()["cpu"]
             assert (stats.completed, stats.failed) == (21, 1), stats
-        # Without cpu_limit: 64 tasks in flight (tasks and results go in bulk); and
+        # Without cpu_limit: 256 tasks in flight (tasks and results go in bulk); and
         # pure=False, or Dask would compute identical calls only once.
         with Scheduler(cpu_executor=client.get_executor(pure=False)) as sched:
-            assert sched.stats()["cpu"].capacity == 64
+            assert sched.stats()["cpu"].capacity == 256
             assert sched.run_all_sync([call(T.double, 1)] * 6, kind="cpu") == [2] * 6
             assert sched.stats()["cpu"].completed == 6
     print("dask ok")

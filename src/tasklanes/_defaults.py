@@ -27,7 +27,7 @@ IO_LIMIT = 1000
 #: Worker threads of the blocking lane.
 BLOCKING_LIMIT = 40
 #: Tasks in flight on a Dask executor at least (see `executor_capacity`).
-DASK_IN_FLIGHT = 64
+DASK_IN_FLIGHT = 256
 
 
 def default_cpu_count() -> int:
@@ -45,7 +45,8 @@ def executor_capacity(executor: Executor) -> int:
     `DASK_IN_FLIGHT`, or twice its cluster's worker threads if that is more: the lane
     sends tasks and fetches results in bulk, and a window that covers the round trips
     to the cluster's scheduler keeps its threads busy (4 in flight on 2 threads cost
-    ~2.7x `client.map`; 64, ~1.1x). Otherwise, the CPUs this process may use.
+    ~2.7x `client.map`; 64, 1.1-1.4x; 128-256, ~1.0x, also on a loaded machine).
+    Otherwise, the CPUs this process may use.
     """
     workers = getattr(executor, "_max_workers", None)
     if isinstance(workers, int) and workers >= 1:

@@ -6,13 +6,13 @@ completions handed back through an `Inbox`. Two ways to submit:
 
 - any executor (`_ExecutorBatch`): one ``executor.submit`` per task;
 - a Dask ``ClientExecutor`` (`_DaskBatch`): the executor's client directly, so that
-  tasks and results travel in bulk. Each refill of the window is one
-  ``client.map`` (one message to the cluster's scheduler), and results come back
-  through ``distributed.as_completed(with_results=True)`` on the client's own event
-  loop, whose result fetches Dask coalesces into one request for the futures that
-  finished together. Going through ``ClientExecutor.submit`` costs a scheduler round
-  trip per task *and* a result fetch per task (its ``concurrent.futures`` wrapper):
-  about 3x ``client.map`` + ``gather`` for trivial tasks, against ~1x this way.
+  tasks and results travel in bulk. Each refill of the window (at least half of
+  it) is one ``client.map`` (one message to the cluster's scheduler); on the
+  client's own event loop, ``distributed.as_completed`` says which futures finished,
+  and the results of those that finished together come in one ``client.gather``.
+  Going through ``ClientExecutor.submit`` costs a message per task *and* a result
+  fetch per task (its ``concurrent.futures`` wrapper): 2.4-3x ``client.map`` +
+  ``gather`` for 200 trivial tasks, against ~1x this way.
   Each task is still its own Dask future: its own result or error, timeout and
   cancellation. ``distributed`` is imported only once such an executor is used.
 
@@ -240,10 +240,14 @@ class _DaskBatch:
 
     Each refill of the window is one ``client.map(operator.call, tasks)`` (the
     stdlib's ``call``: workers need nothing of tasklanes to run a task), and each
-    map gets one collector: an ``as_completed(with_results=True)`` iterated on the
-    client's loop, handing the outcomes that finished together to the caller's loop
-    in one `Inbox.put_many`. Futures are keyed by `id`: Dask futures compare by key,
-    and with ``pure=True`` two equal tasks share one.
+    map gets one collector (`_collect`) on the client's loop, handing the outcomes
+    that finished together to the caller's loop in one `Inbox.put_many`. Futures
+    are keyed by `id`: Dask futures compare by key, and with ``pure=True`` two equal
+    tasks share one.
+
+    With a `timeout`, the window is at most twice the cluster's threads
+    (`ExecutorLane.timed_window`): Dask does not say when a task starts, so a
+    timeout counts from submission and tasks must not queue on the cluster.
     """
 
     def __init__(self, lane: ExecutorLane, batch: Batch) -> None:
