@@ -234,3 +234,32 @@ async def test_dask_lazy_input_is_pulled_in_windows(dask_client: Any) -> None:
     # In flight (<= limit) plus the iterator's buffer (max(2 * limit, 16)); never the
     # whole input.
     assert most_ahead <= 5 + 16 + 1, most_ahead
+
+
+@pytest.mark.timeout(120)
+async def test_dask_in_flight_window_with_and_without_a_timeout(dask_client: Any) -> None:
+    await wait_idle(dask_client)
+    tasks = [call(T.sleep_return, 0.2, i) for i in range(12)]
+    with Scheduler(cpu_executor=dask_client.get_executor()) as sched:
+        most = 0
+
+        async def sample() -> None:
+            nonlocal most
+            while True:
+                most = max(most, sched.stats()["cpu"].running)
+                await anyio.sleep(0.01)
+
+        async def run(timeout: float | None) -> list[Any]:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(sample)
+                results = await sched.run_all(tasks, kind="cpu", timeout=timeout)
+                tg.cancel_scope.cancel()
+            return results
+
+        # Without a timeout, the whole (small) batch goes to the cluster at once.
+        assert await run(None) == list(range(12))
+        assert most == 12
+        # With one, at most twice the cluster's two threads are in flight.
+        most = 0
+        assert await run(60) == list(range(12))
+        assert 1 <= most <= 4
