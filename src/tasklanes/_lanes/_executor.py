@@ -11,8 +11,8 @@ completions handed back through an `Inbox`. Two ways to submit:
   client's own event loop, ``distributed.as_completed`` says which futures finished,
   and the results of those that finished together come in one ``client.gather``.
   Going through ``ClientExecutor.submit`` costs a message per task *and* a result
-  fetch per task (its ``concurrent.futures`` wrapper): 2.4-3x ``client.map`` +
-  ``gather`` for 200 trivial tasks, against ~1x this way.
+  fetch per task (its ``concurrent.futures`` wrapper): 2.5-2.7x ``client.map`` +
+  ``gather`` for 200 trivial tasks, against 1.0-1.25x this way.
   Each task is still its own Dask future: its own result or error, timeout and
   cancellation. ``distributed`` is imported only once such an executor is used.
 
