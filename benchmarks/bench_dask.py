@@ -36,7 +36,7 @@ def main() -> int:
 
     n = args.n
     cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                           dashboard_address=None, silence_logs=logging.ERROR)
+                           dashboard_address=":0", silence_logs=logging.ERROR)
     client = Client(cluster)
     executor = client.get_executor(pure=False)
     schedulers = {"default": Scheduler(cpu_executor=executor)}

@@ -167,7 +167,7 @@ from tests import _tasks as T
 
 if __name__ == "__main__":
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                                  dashboard_address=None) as cluster, \\
+                                  dashboard_address=":0") as cluster, \\
             distributed.Client(cluster) as client:
         with Scheduler(cpu_executor=client.get_executor(), cpu_limit=2) as sched:
             assert sched.run_all_sync([call(T.double, i) for i in range(20)], kind="cpu") == [
