@@ -62,4 +62,3 @@ async def test_a_closed_executor_lane_refuses_new_batches() -> None:
                 async for _ in iterator:
                     pass
         assert pool.submit(T.double, 5).result() == 10  # the caller's executor lives on
-
