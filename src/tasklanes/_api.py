@@ -12,7 +12,9 @@ import anyio
 from ._backend import LoopHandle, current_backend
 from ._batch import BatchIterator
 from ._lanes._inbox import Inbox
+from ._limits import LimiterArg
 from ._progress import ProgressArg
+from ._retry import Retry
 from ._scheduler import Scheduler, scheduler_or_default
 
 __all__ = ["amap", "as_completed", "run_all", "run_all_sync"]
@@ -36,6 +38,9 @@ async def run_all(
     return_exceptions: Literal[False] = False,
     scheduler: Scheduler | None = None,
     progress: ProgressArg = False,
+    limiter: LimiterArg = None,
+    rate: float | None = None,
+    retry: int | Retry | None = None,
 ) -> list[T]: ...
 @overload
 async def run_all(
@@ -47,6 +52,9 @@ async def run_all(
     return_exceptions: Literal[True],
     scheduler: Scheduler | None = None,
     progress: ProgressArg = False,
+    limiter: LimiterArg = None,
+    rate: float | None = None,
+    retry: int | Retry | None = None,
 ) -> list[T | BaseException]: ...
 @overload
 async def run_all(
@@ -57,6 +65,9 @@ async def run_all(
     return_exceptions: Literal[False] = False,
     scheduler: Scheduler | None = None,
     progress: ProgressArg = False,
+    limiter: LimiterArg = None,
+    rate: float | None = None,
+    retry: int | Retry | None = None,
 ) -> list[T]: ...
 @overload
 async def run_all(
@@ -68,6 +79,9 @@ async def run_all(
     return_exceptions: Literal[True],
     scheduler: Scheduler | None = None,
     progress: ProgressArg = False,
+    limiter: LimiterArg = None,
+    rate: float | None = None,
+    retry: int | Retry | None = None,
 ) -> list[T | BaseException]: ...
 @overload
 async def run_all(
@@ -78,6 +92,9 @@ async def run_all(
     return_exceptions: bool = False,
     scheduler: Scheduler | None = None,
     progress: ProgressArg = False,
+    limiter: LimiterArg = None,
+    rate: float | None = None,
+    retry: int | Retry | None = None,
 ) -> list[Any]: ...
 async def run_all(
     tasks: Tasks[Any],
@@ -87,6 +104,9 @@ async def run_all(
     return_exceptions: bool = False,
     scheduler: Scheduler | None = None,
     progress: ProgressArg = False,
+    limiter: LimiterArg = None,
+    rate: float | None = None,
+    retry: int | Retry | None = None,
 ) -> list[Any]:
     """Run every task of one kind concurrently; return their results in input order.
 
@@ -109,6 +129,13 @@ async def run_all(
     slot holds its exception. ``progress=True`` draws a bar on stderr; a callable
     receives :class:`ProgressUpdate` objects.
 
+    ``limiter=`` (a [`Limiter`][tasklanes.Limiter], a list of them, or a function of
+    the task returning them) admits a task only when its limiters do, and holds them
+    until the task is really over; ``rate=`` is a private ``Limiter(rate=rate)`` for
+    this call; ``retry=`` (attempts, or a [`Retry`][tasklanes.Retry]) runs failed tasks
+    again. Waiting for a limiter or a backoff takes no thread or worker process, only
+    one of the call's ``limit`` slots. See [Limits](limits.md).
+
     Cancellation: when the caller is cancelled (or the batch fails fast), tasks not
     yet started never start, running io tasks are cancelled, running cpu tasks'
     worker processes are killed, and running blocking tasks are asked to stop
@@ -116,7 +143,9 @@ async def run_all(
     their threads have returned, so no work of the batch outlives the call.
     """
     sched = scheduler_or_default(scheduler)
-    return await sched.run_all(tasks, kind, limit, timeout, return_exceptions, progress)
+    return await sched.run_all(
+        tasks, kind, limit, timeout, return_exceptions, progress, limiter, rate, retry
+    )
 
 
 # -- as_completed -------------------------------------------------------------------
@@ -131,6 +160,9 @@ def as_completed(
     return_exceptions: Literal[False] = False,
     scheduler: Scheduler | None = None,
     progress: ProgressArg = False,
+    limiter: LimiterArg = None,
+    rate: float | None = None,
+    retry: int | Retry | None = None,
 ) -> BatchIterator[tuple[int, T]]: ...
 @overload
 def as_completed(
@@ -142,6 +174,9 @@ def as_completed(
     return_exceptions: Literal[True],
     scheduler: Scheduler | None = None,
     progress: ProgressArg = False,
+    limiter: LimiterArg = None,
+    rate: float | None = None,
+    retry: int | Retry | None = None,
 ) -> BatchIterator[tuple[int, T | BaseException]]: ...
 @overload
 def as_completed(
@@ -152,6 +187,9 @@ def as_completed(
     return_exceptions: Literal[False] = False,
     scheduler: Scheduler | None = None,
     progress: ProgressArg = False,
+    limiter: LimiterArg = None,
+    rate: float | None = None,
+    retry: int | Retry | None = None,
 ) -> BatchIterator[tuple[int, T]]: ...
 @overload
 def as_completed(
@@ -163,6 +201,9 @@ def as_completed(
     return_exceptions: Literal[True],
     scheduler: Scheduler | None = None,
     progress: ProgressArg = False,
+    limiter: LimiterArg = None,
+    rate: float | None = None,
+    retry: int | Retry | None = None,
 ) -> BatchIterator[tuple[int, T | BaseException]]: ...
 @overload
 def as_completed(
@@ -173,6 +214,9 @@ def as_completed(
     return_exceptions: bool = False,
     scheduler: Scheduler | None = None,
     progress: ProgressArg = False,
+    limiter: LimiterArg = None,
+    rate: float | None = None,
+    retry: int | Retry | None = None,
 ) -> BatchIterator[tuple[int, Any]]: ...
 def as_completed(
     tasks: Tasks[Any],
@@ -182,6 +226,9 @@ def as_completed(
     return_exceptions: bool = False,
     scheduler: Scheduler | None = None,
     progress: ProgressArg = False,
+    limiter: LimiterArg = None,
+    rate: float | None = None,
+    retry: int | Retry | None = None,
 ) -> BatchIterator[tuple[int, Any]]:
     """Run tasks like :func:`run_all`, yielding ``(index, result)`` as each finishes.
 
@@ -201,7 +248,9 @@ def as_completed(
     which waits for it on exit.
     """
     sched = scheduler_or_default(scheduler)
-    return sched.as_completed(tasks, kind, limit, timeout, return_exceptions, progress)
+    return sched.as_completed(
+        tasks, kind, limit, timeout, return_exceptions, progress, limiter, rate, retry
+    )
 
 
 # -- amap -------------------------------------------------------------------------
@@ -218,6 +267,9 @@ def amap(
     return_exceptions: Literal[False] = False,
     scheduler: Scheduler | None = None,
     progress: ProgressArg = False,
+    limiter: LimiterArg = None,
+    rate: float | None = None,
+    retry: int | Retry | None = None,
 ) -> BatchIterator[T]: ...
 @overload
 def amap(
@@ -230,6 +282,9 @@ def amap(
     return_exceptions: Literal[False] = False,
     scheduler: Scheduler | None = None,
     progress: ProgressArg = False,
+    limiter: LimiterArg = None,
+    rate: float | None = None,
+    retry: int | Retry | None = None,
 ) -> BatchIterator[T]: ...
 @overload
 def amap(
@@ -242,6 +297,9 @@ def amap(
     return_exceptions: bool = False,
     scheduler: Scheduler | None = None,
     progress: ProgressArg = False,
+    limiter: LimiterArg = None,
+    rate: float | None = None,
+    retry: int | Retry | None = None,
 ) -> BatchIterator[Any]: ...
 def amap(
     fn: Callable[[A], Any],
@@ -253,6 +311,9 @@ def amap(
     return_exceptions: bool = False,
     scheduler: Scheduler | None = None,
     progress: ProgressArg = False,
+    limiter: LimiterArg = None,
+    rate: float | None = None,
+    retry: int | Retry | None = None,
 ) -> BatchIterator[Any]:
     """Run ``fn(item)`` for each item, yielding the results (in input order by default).
 
@@ -268,7 +329,9 @@ def amap(
     Cancellation: as for :func:`as_completed`.
     """
     sched = scheduler_or_default(scheduler)
-    return sched.amap(fn, items, kind, limit, timeout, ordered, return_exceptions, progress)
+    return sched.amap(
+        fn, items, kind, limit, timeout, ordered, return_exceptions, progress, limiter, rate, retry
+    )
 
 
 # -- from sync code ------------------------------------------------------------------
@@ -300,6 +363,9 @@ def run_all_sync(
     return_exceptions: Literal[False] = False,
     scheduler: Scheduler | None = None,
     progress: ProgressArg = False,
+    limiter: LimiterArg = None,
+    rate: float | None = None,
+    retry: int | Retry | None = None,
 ) -> list[T]: ...
 @overload
 def run_all_sync(
@@ -311,6 +377,9 @@ def run_all_sync(
     return_exceptions: Literal[True],
     scheduler: Scheduler | None = None,
     progress: ProgressArg = False,
+    limiter: LimiterArg = None,
+    rate: float | None = None,
+    retry: int | Retry | None = None,
 ) -> list[T | BaseException]: ...
 @overload
 def run_all_sync(
@@ -321,6 +390,9 @@ def run_all_sync(
     return_exceptions: Literal[False] = False,
     scheduler: Scheduler | None = None,
     progress: ProgressArg = False,
+    limiter: LimiterArg = None,
+    rate: float | None = None,
+    retry: int | Retry | None = None,
 ) -> list[T]: ...
 @overload
 def run_all_sync(
@@ -332,6 +404,9 @@ def run_all_sync(
     return_exceptions: Literal[True],
     scheduler: Scheduler | None = None,
     progress: ProgressArg = False,
+    limiter: LimiterArg = None,
+    rate: float | None = None,
+    retry: int | Retry | None = None,
 ) -> list[T | BaseException]: ...
 @overload
 def run_all_sync(
@@ -342,6 +417,9 @@ def run_all_sync(
     return_exceptions: bool = False,
     scheduler: Scheduler | None = None,
     progress: ProgressArg = False,
+    limiter: LimiterArg = None,
+    rate: float | None = None,
+    retry: int | Retry | None = None,
 ) -> list[Any]: ...
 def run_all_sync(
     tasks: Iterable[Any],
@@ -351,6 +429,9 @@ def run_all_sync(
     return_exceptions: bool = False,
     scheduler: Scheduler | None = None,
     progress: ProgressArg = False,
+    limiter: LimiterArg = None,
+    rate: float | None = None,
+    retry: int | Retry | None = None,
 ) -> list[Any]:
     """:func:`run_all` for plain scripts: runs its own event loop and returns the list.
 
@@ -363,7 +444,9 @@ def run_all_sync(
     ``KeyboardInterrupt``.
     """
     sched = scheduler_or_default(scheduler)
-    return sched.run_all_sync(tasks, kind, limit, timeout, return_exceptions, progress)
+    return sched.run_all_sync(
+        tasks, kind, limit, timeout, return_exceptions, progress, limiter, rate, retry
+    )
 
 
 async def run_in_fresh_thread(fn: Callable[[], T]) -> T:

@@ -28,6 +28,7 @@ from ._stats import LaneStats
 from ._tasks import Source
 
 if TYPE_CHECKING:
+    from ._control import Controls
     from ._progress import Progress
 
 __all__ = ["Batch", "BatchIterator", "Lane", "collect", "run_batch"]
@@ -75,6 +76,8 @@ class Batch:
         "source",
         "stopping",
         "timeout",
+        "controls",
+        "wake",
     )
 
     def __init__(
@@ -86,6 +89,7 @@ class Batch:
         loop: LoopHandle,
         progress: Progress | None = None,
         emit_ok_many: Callable[[list[int], list[Any]], None] | None = None,
+        controls: Controls | None = None,
     ) -> None:
         self.source = source
         self.limit = limit
@@ -100,6 +104,11 @@ class Batch:
         #: Set once the batch wants no more tasks started: lanes check it before pulling.
         self.stopping = False
         self.scope: anyio.CancelScope | None = None
+        #: ``limiter=``/``rate=``/``retry=`` of the call (see ``_control``), or None.
+        self.controls = controls
+        #: Set by a lane that waits on something other than the source (an inbox):
+        #: the controls call it when a task becomes ready to pull.
+        self.wake: Callable[[], None] | None = None
 
     def _emit_ok_each(self, indexes: list[int], values: list[Any]) -> None:
         emit = self.emit
@@ -125,7 +134,10 @@ async def run_batch(lane: Lane, batch: Batch) -> None:
             batch.scope = scope
             if batch.stopping:  # failed before it started (e.g. by its input)
                 scope.cancel()
-            await lane.run(batch)
+            if batch.controls is None:
+                await lane.run(batch)
+            else:
+                await batch.controls.run(lane, batch)
     finally:
         batch.stopping = True
         batch.source.close()
@@ -151,9 +163,11 @@ async def collect(
     timeout: float | None,
     return_exceptions: bool,
     progress: Progress | None,
+    controls: Controls | None = None,
 ) -> list[Any]:
     """``run_all``: every outcome, in input order."""
-    source = Source(tasks, lane.check_task)
+    check = lane.check_task if controls is None else controls.check(lane.check_task)
+    source = Source(tasks, check)
     size = source.size
     results: list[Any] = [None] * size if size is not None else []
     delivered = 0
@@ -185,7 +199,7 @@ async def collect(
         deque(map(results.__setitem__, indexes, values), maxlen=0)
         delivered += len(indexes)
 
-    batch = Batch(source, limit, timeout, emit, LoopHandle(), progress, emit_ok_many)
+    batch = Batch(source, limit, timeout, emit, LoopHandle(), progress, emit_ok_many, controls)
     await run_batch(lane, batch)
     if delivered != source.pulled:  # pragma: no cover - a bug in a lane, never silent
         raise RuntimeError(
@@ -211,8 +225,10 @@ class _Stream:
         return_exceptions: bool,
         ordered: bool,
         progress: Progress | None,
+        controls: Controls | None = None,
     ) -> None:
         self.lane = lane
+        self.controls = controls
         self.source = source
         self.limit = limit
         self.timeout = timeout
@@ -248,7 +264,9 @@ class _Stream:
             source.set_gate(lambda index: len(self.ready) < window)
         if self.progress is not None:
             self.progress.start(source.size)
-        self.batch = Batch(source, self.limit, self.timeout, self.emit, loop, self.progress)
+        self.batch = Batch(
+            source, self.limit, self.timeout, self.emit, loop, self.progress, None, self.controls
+        )
         loop.spawn_background(self.run)
 
     async def run(self) -> None:
@@ -320,9 +338,13 @@ class BatchIterator(Generic[T_co]):
         ordered: bool,
         with_index: bool,
         progress: Progress | None = None,
+        controls: Controls | None = None,
     ) -> None:
-        source = Source(tasks, lane.check_task)  # checks a list before anything runs
-        self._stream = _Stream(lane, source, limit, timeout, return_exceptions, ordered, progress)
+        check = lane.check_task if controls is None else controls.check(lane.check_task)
+        source = Source(tasks, check)  # checks a list before anything runs
+        self._stream = _Stream(
+            lane, source, limit, timeout, return_exceptions, ordered, progress, controls
+        )
         self._with_index = with_index
         self._closed = False
 

@@ -23,13 +23,20 @@ import time
 import weakref
 from collections import deque
 from collections.abc import Callable, Hashable, Iterable, Sequence
-from typing import Any
+from typing import Any, Union
 
 import anyio
 
 from ._backend import LoopHandle
 
-__all__ = ["Limiter", "Limiters", "acquire_all", "release_all", "try_acquire_all"]
+__all__ = [
+    "Limiter",
+    "LimiterArg",
+    "Limiters",
+    "acquire_all",
+    "release_all",
+    "try_acquire_all",
+]
 
 _clock = time.monotonic
 _ids = itertools.count()
@@ -306,6 +313,16 @@ class Limiter:
                 parts.append(f"burst={self.burst}")
         parts.append(f"held={self._held} waiting={len(self._waiters)}")
         return f"<Limiter {' '.join(parts)}>"
+
+
+#: What ``limiter=`` takes: one limiter, several, or a function of the task (of the item
+#: for ``amap``) returning one, several or None.
+LimiterArg = Union[
+    Limiter,
+    Sequence[Limiter],
+    Callable[[Any], Union[Limiter, Sequence[Limiter], None]],
+    None,
+]
 
 
 # -- several limiters at once -----------------------------------------------------------

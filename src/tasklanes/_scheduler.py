@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import atexit
+import functools
 import threading
 import weakref
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable
@@ -11,6 +12,9 @@ from multiprocessing.context import BaseContext
 from typing import TYPE_CHECKING, Any
 
 from ._batch import BatchIterator, Lane, collect
+from ._control import make_controls
+from ._limits import LimiterArg
+from ._retry import Retry
 from ._stats import LaneSnapshot
 from ._tasks import KINDS, check_kind, check_limit, check_timeout
 
@@ -160,13 +164,23 @@ class Scheduler:
         timeout: float | None = None,
         return_exceptions: bool = False,
         progress: ProgressArg = False,
+        limiter: LimiterArg = None,
+        rate: float | None = None,
+        retry: int | Retry | None = None,
     ) -> list[Any]:
         """``run_all`` on this scheduler; see :func:`tasklanes.run_all`."""
         lane, call_limit, seconds = self._resolve(kind, limit, timeout)
+        controls = make_controls(limiter, rate, retry)
         from ._progress import make_progress
 
         return await collect(
-            lane, tasks, call_limit, seconds, bool(return_exceptions), make_progress(progress)
+            lane,
+            tasks,
+            call_limit,
+            seconds,
+            bool(return_exceptions),
+            make_progress(progress),
+            controls,
         )
 
     def as_completed(
@@ -177,9 +191,13 @@ class Scheduler:
         timeout: float | None = None,
         return_exceptions: bool = False,
         progress: ProgressArg = False,
+        limiter: LimiterArg = None,
+        rate: float | None = None,
+        retry: int | Retry | None = None,
     ) -> BatchIterator[Any]:
         """``as_completed`` on this scheduler; see :func:`tasklanes.as_completed`."""
         lane, call_limit, seconds = self._resolve(kind, limit, timeout)
+        controls = make_controls(limiter, rate, retry)
         from ._progress import make_progress
 
         return BatchIterator(
@@ -191,6 +209,7 @@ class Scheduler:
             ordered=False,
             with_index=True,
             progress=make_progress(progress),
+            controls=controls,
         )
 
     def amap(
@@ -203,11 +222,16 @@ class Scheduler:
         ordered: bool = True,
         return_exceptions: bool = False,
         progress: ProgressArg = False,
+        limiter: LimiterArg = None,
+        rate: float | None = None,
+        retry: int | Retry | None = None,
     ) -> BatchIterator[Any]:
         """``amap`` on this scheduler; see :func:`tasklanes.amap`."""
         if not callable(fn):
             raise TypeError(f"amap() needs a callable first, got {type(fn).__name__}")
         lane, call_limit, seconds = self._resolve(kind, limit, timeout)
+        # A limiter= callable gets the item: the task is Call(fn, (item,), {}).
+        controls = make_controls(limiter, rate, retry, per_item=_item_of)
         lane.check_task(_probe_task(fn), 0)  # a wrong fn fails now, not per item
         from ._progress import make_progress
 
@@ -220,6 +244,7 @@ class Scheduler:
             ordered=bool(ordered),
             with_index=False,
             progress=make_progress(progress),
+            controls=controls,
         )
 
     def run_all_sync(
@@ -230,11 +255,23 @@ class Scheduler:
         timeout: float | None = None,
         return_exceptions: bool = False,
         progress: ProgressArg = False,
+        limiter: LimiterArg = None,
+        rate: float | None = None,
+        retry: int | Retry | None = None,
     ) -> list[Any]:
         """``run_all_sync`` on this scheduler; see :func:`tasklanes.run_all_sync`."""
         from ._api import run_sync
 
-        return run_sync(self.run_all, tasks, kind, limit, timeout, return_exceptions, progress)
+        make_controls(limiter, rate, retry)  # bad arguments fail before a loop starts
+        return run_sync(
+            functools.partial(self.run_all, limiter=limiter, rate=rate, retry=retry),
+            tasks,
+            kind,
+            limit,
+            timeout,
+            return_exceptions,
+            progress,
+        )
 
     # -- figures and lifecycle -----------------------------------------------------
 
@@ -314,6 +351,10 @@ def _cpu_default(executor: Executor | None) -> int:
     if executor is not None:
         return executor_capacity(executor)
     return default_cpu_count()
+
+
+def _item_of(task: Any) -> Any:
+    return task.args[0]
 
 
 def _probe_task(fn: Callable[[Any], Any]) -> object:

@@ -45,7 +45,9 @@ class LaneSnapshot(_ItemAccess):
     was created: ``completed`` returned a value, ``failed`` raised, ``timed_out``
     overran their timeout, ``cancelled`` were dropped or stopped because their batch
     was cancelled or failed fast, ``crashed`` lost their worker process. ``killed``
-    counts worker processes the lane killed (timeouts and cancellation). ``wait`` is
+    counts worker processes the lane killed (timeouts and cancellation). ``retried``
+    counts attempts that failed and ran again under ``retry=`` (each also counts in
+    ``failed``, ``timed_out`` or ``crashed``). ``wait`` is
     the queue lag (from the moment the lane took a task until it started) and ``run``
     its run time.
     """
@@ -60,6 +62,7 @@ class LaneSnapshot(_ItemAccess):
     cancelled: int
     crashed: int
     killed: int
+    retried: int
     wait: TimingSummary
     run: TimingSummary
 
@@ -77,6 +80,7 @@ class Tally:
     timed_out: int = 0
     cancelled: int = 0
     crashed: int = 0
+    retried: int = 0
     run_count: int = 0
     run_total: float = 0.0
     run_max: float = 0.0
@@ -122,6 +126,7 @@ class LaneStats:
             t.timed_out += tally.timed_out
             t.cancelled += tally.cancelled
             t.crashed += tally.crashed
+            t.retried += tally.retried
             t.run_count += tally.run_count
             t.run_total += tally.run_total
             t.run_max = max(t.run_max, tally.run_max)
@@ -152,6 +157,7 @@ class LaneStats:
                 cancelled=t.cancelled,
                 crashed=t.crashed,
                 killed=self.killed + killed,
+                retried=t.retried,
                 wait=TimingSummary(
                     t.wait_count, t.wait_total / t.wait_count if t.wait_count else 0.0, t.wait_max
                 ),

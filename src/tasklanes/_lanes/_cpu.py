@@ -101,6 +101,8 @@ class ProcessLane:
             deliver=inbox.put_many,
             on_settled=lambda: inbox.put(_SETTLED),
         )
+        batch.wake = inbox.poke
+        job.on_gone = getattr(batch.source, "task_gone", None)
         with self._lock:
             self._jobs.add(job)
         runner = _CpuBatch(self, batch, job, inbox)

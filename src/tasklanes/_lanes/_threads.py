@@ -222,6 +222,7 @@ class _ThreadBatch:
         self.lane = lane
         self.batch = batch
         self.inbox = Inbox(batch.loop)
+        batch.wake = self.inbox.poke
         self.job = _ThreadJob(self.inbox)
         self.outstanding = 0  # handed to the job and not yet returned by a thread
         self.buffer = batch.limit  # ready tasks kept beyond those running

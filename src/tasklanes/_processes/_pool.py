@@ -171,6 +171,9 @@ class PoolJob:
         self.run_total = 0.0
         self.run_max = 0.0
         self._requeue: list[tuple[int, Callable[[], object]]] = []
+        #: Called (manager thread) with a task's index when the worker killed for that
+        #: task's timeout is gone: its limiters are held until then.
+        self.on_gone: Callable[[int], None] | None = None
 
     def put(self, items: list[tuple[int, Callable[[], object]]]) -> None:
         """Append ``(index, task)`` pairs to this job's queue.
@@ -1171,6 +1174,8 @@ class ProcessPool:
                 here = position
                 position += 1
                 if w.timed_out is not None and w.timed_out == (chunk, k):
+                    if job.on_gone is not None:
+                        job.on_gone(index)
                     continue
                 if job._cancelled:
                     continue
