@@ -66,6 +66,7 @@ class Batch:
     """The shared state of one batch: its input, its options, and where outcomes go."""
 
     __slots__ = (
+        "controls",
         "emit",
         "emit_ok_many",
         "error",
@@ -76,7 +77,6 @@ class Batch:
         "source",
         "stopping",
         "timeout",
-        "controls",
         "wake",
     )
 

@@ -83,7 +83,7 @@ class Controls:
         batch.emit_ok_many = source.emit_ok_many
         try:
             async with anyio.create_task_group() as tg:
-                source.spawn = tg.start_soon
+                source.spawn = tg.start_soon  # type: ignore[assignment]
                 await lane.run(batch)
                 tg.cancel_scope.cancel()
         finally:

@@ -36,6 +36,7 @@ __all__ = [
     "acquire_all",
     "release_all",
     "try_acquire_all",
+    "with_rate",
 ]
 
 _clock = time.monotonic
@@ -445,13 +446,28 @@ class Limiters:
         return f"<Limiters concurrency={concurrency} rate={rate} burst={burst} keys={len(self)}>"
 
 
+def with_rate(limiter: LimiterArg, extra: Limiter | None) -> LimiterArg:
+    """`limiter=` with one more limiter that every task takes (a decorator's `rate=`)."""
+    if extra is None:
+        return limiter
+    if limiter is None:
+        return extra
+    if isinstance(limiter, Limiter):
+        return [limiter, extra]
+    if isinstance(limiter, (list, tuple)):
+        return [*limiter, extra]
+    per_task = resolve_limiter_arg(limiter)
+    assert per_task is not None
+    return lambda task: [*per_task(task), extra]
+
+
 def resolve_limiter_arg(limiter: object) -> Callable[[Any], tuple[Limiter, ...]] | None:
     """`limiter=` as the API takes it, checked up front: None, a `Limiter`, a sequence
     of them, or a callable returning one or a sequence. Returns a per-task function."""
     if limiter is None:
         return None
     if isinstance(limiter, Limiter):
-        fixed = (limiter,)
+        fixed: tuple[Limiter, ...] = (limiter,)
         return lambda _task: fixed
     if isinstance(limiter, (list, tuple)):
         for item in limiter:

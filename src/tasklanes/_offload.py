@@ -13,6 +13,9 @@ from typing_extensions import ParamSpec
 
 from ._backend import LoopHandle
 from ._call import Call
+from ._control import make_controls
+from ._limits import Limiter, LimiterArg, with_rate
+from ._retry import Retry
 from ._scheduler import Scheduler, check_scheduler, scheduler_or_default
 from ._tasks import check_kind, check_limit, check_timeout
 
@@ -85,6 +88,9 @@ class Offloaded(Generic[P, R, W]):
         limit: int | None,
         timeout: float | None,
         scheduler: Scheduler | None,
+        limiter: LimiterArg = None,
+        rate: float | None = None,
+        retry: int | Retry | None = None,
     ) -> None:
         functools.update_wrapper(self, fn)
         self.__wrapped__ = fn
@@ -96,6 +102,9 @@ class Offloaded(Generic[P, R, W]):
         self._scheduler = scheduler
         self._limiters: dict[object, _ProcessLimiter] = {}
         self._lock = threading.Lock()
+        # rate= of the decorator is one budget for every call of the function.
+        self._limiter_arg = with_rate(limiter, None if rate is None else Limiter(rate=rate))
+        self._retry = retry
 
     def _limiter(self) -> _ProcessLimiter | None:
         if self.limit is None:
@@ -124,7 +133,14 @@ class Offloaded(Generic[P, R, W]):
         if limiter is not None:
             await limiter.acquire()
         try:
-            results = await sched.run_all([self._task(args, kwargs)], self.kind, 1, self.timeout)
+            results = await sched.run_all(
+                [self._task(args, kwargs)],
+                self.kind,
+                1,
+                self.timeout,
+                limiter=self._limiter_arg,
+                retry=self._retry,
+            )
         except BaseException as exc:
             _drop_batch_note(exc)
             raise
@@ -161,7 +177,15 @@ class Offloaded(Generic[P, R, W]):
             tasks = [self._task((item,), {}) for item in items]
         limiter = self._limiter()
         if limiter is None:
-            return await sched.run_all(tasks, self.kind, limit, seconds, return_exceptions)
+            return await sched.run_all(
+                tasks,
+                self.kind,
+                limit,
+                seconds,
+                return_exceptions,
+                limiter=self._limiter_arg,
+                retry=self._retry,
+            )
         # Hold that many of the function's permits for the whole batch.
         width = self.limit if limit is None else min(limit, self.limit or limit)
         assert width is not None
@@ -170,7 +194,15 @@ class Offloaded(Generic[P, R, W]):
             for _ in range(width):
                 await limiter.acquire()
                 held += 1
-            return await sched.run_all(tasks, self.kind, width, seconds, return_exceptions)
+            return await sched.run_all(
+                tasks,
+                self.kind,
+                width,
+                seconds,
+                return_exceptions,
+                limiter=self._limiter_arg,
+                retry=self._retry,
+            )
         finally:
             for _ in range(held):
                 limiter.release()
@@ -195,6 +227,9 @@ def offload(
     limit: int | None = None,
     timeout: float | None = None,
     scheduler: Scheduler | None = None,
+    limiter: LimiterArg = None,
+    rate: float | None = None,
+    retry: int | Retry | None = None,
 ) -> Callable[[Callable[P, R]], Offloaded[P, R, R]]: ...
 @overload
 def offload(
@@ -203,6 +238,9 @@ def offload(
     limit: int | None = None,
     timeout: float | None = None,
     scheduler: Scheduler | None = None,
+    limiter: LimiterArg = None,
+    rate: float | None = None,
+    retry: int | Retry | None = None,
 ) -> Callable[[Callable[P, Awaitable[R]]], Offloaded[P, R, Awaitable[R]]]: ...
 def offload(
     fn: Callable[..., Any] | None = None,
@@ -212,6 +250,9 @@ def offload(
     limit: int | None = None,
     timeout: float | None = None,
     scheduler: Scheduler | None = None,
+    limiter: LimiterArg = None,
+    rate: float | None = None,
+    retry: int | Retry | None = None,
 ) -> Any:
     """Turn a function into an awaitable one that runs on a lane.
 
@@ -231,7 +272,10 @@ def offload(
         render.__wrapped__(frame)         # the original, in this thread
 
     ``limit`` bounds the function's concurrent calls across the process (per event
-    loop for ``"io"``), on top of the lane's capacity; ``timeout`` bounds each call.
+    loop for ``"io"``), on top of the lane's capacity; ``timeout`` bounds each call
+    (each attempt, with ``retry``). ``limiter=`` and ``retry=`` work as for
+    [`run_all`][tasklanes.run_all]; ``rate=`` is one
+    [`Limiter`][tasklanes.Limiter] shared by every call of the function.
     A decorated module-level function works in the cpu lane: it pickles by reference.
 
     Cancellation: as for :func:`run_all` with one task: a cancelled caller's io call is
@@ -241,6 +285,7 @@ def offload(
     check_limit(limit)
     seconds = check_timeout(timeout)
     check_scheduler(scheduler)
+    make_controls(limiter, rate, retry)  # bad arguments fail at decoration
 
     def decorate(func: Callable[..., Any]) -> Offloaded[Any, Any, Any]:
         if not callable(func):
@@ -259,7 +304,7 @@ def offload(
                 f"@offload(kind={kind!r}) needs a sync function; {func.__qualname__} is "
                 "async def: use kind='io'"
             )
-        return Offloaded(func, kind, limit, seconds, scheduler)
+        return Offloaded(func, kind, limit, seconds, scheduler, limiter, rate, retry)
 
     if fn is not None:
         return decorate(fn)
