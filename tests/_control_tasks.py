@@ -31,3 +31,14 @@ def crash_once(path: str) -> str:
             f.write("crashed")
         os._exit(3)
     return "ok"
+
+
+def pid_gone(path: str) -> bool:
+    """Whether the process whose pid is in `path` is gone (reaped)."""
+    with open(path) as f:
+        pid = int(f.read())
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    return False

@@ -401,3 +401,39 @@ def test_run_all_sync_with_controls(tmp_path: Path) -> None:
     )
     assert results == [7]
     assert os.path.exists(tmp_path / "c")
+
+
+async def test_waiting_for_a_limiter_takes_no_io_slot() -> None:
+    with Scheduler(io_limit=1) as sched:
+
+        async def quick() -> None:
+            await anyio.sleep(0.001)
+
+        async with anyio.create_task_group() as tg:
+            # two starts a second: after its first task this batch waits ~0.5 s
+            tg.start_soon(lambda: sched.run_all([quick] * 3, rate=2))
+            await anyio.sleep(0.1)
+            t0 = time.monotonic()
+            await sched.run_all([quick] * 5)
+            assert time.monotonic() - t0 < 0.3  # the one io slot was free meanwhile
+
+
+async def test_a_timed_out_cpu_task_holds_its_limiter_until_its_worker_is_gone(
+    tmp_path: Path,
+) -> None:
+    from ._control_tasks import pid_gone
+    from ._tasks import write_pid_and_spin
+
+    lim = Limiter(concurrency=1)
+    path = str(tmp_path / "pid")
+    with Scheduler(cpu_limit=2) as sched:
+        results = await sched.run_all(
+            [call(write_pid_and_spin, path), call(pid_gone, path)],
+            kind="cpu",
+            timeout=0.5,
+            limiter=lim,
+            return_exceptions=True,
+        )
+    assert isinstance(results[0], TaskTimeout)
+    assert results[1] is True  # the spinning worker was reaped before the next task began
+    assert lim.held == 0

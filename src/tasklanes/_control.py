@@ -203,6 +203,7 @@ class ControlledSource:
         self.holds: dict[int, _Hold] = {}  # the current attempt's limiters, by index
         self.dying: dict[int, list[_Hold]] = {}  # cpu: timed out, worker not gone yet
         self.dying_lock = threading.Lock()
+        self.gone_watched = False  # the lane calls task_gone (tasklanes' own process pool)
         self.tasks: dict[int, Any] = {}  # retry: the task, to run it again
         self.attempt: dict[int, int] = {}  # retry: the attempt number now running
         self.tally = Tally()
@@ -334,7 +335,7 @@ class ControlledSource:
     def emit(self, index: int, ok: bool, value: Any) -> None:
         hold = self.holds.pop(index, None)
         if hold is not None and self.kind != "io" and self.kind != "blocking":
-            if not ok and isinstance(value, TaskTimeout):
+            if not ok and isinstance(value, TaskTimeout) and self.gone_watched:
                 with self.dying_lock:
                     self.dying.setdefault(index, []).append(hold)  # see task_gone
             else:
@@ -372,6 +373,12 @@ class ControlledSource:
         if item is not WAIT:
             self.ready.append(item)
             self._wake()
+
+    def watch_gone(self) -> Callable[[int], None]:
+        """For a lane that can tell when a killed task's worker is gone: hold a timed-out
+        task's limiters until then (other lanes release them at the outcome)."""
+        self.gone_watched = True
+        return self.task_gone
 
     def task_gone(self, index: int) -> None:
         """Any thread: the worker of a timed-out cpu task is gone; release its limiters."""

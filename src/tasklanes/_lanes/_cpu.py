@@ -102,7 +102,9 @@ class ProcessLane:
             on_settled=lambda: inbox.put(_SETTLED),
         )
         batch.wake = inbox.poke
-        job.on_gone = getattr(batch.source, "task_gone", None)
+        watch_gone = getattr(batch.source, "watch_gone", None)  # limiter= holds until then
+        if watch_gone is not None:
+            job.on_gone = watch_gone()
         with self._lock:
             self._jobs.add(job)
         runner = _CpuBatch(self, batch, job, inbox)

@@ -213,6 +213,13 @@ class _IoBatch:
                                 break
                             try:
                                 item = next_nowait()
+                                if item is WAIT and batch.controls is not None:
+                                    # A wait for a limiter or a retry holds no io slot:
+                                    # a fresh worker (which pulls before taking a slot)
+                                    # waits instead of this one.
+                                    self.spawn(self._worker)
+                                    item = END
+                                    break
                                 if item is WAIT:
                                     item = await source.next()
                             except Exception as exc:
