@@ -179,8 +179,8 @@ async def test_limiter_callable_per_task_and_per_item() -> None:
 async def test_rate_on_a_call() -> None:
     t0 = time.monotonic()
     await run_all([call(time.sleep, 0)] * 11, kind="blocking", rate=50)
-    # ten gaps of 20 ms at least (less the 2 ms the limiter may credit per start)
-    assert time.monotonic() - t0 >= 10 / 50 - 10 * 0.002
+    # ten gaps of 20 ms at least (less the catch-up for late wake-ups: 5 ms, once)
+    assert time.monotonic() - t0 >= 10 / 50 - 0.25 / 50
 
 
 async def test_cancel_while_waiting_holds_nothing() -> None:

@@ -7,11 +7,13 @@ The lane sees an ordinary source and an ordinary `emit`; this layer sits in both
   wait for a limiter waits in a small task on the caller's loop: no thread, no worker
   process, and no lane slot waits for it. It does count against the call's `limit`:
   at most `limit` tasks of the call are admitted or waiting at once.
-* **Release when really over.** io and blocking tasks are wrapped so that their
-  limiters are released when the coroutine or the thread's call returns, whatever the
-  lane reported before (a blocking task that timed out keeps its limiters until its
-  thread returns). cpu tasks release at their outcome, except a timed-out one, which
-  releases when the pool reports its worker gone (`task_gone`).
+* **Release when really over.** Blocking tasks are wrapped so that their limiters
+  are released when the thread's call returns, whatever the lane reported before (a
+  blocking task that timed out keeps its limiters until its thread returns). io
+  tasks release at their outcome: the io lane reports one only once the coroutine
+  has ended (a timed-out one is cancelled and unwound first). cpu tasks release at
+  their outcome too, except a timed-out one, which releases when the pool reports its
+  worker gone (`task_gone`).
 * **Retry.** A failed outcome that the call's [`Retry`][tasklanes.Retry] wants again
   never reaches the batch's `emit`: the task waits out its backoff holding nothing,
   then goes back through admission. The source says `END` only when no task of the
@@ -22,8 +24,7 @@ from __future__ import annotations
 
 import threading
 from collections import deque
-from collections.abc import Callable, Sequence
-from types import CoroutineType
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -44,7 +45,7 @@ __all__ = ["Controls", "ControlledSource", "make_controls"]
 class Controls:
     """The checked `limiter=`, `rate=` and `retry=` of one call."""
 
-    __slots__ = ("call_limiter", "limiters_for", "retry")
+    __slots__ = ("call_limiter", "fixed", "limiters_for", "retry")
 
     def __init__(
         self,
@@ -55,6 +56,10 @@ class Controls:
         self.limiters_for = limiters_for
         self.call_limiter = call_limiter
         self.retry = retry
+        #: The same limiters for every task (no callable): worked out once.
+        self.fixed: tuple[Limiter, ...] | None = None
+        if limiters_for is None:
+            self.fixed = () if call_limiter is None else (call_limiter,)
 
     def check(self, lane_check: Callable[[object, int], None]) -> Callable[[object, int], None]:
         """The lane's task check, plus "can run twice" when retrying."""
@@ -111,7 +116,10 @@ def make_controls(
             return by_task(per_item(task))
 
         limiters_for = limiters_for_item
-    return Controls(limiters_for, call_limiter, checked_retry)
+    controls = Controls(limiters_for, call_limiter, checked_retry)
+    if isinstance(limiter, (Limiter, list, tuple)):
+        controls.fixed = controls.limiters(None)
+    return controls
 
 
 class _Hold:
@@ -131,34 +139,12 @@ class _Hold:
             limiter.release()
 
 
-class _IoAttempt:
-    """An io task that releases its limiters when its coroutine is over."""
-
-    __slots__ = ("hold", "task")
-
-    def __init__(self, task: Any, hold: _Hold) -> None:
-        self.task = task
-        self.hold = hold
-
-    async def __call__(self) -> Any:
-        try:
-            task = self.task
-            if type(task) is CoroutineType or not callable(task):
-                return await task
-            awaitable = task()
-            if type(awaitable) is not CoroutineType and not hasattr(awaitable, "__await__"):
-                from ._tasks import describe
-
-                raise TypeError(
-                    f"{describe(task)} returned {describe(awaitable)}, not an awaitable: "
-                    "kind='io' runs async code; use kind='blocking' or kind='cpu' for sync code"
-                )
-            return await awaitable
-        finally:
-            self.hold.release()
-
-    def __repr__(self) -> str:
-        return repr(self.task)
+def _release(held: _Hold | tuple[Limiter, ...]) -> None:
+    if isinstance(held, _Hold):
+        held.release()
+    else:
+        for limiter in held:
+            limiter.release()
 
 
 class _BlockingAttempt:
@@ -198,12 +184,19 @@ class ControlledSource:
         self.forward_ok_many = batch.emit_ok_many
         self.ready: deque[tuple[int, Any]] = deque()
         self.in_flight = 0  # pulled and without a final outcome yet
+        self.pending = 0  # waiting for a limiter or a backoff
+        # At most `limit` tasks admitted or waiting; without limiters there is no
+        # budget to hoard, and the lane bounds what it pulls itself.
+        self.cap = self.limit if controls.fixed != () else 1 << 62
         self.inner_done = False
         self.inner_waits = False  # the input itself said WAIT (a gate, an async iterator)
-        self.holds: dict[int, _Hold] = {}  # the current attempt's limiters, by index
-        self.dying: dict[int, list[_Hold]] = {}  # cpu: timed out, worker not gone yet
+        #: The current attempt's limiters, by index: a `_Hold` for blocking tasks (their
+        #: thread releases it), the limiters themselves for the others.
+        self.holds: dict[int, Any] = {}
+        self.dying: dict[int, list[tuple[Limiter, ...]]] = {}  # cpu: timed out, worker alive
         self.dying_lock = threading.Lock()
         self.gone_watched = False  # the lane calls task_gone (tasklanes' own process pool)
+        self.gone_first: dict[int, int] = {}  # reaped before their timeout reached emit
         self.tasks: dict[int, Any] = {}  # retry: the task, to run it again
         self.attempt: dict[int, int] = {}  # retry: the attempt number now running
         self.tally = Tally()
@@ -225,6 +218,13 @@ class ControlledSource:
     def exhausted(self) -> bool:
         return self.inner_done and not self.ready and self.in_flight == 0
 
+    def _ended(self) -> bool:
+        """Nothing more will ever be handed out: the input is done, nothing waits for a
+        limiter, and (with retry) no task can come back."""
+        if self.ready or self.pending:
+            return False
+        return self.retry is None or self.in_flight == 0
+
     def take_rest(self) -> None:
         return None
 
@@ -240,19 +240,19 @@ class ControlledSource:
         # The lane has stopped and no work of the batch runs any more: what is still
         # held belongs to attempts that never started (or to cpu tasks whose workers
         # the pool has reaped), so give it back.
-        for hold in self.holds.values():
-            hold.release()
+        for held in self.holds.values():
+            _release(held)
         self.holds.clear()
         with self.dying_lock:
             dying = [hold for holds in self.dying.values() for hold in holds]
             self.dying.clear()
-        for hold in dying:
-            hold.release()
+        for limiters in dying:
+            _release(limiters)
 
     def blocked(self) -> bool:
         if self.ready:
             return False
-        if self.inner_waits and self.in_flight < self.limit and not self.inner_done:
+        if self.inner_waits and self.in_flight < self.cap and not self.inner_done:
             return self.inner.blocked()
         return True  # a limiter, a backoff or an outcome will wake the lane
 
@@ -260,12 +260,14 @@ class ControlledSource:
         if self.ready:
             return self.ready.popleft()
         self.inner_waits = False
-        if self.in_flight >= self.limit or self.inner_done:
-            return END if self.exhausted else WAIT
+        if self.inner_done:
+            return END if self._ended() else WAIT
+        if self.in_flight >= self.cap:
+            return WAIT
         item = self.inner.next_nowait()
         if item is END:
             self.inner_done = True
-            return END if self.exhausted else WAIT
+            return END if self._ended() else WAIT
         if item is WAIT:
             self.inner_waits = True
             return WAIT
@@ -298,28 +300,31 @@ class ControlledSource:
         if self.retry is not None and attempt == 1:
             self.tasks[index] = task
             self.attempt[index] = 1
-        limiters = self.controls.limiters(task)
-        if not limiters or try_acquire_all(limiters):
+        limiters = self.controls.fixed
+        if limiters is None:
+            limiters = self.controls.limiters(task)
+        if not limiters:
+            return (index, task)
+        if limiters[0].try_acquire() if len(limiters) == 1 else try_acquire_all(limiters):
             return (index, self._attempt(index, task, limiters))
         assert self.spawn is not None
+        self.pending += 1
         self.spawn(self._wait_for, index, task, limiters)
         return WAIT
 
-    async def _wait_for(self, index: int, task: Any, limiters: Sequence[Limiter]) -> None:
+    async def _wait_for(self, index: int, task: Any, limiters: tuple[Limiter, ...]) -> None:
         await acquire_all(limiters)
-        self.ready.append((index, self._attempt(index, task, tuple(limiters))))
+        self.pending -= 1
+        self.ready.append((index, self._attempt(index, task, limiters)))
         self._wake()
 
     def _attempt(self, index: int, task: Any, limiters: tuple[Limiter, ...]) -> Any:
-        if not limiters:
-            return task
-        hold = _Hold(limiters)
-        self.holds[index] = hold
-        if self.kind == "io":
-            return _IoAttempt(task, hold)
         if self.kind == "blocking":
+            hold = _Hold(limiters)
+            self.holds[index] = hold
             return _BlockingAttempt(task, hold)
-        return task  # cpu: released at its outcome, or when its worker is gone
+        self.holds[index] = limiters  # released at its outcome (see emit)
+        return task
 
     def _wake(self) -> None:
         event = self._event
@@ -333,13 +338,22 @@ class ControlledSource:
     # -- outcomes ----------------------------------------------------------------------
 
     def emit(self, index: int, ok: bool, value: Any) -> None:
-        hold = self.holds.pop(index, None)
-        if hold is not None and self.kind != "io" and self.kind != "blocking":
-            if not ok and isinstance(value, TaskTimeout) and self.gone_watched:
+        held = self.holds.pop(index, None)
+        if held is not None and self.kind != "blocking":  # blocking: its thread releases
+            if not ok and self.gone_watched and isinstance(value, TaskTimeout):
                 with self.dying_lock:
-                    self.dying.setdefault(index, []).append(hold)  # see task_gone
+                    # The pool may have reaped the worker before this outcome got here.
+                    gone = self.gone_first.get(index, 0)
+                    if gone:
+                        self.gone_first[index] = gone - 1
+                    else:
+                        self.dying.setdefault(index, []).append(held)  # see task_gone
+                        held = ()
+                for limiter in held:
+                    limiter.release()
             else:
-                hold.release()
+                for limiter in held:
+                    limiter.release()
         retry = self.retry
         if retry is not None:
             attempt = self.attempt.get(index, 1)
@@ -347,6 +361,7 @@ class ControlledSource:
                 if retry.should_retry(value, attempt) and not self.batch.stopping:
                     self.tally.retried += 1
                     self.attempt[index] = attempt + 1
+                    self.pending += 1
                     assert self.spawn is not None
                     self.spawn(self._retry_later, index, retry.delay(attempt))
                     return
@@ -369,6 +384,7 @@ class ControlledSource:
 
     async def _retry_later(self, index: int, delay: float) -> None:
         await anyio.sleep(delay)  # holding no limiter
+        self.pending -= 1
         item = self._admit(index, self.tasks[index], self.attempt[index])
         if item is not WAIT:
             self.ready.append(item)
@@ -384,8 +400,10 @@ class ControlledSource:
         """Any thread: the worker of a timed-out cpu task is gone; release its limiters."""
         with self.dying_lock:
             holds = self.dying.get(index)
-            hold = holds.pop(0) if holds else None
+            limiters = holds.pop(0) if holds else None
             if holds is not None and not holds:
                 del self.dying[index]
-        if hold is not None:
-            hold.release()
+            if limiters is None:
+                self.gone_first[index] = self.gone_first.get(index, 0) + 1
+        if limiters is not None:
+            _release(limiters)

@@ -42,12 +42,14 @@ __all__ = [
 _clock = time.monotonic
 _ids = itertools.count()
 
-#: How late an admission may be accounted at its scheduled slot rather than at "now".
-#: Event loops wake timers up to ~1 ms late (epoll and libuv count in milliseconds);
-#: resetting the schedule to "now" on every late wake-up would lose ~5% of the rate at
-#: 50 starts/s. Crediting at most this much keeps the long-run rate exact while any
-#: interval of t seconds still sees at most `rate * (t + _CATCH_UP) + burst` starts.
-_CATCH_UP = 0.002
+#: How much of an event loop's late wake-up a rate slot may make up for, as a part of
+#: the interval between starts (and at most `_CATCH_UP_MAX` seconds). Loops wake timers
+#: ~1 ms late (epoll and libuv count milliseconds), more on a busy machine; accounting
+#: each start at "now" would lose that much per start (~5% at 50 starts/s). Crediting
+#: up to a quarter interval keeps the long-run rate exact, while no two starts of a
+#: burst-1 limiter are ever closer than three quarters of the interval.
+_CATCH_UP_PART = 0.25
+_CATCH_UP_MAX = 0.01
 
 
 def _check_positive_int(name: str, value: object) -> int | None:
@@ -73,12 +75,17 @@ def _check_rate(rate: object) -> float | None:
 
 
 class _Waiter:
-    """One task (or thread) queued on one limiter; `notify` may run on any thread."""
+    """One task (or thread) queued on one limiter.
 
-    __slots__ = ("notify",)
+    `granted` is set, under the limiter's lock, by whoever admits it (a release, the
+    head of the queue whose rate slot came); `wake` may run on any thread.
+    """
 
-    def __init__(self, notify: Callable[[], None]) -> None:
-        self.notify = notify
+    __slots__ = ("granted", "wake")
+
+    def __init__(self, wake: Callable[[], None]) -> None:
+        self.granted = False
+        self.wake = wake
 
 
 class Limiter:
@@ -86,9 +93,10 @@ class Limiter:
 
     `concurrency` bounds the tasks holding the limiter at once; `rate` (starts per
     second) with `burst` bounds starts: in any interval of `t` seconds at most
-    `rate * t + burst` tasks start (to within the event loops' ~2 ms timer lag; see
-    [Limits](../limits.md)). Either may be `None` (no bound). The same `Limiter`
-    works from every event loop (asyncio, uvloop, trio) and thread of the process at
+    `rate * t + burst` tasks start (give or take a quarter interval that makes up for
+    event loops waking late; see [Limits](../limits.md)). Either may be `None` (no
+    bound). The same `Limiter` works from every event loop (asyncio, uvloop, trio)
+    and thread of the process at
     once; waiters are served first come, first served.
 
     Pass it as `limiter=` to [`run_all`][tasklanes.run_all] and friends, or use it
@@ -110,6 +118,7 @@ class Limiter:
 
     __slots__ = (
         "__weakref__",
+        "_catch_up",
         "_held",
         "_id",
         "_interval",
@@ -147,6 +156,7 @@ class Limiter:
         self._held = 0
         self._interval = 1.0 / self.rate if self.rate is not None else 0.0
         self._tolerance = (burst - 1) * self._interval
+        self._catch_up = min(_CATCH_UP_PART * self._interval, _CATCH_UP_MAX)
         self._tat = -math.inf
         self._waiters: deque[_Waiter] = deque()
 
@@ -165,11 +175,47 @@ class Limiter:
     def _take(self, now: float) -> None:
         self._held += 1
         if self.rate is not None:
-            self._tat = max(self._tat, now - _CATCH_UP) + self._interval
+            self._tat = max(self._tat, now - self._catch_up) + self._interval
 
-    def _wake_head(self) -> None:
-        if self._waiters:
-            self._waiters[0].notify()
+    def _grant(self, now: float) -> None:
+        """Admit queued waiters, first come first served, while the budget allows.
+
+        Admitting here, rather than waking each waiter to try for itself, lets one
+        late timer admit a whole burst at once and costs a waiter one wake-up. The
+        head left waiting for a rate slot is woken too, so that it times its slot.
+        """
+        waiters = self._waiters
+        while waiters:
+            delay = self._delay(now)
+            if delay != 0.0:
+                if delay is not None:
+                    waiters[0].wake()
+                return
+            waiter = waiters.popleft()
+            self._take(now)
+            waiter.granted = True
+            waiter.wake()
+
+    def _head_delay(self, waiter: _Waiter) -> float | None:
+        """For a waiter not granted yet: seconds until its rate slot if it is the head
+        (it times it), else None (someone will wake it)."""
+        if self._waiters and self._waiters[0] is waiter:
+            return self._delay(_clock())
+        return None
+
+    def _cancel(self, waiter: _Waiter) -> None:
+        """A waiter gives up (cancelled, timed out): it leaves the queue holding nothing."""
+        with self._lock:
+            if waiter.granted:
+                # Admitted as it was cancelled: give the slot back. (A rate slot stays
+                # spent: starting later than planned is always allowed.)
+                self._held -= 1
+            else:
+                try:
+                    self._waiters.remove(waiter)
+                except ValueError:  # pragma: no cover - granted and removed by others
+                    pass
+            self._grant(_clock())
 
     # -- the public surface ---------------------------------------------------------
 
@@ -194,10 +240,14 @@ class Limiter:
         with self._lock:
             if self._waiters:
                 return False
-            now = _clock()
-            if self._delay(now) != 0.0:
+            if self.concurrency is not None and self._held >= self.concurrency:
                 return False
-            self._take(now)
+            if self.rate is not None:
+                now = _clock()
+                if self._tat - self._tolerance > now:
+                    return False
+                self._tat = max(self._tat, now - self._catch_up) + self._interval
+            self._held += 1
             return True
 
     async def acquire(self) -> None:
@@ -207,36 +257,40 @@ class Limiter:
         """
         if self.try_acquire():
             return
+        loop_thread = threading.get_ident()
         call_soon = LoopHandle().call_soon_threadsafe
         event = anyio.Event()
 
-        def notify() -> None:
-            call_soon(event.set)
+        def wake() -> None:
+            # Called under the lock; `event` is the one this task waits on now.
+            if threading.get_ident() == loop_thread:
+                event.set()  # released on this loop: no trip through its self-pipe
+            else:
+                call_soon(event.set)
 
-        waiter = _Waiter(notify)
+        waiter = _Waiter(wake)
         with self._lock:
             self._waiters.append(waiter)
+            self._grant(_clock())  # the queue may have emptied since try_acquire
         try:
             while True:
                 with self._lock:
-                    if self._waiters[0] is waiter:
-                        now = _clock()
-                        delay = self._delay(now)
-                        if delay == 0.0:
-                            self._waiters.popleft()
-                            self._take(now)
-                            self._wake_head()
-                            return
-                    else:
-                        delay = None
-                    event = anyio.Event()  # notify() reads `event` when it runs
+                    if waiter.granted:
+                        return
+                    delay = self._head_delay(waiter)
+                    if delay == 0.0:
+                        self._grant(_clock())
+                        continue
+                    event = anyio.Event()
                 if delay is None:
                     await event.wait()
                 else:
                     with anyio.move_on_after(delay):
                         await event.wait()
+                    with self._lock:
+                        self._grant(_clock())  # our slot came: admit us (and a burst)
         except BaseException:
-            self._leave(waiter)
+            self._cancel(waiter)
             raise
 
     def acquire_blocking(self, timeout: float | None = None) -> bool:
@@ -249,46 +303,39 @@ class Limiter:
         waiter = _Waiter(event.set)
         with self._lock:
             self._waiters.append(waiter)
+            self._grant(_clock())
         try:
             while True:
                 with self._lock:
+                    if waiter.granted:
+                        return True
                     event.clear()
-                    now = _clock()
-                    delay: float | None = None
-                    if self._waiters[0] is waiter:
-                        delay = self._delay(now)
-                        if delay == 0.0:
-                            self._waiters.popleft()
-                            self._take(now)
-                            self._wake_head()
-                            return True
+                    delay = self._head_delay(waiter)
+                    if delay == 0.0:
+                        self._grant(_clock())
+                        continue
                 if deadline is not None:
-                    if now >= deadline:
-                        self._leave(waiter)
+                    left = deadline - _clock()
+                    if left <= 0:
+                        self._cancel(waiter)  # gives back a grant that raced the deadline
                         return False
-                    delay = deadline - now if delay is None else min(delay, deadline - now)
+                    delay = left if delay is None else min(delay, left)
                 event.wait(delay)
+                if delay is not None:
+                    with self._lock:
+                        self._grant(_clock())
         except BaseException:
-            self._leave(waiter)
+            self._cancel(waiter)
             raise
 
-    def _leave(self, waiter: _Waiter) -> None:
-        with self._lock:
-            was_head = bool(self._waiters) and self._waiters[0] is waiter
-            try:
-                self._waiters.remove(waiter)
-            except ValueError:
-                return
-            if was_head:
-                self._wake_head()
-
     def release(self) -> None:
-        """Give back one admission (the task is over); wakes the next waiter."""
+        """Give back one admission (the task is over); admits the next waiter."""
         with self._lock:
             if self._held <= 0:
                 raise RuntimeError(f"{self!r} released more often than acquired")
             self._held -= 1
-            self._wake_head()
+            if self._waiters:
+                self._grant(_clock())
 
     async def __aenter__(self) -> Limiter:
         await self.acquire()
