@@ -197,8 +197,9 @@ class ControlledSource:
         self.dying_lock = threading.Lock()
         self.gone_watched = False  # the lane calls task_gone (tasklanes' own process pool)
         self.gone_first: dict[int, int] = {}  # reaped before their timeout reached emit
-        self.tasks: dict[int, Any] = {}  # retry: the task, to run it again
-        self.attempt: dict[int, int] = {}  # retry: the attempt number now running
+        self.tasks: dict[int, Any] = {}  # retry, lazy input: the task, to run it again
+        self.keep_tasks = controls.retry is not None and not inner.in_memory
+        self.attempt: dict[int, int] = {}  # retry: the attempt now running, once >= 2
         self.tally = Tally()
         self.spawn: Callable[..., None] | None = None
         self._event: anyio.Event | None = None
@@ -272,7 +273,7 @@ class ControlledSource:
             self.inner_waits = True
             return WAIT
         self.in_flight += 1
-        return self._admit(item[0], item[1], 1)
+        return self._admit(item)
 
     async def next(self) -> Any:
         while True:
@@ -285,7 +286,7 @@ class ControlledSource:
                     self.inner_done = True
                     continue
                 self.in_flight += 1
-                item = self._admit(item[0], item[1], 1)
+                item = self._admit(item)
                 if item is not WAIT:
                     return item
                 continue
@@ -295,17 +296,21 @@ class ControlledSource:
 
     # -- admission ---------------------------------------------------------------------
 
-    def _admit(self, index: int, task: Any, attempt: int) -> Any:
-        """The admitted `(index, task)` now, or WAIT: a small task waits for it."""
-        if self.retry is not None and attempt == 1:
-            self.tasks[index] = task
-            self.attempt[index] = 1
+    def _admit(self, item: tuple[int, Any]) -> Any:
+        """`item`, admitted (its task wrapped when it must release in a thread), or
+        WAIT: a small task waits for its limiters. The hot path of every task."""
+        index, task = item
+        if self.keep_tasks and index not in self.attempt:
+            self.tasks[index] = task  # a lazy input: keep it to run it again
         limiters = self.controls.fixed
         if limiters is None:
             limiters = self.controls.limiters(task)
         if not limiters:
-            return (index, task)
+            return item
         if limiters[0].try_acquire() if len(limiters) == 1 else try_acquire_all(limiters):
+            if self.kind != "blocking":
+                self.holds[index] = limiters  # released at its outcome (see emit)
+                return item
             return (index, self._attempt(index, task, limiters))
         assert self.spawn is not None
         self.pending += 1
@@ -338,54 +343,70 @@ class ControlledSource:
     # -- outcomes ----------------------------------------------------------------------
 
     def emit(self, index: int, ok: bool, value: Any) -> None:
-        held = self.holds.pop(index, None)
-        if held is not None and self.kind != "blocking":  # blocking: its thread releases
-            if not ok and self.gone_watched and isinstance(value, TaskTimeout):
-                with self.dying_lock:
-                    # The pool may have reaped the worker before this outcome got here.
-                    gone = self.gone_first.get(index, 0)
-                    if gone:
-                        self.gone_first[index] = gone - 1
-                    else:
-                        self.dying.setdefault(index, []).append(held)  # see task_gone
-                        held = ()
+        if self.holds:
+            held = self.holds.pop(index, None)
+            if held is not None and self.kind != "blocking":  # blocking: its thread releases
+                if not ok and self.gone_watched and isinstance(value, TaskTimeout):
+                    held = self._hold_until_gone(index, held)
                 for limiter in held:
                     limiter.release()
-            else:
-                for limiter in held:
-                    limiter.release()
-        retry = self.retry
-        if retry is not None:
-            attempt = self.attempt.get(index, 1)
-            if not ok:
-                if retry.should_retry(value, attempt) and not self.batch.stopping:
-                    self.tally.retried += 1
-                    self.attempt[index] = attempt + 1
-                    self.pending += 1
-                    assert self.spawn is not None
-                    self.spawn(self._retry_later, index, retry.delay(attempt))
+        if self.retry is not None:
+            if not ok or self.attempt:
+                attempt = self.attempt.pop(index, 1)
+                if not ok and self._retry(index, value, attempt):
                     return
-                if attempt > 1:
-                    note_attempts(value, attempt)
-            self.tasks.pop(index, None)
-            self.attempt.pop(index, None)
+            if self.keep_tasks:
+                del self.tasks[index]
         self.in_flight -= 1
         self.forward(index, ok, value)
-        self._wake()
+        event = self._event
+        if event is not None:  # io workers wait for room or for the end
+            self._event = None
+            event.set()
+
+    def _retry(self, index: int, exc: BaseException, attempt: int) -> bool:
+        """Run a failed task again if its Retry says so; else note the attempts."""
+        retry = self.retry
+        assert retry is not None
+        if retry.should_retry(exc, attempt) and not self.batch.stopping:
+            self.tally.retried += 1
+            self.attempt[index] = attempt + 1
+            self.pending += 1
+            assert self.spawn is not None
+            self.spawn(self._retry_later, index, retry.delay(attempt))
+            return True
+        if attempt > 1:
+            note_attempts(exc, attempt)
+        return False
+
+    def _hold_until_gone(self, index: int, held: tuple[Limiter, ...]) -> tuple[Limiter, ...]:
+        """A timed-out cpu task: keep its limiters until its worker is gone; return what
+        to release now (everything, if the pool reaped the worker already)."""
+        with self.dying_lock:
+            gone = self.gone_first.get(index, 0)
+            if gone:
+                self.gone_first[index] = gone - 1
+                return held
+            self.dying.setdefault(index, []).append(held)  # see task_gone
+            return ()
 
     def emit_ok_many(self, indexes: list[int], values: list[Any]) -> None:
-        if self.holds or self.retry is not None:
+        if self.holds or self.attempt:
             for index, value in zip(indexes, values, strict=True):
                 self.emit(index, True, value)
             return
         self.in_flight -= len(indexes)
+        if self.keep_tasks:
+            for index in indexes:
+                del self.tasks[index]
         self.forward_ok_many(indexes, values)
         self._wake()
 
     async def _retry_later(self, index: int, delay: float) -> None:
         await anyio.sleep(delay)  # holding no limiter
         self.pending -= 1
-        item = self._admit(index, self.tasks[index], self.attempt[index])
+        task = self.tasks[index] if self.keep_tasks else self.inner.task_at(index)
+        item = self._admit((index, task))
         if item is not WAIT:
             self.ready.append(item)
             self._wake()

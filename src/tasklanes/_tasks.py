@@ -298,6 +298,11 @@ class Source:
             self._check(task, index)
             return (index, task)
 
+    def task_at(self, index: int) -> Any:
+        """Task ``index`` of a list input again (``retry=`` runs it once more)."""
+        assert self._sequence is not None
+        return self._sequence[index]
+
     def take_rest(self) -> list[tuple[int, Any]] | None:
         """Every remaining ``(index, task)`` of a list input at once (checked already),
         or ``None`` when the input is lazy or gated: then pull one by one."""
