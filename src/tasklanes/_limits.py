@@ -94,7 +94,7 @@ class Limiter:
     `concurrency` bounds the tasks holding the limiter at once; `rate` (starts per
     second) with `burst` bounds starts: in any interval of `t` seconds at most
     `rate * t + burst` tasks start (give or take a quarter interval that makes up for
-    event loops waking late; see [Limits](../limits.md)). Either may be `None` (no
+    event loops waking late; see [Limits](limits.md)). Either may be `None` (no
     bound). The same `Limiter` works from every event loop (asyncio, uvloop, trio)
     and thread of the process at
     once; waiters are served first come, first served.
