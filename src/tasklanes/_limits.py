@@ -12,6 +12,11 @@ Rate is a GCRA (generic cell rate algorithm, a token bucket kept as one number, 
 *theoretical arrival time* `tat`): a start is allowed when `tat - (burst - 1) / rate`
 has passed, and moves `tat` on by `1 / rate`. Only the head of the FIFO queue ever
 sleeps for a rate slot, and it sleeps until the slot, never in a busy loop.
+
+One file on purpose, past 500 lines: `Limiter`'s wait protocol (grant hand-off,
+cancellation) and the helpers that take several limiters in one global order are one
+piece of locking logic, and `Limiters` and the `limiter=` argument checks are thin
+layers over it.
 """
 
 from __future__ import annotations
