@@ -510,11 +510,17 @@ class _Watchdog:
                 if self._stopping:
                     return
                 loops = list(self._loops.values())
-            for loop in loops:
-                try:
-                    self._check(loop, time.monotonic())
-                except Exception:  # advice must never break the work it watches
-                    logger.exception("tasklanes: the advice watchdog failed")
+            self._check_all(loops)
+            # Hold no loop while waiting for the next tick: a closed event loop must be
+            # collectable at once (its `post` holds it).
+            del loops
+
+    def _check_all(self, loops: list[_Loop]) -> None:
+        for loop in loops:
+            try:
+                self._check(loop, time.monotonic())
+            except Exception:  # advice must never break the work it watches
+                logger.exception("tasklanes: the advice watchdog failed")
 
     def _check(self, loop: _Loop, now: float) -> None:
         # While the loop answers, a tick only posts a heartbeat: no reads, and as few

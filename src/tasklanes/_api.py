@@ -6,7 +6,9 @@ from collections.abc import AsyncIterable, Awaitable, Callable, Iterable
 from typing import Any, Literal, TypeVar, overload
 
 from ._batch import BatchIterator
+from ._limits import LimiterArg
 from ._progress import ProgressArg
+from ._retry import Retry
 from ._scheduler import Scheduler, scheduler_or_default
 
 __all__ = ["amap", "as_completed", "run_all", "run_all_sync"]
@@ -30,6 +32,9 @@ async def run_all(
     return_exceptions: Literal[False] = False,
     scheduler: Scheduler | None = None,
     progress: ProgressArg = False,
+    limiter: LimiterArg = None,
+    rate: float | None = None,
+    retry: int | Retry | None = None,
 ) -> list[T]: ...
 @overload
 async def run_all(
@@ -41,6 +46,9 @@ async def run_all(
     return_exceptions: Literal[True],
     scheduler: Scheduler | None = None,
     progress: ProgressArg = False,
+    limiter: LimiterArg = None,
+    rate: float | None = None,
+    retry: int | Retry | None = None,
 ) -> list[T | BaseException]: ...
 @overload
 async def run_all(
@@ -51,6 +59,9 @@ async def run_all(
     return_exceptions: Literal[False] = False,
     scheduler: Scheduler | None = None,
     progress: ProgressArg = False,
+    limiter: LimiterArg = None,
+    rate: float | None = None,
+    retry: int | Retry | None = None,
 ) -> list[T]: ...
 @overload
 async def run_all(
@@ -62,6 +73,9 @@ async def run_all(
     return_exceptions: Literal[True],
     scheduler: Scheduler | None = None,
     progress: ProgressArg = False,
+    limiter: LimiterArg = None,
+    rate: float | None = None,
+    retry: int | Retry | None = None,
 ) -> list[T | BaseException]: ...
 @overload
 async def run_all(
@@ -72,6 +86,9 @@ async def run_all(
     return_exceptions: bool = False,
     scheduler: Scheduler | None = None,
     progress: ProgressArg = False,
+    limiter: LimiterArg = None,
+    rate: float | None = None,
+    retry: int | Retry | None = None,
 ) -> list[Any]: ...
 async def run_all(
     tasks: Tasks[Any],
@@ -81,6 +98,9 @@ async def run_all(
     return_exceptions: bool = False,
     scheduler: Scheduler | None = None,
     progress: ProgressArg = False,
+    limiter: LimiterArg = None,
+    rate: float | None = None,
+    retry: int | Retry | None = None,
 ) -> list[Any]:
     """Run every task of one kind concurrently; return their results in input order.
 
@@ -105,6 +125,13 @@ async def run_all(
     slot holds its exception. ``progress=True`` draws a bar on stderr; a callable
     receives [ProgressUpdate][tasklanes.ProgressUpdate] objects.
 
+    ``limiter=`` (a [`Limiter`][tasklanes.Limiter], a list of them, or a function of
+    the task returning them) admits a task only when its limiters do, and holds them
+    until the task is really over; ``rate=`` is a private ``Limiter(rate=rate)`` for
+    this call; ``retry=`` (attempts, or a [`Retry`][tasklanes.Retry]) runs failed tasks
+    again. Waiting for a limiter or a backoff takes no thread or worker process, only
+    one of the call's ``limit`` slots. See [Limits](limits.md).
+
     Cancellation: when the caller is cancelled (or the batch fails fast), tasks not
     yet started never start, running io tasks are cancelled, running cpu tasks'
     worker processes are killed, and running blocking tasks are asked to stop
@@ -113,7 +140,9 @@ async def run_all(
     the call.
     """
     sched = scheduler_or_default(scheduler)
-    return await sched.run_all(tasks, kind, limit, timeout, return_exceptions, progress)
+    return await sched.run_all(
+        tasks, kind, limit, timeout, return_exceptions, progress, limiter, rate, retry
+    )
 
 
 # -- as_completed -------------------------------------------------------------------
@@ -128,6 +157,9 @@ def as_completed(
     return_exceptions: Literal[False] = False,
     scheduler: Scheduler | None = None,
     progress: ProgressArg = False,
+    limiter: LimiterArg = None,
+    rate: float | None = None,
+    retry: int | Retry | None = None,
 ) -> BatchIterator[tuple[int, T]]: ...
 @overload
 def as_completed(
@@ -139,6 +171,9 @@ def as_completed(
     return_exceptions: Literal[True],
     scheduler: Scheduler | None = None,
     progress: ProgressArg = False,
+    limiter: LimiterArg = None,
+    rate: float | None = None,
+    retry: int | Retry | None = None,
 ) -> BatchIterator[tuple[int, T | BaseException]]: ...
 @overload
 def as_completed(
@@ -149,6 +184,9 @@ def as_completed(
     return_exceptions: Literal[False] = False,
     scheduler: Scheduler | None = None,
     progress: ProgressArg = False,
+    limiter: LimiterArg = None,
+    rate: float | None = None,
+    retry: int | Retry | None = None,
 ) -> BatchIterator[tuple[int, T]]: ...
 @overload
 def as_completed(
@@ -160,6 +198,9 @@ def as_completed(
     return_exceptions: Literal[True],
     scheduler: Scheduler | None = None,
     progress: ProgressArg = False,
+    limiter: LimiterArg = None,
+    rate: float | None = None,
+    retry: int | Retry | None = None,
 ) -> BatchIterator[tuple[int, T | BaseException]]: ...
 @overload
 def as_completed(
@@ -170,6 +211,9 @@ def as_completed(
     return_exceptions: bool = False,
     scheduler: Scheduler | None = None,
     progress: ProgressArg = False,
+    limiter: LimiterArg = None,
+    rate: float | None = None,
+    retry: int | Retry | None = None,
 ) -> BatchIterator[tuple[int, Any]]: ...
 def as_completed(
     tasks: Tasks[Any],
@@ -179,6 +223,9 @@ def as_completed(
     return_exceptions: bool = False,
     scheduler: Scheduler | None = None,
     progress: ProgressArg = False,
+    limiter: LimiterArg = None,
+    rate: float | None = None,
+    retry: int | Retry | None = None,
 ) -> BatchIterator[tuple[int, Any]]:
     """Run tasks like [run_all][tasklanes.run_all], yielding ``(index, result)`` as each finishes.
 
@@ -202,7 +249,9 @@ def as_completed(
     nothing while the iterator is still referenced.
     """
     sched = scheduler_or_default(scheduler)
-    return sched.as_completed(tasks, kind, limit, timeout, return_exceptions, progress)
+    return sched.as_completed(
+        tasks, kind, limit, timeout, return_exceptions, progress, limiter, rate, retry
+    )
 
 
 # -- amap -------------------------------------------------------------------------
@@ -219,6 +268,9 @@ def amap(
     return_exceptions: Literal[False] = False,
     scheduler: Scheduler | None = None,
     progress: ProgressArg = False,
+    limiter: LimiterArg = None,
+    rate: float | None = None,
+    retry: int | Retry | None = None,
 ) -> BatchIterator[T]: ...
 @overload
 def amap(
@@ -231,6 +283,9 @@ def amap(
     return_exceptions: Literal[False] = False,
     scheduler: Scheduler | None = None,
     progress: ProgressArg = False,
+    limiter: LimiterArg = None,
+    rate: float | None = None,
+    retry: int | Retry | None = None,
 ) -> BatchIterator[T]: ...
 @overload
 def amap(
@@ -243,6 +298,9 @@ def amap(
     return_exceptions: bool = False,
     scheduler: Scheduler | None = None,
     progress: ProgressArg = False,
+    limiter: LimiterArg = None,
+    rate: float | None = None,
+    retry: int | Retry | None = None,
 ) -> BatchIterator[Any]: ...
 def amap(
     fn: Callable[[A], Any],
@@ -254,6 +312,9 @@ def amap(
     return_exceptions: bool = False,
     scheduler: Scheduler | None = None,
     progress: ProgressArg = False,
+    limiter: LimiterArg = None,
+    rate: float | None = None,
+    retry: int | Retry | None = None,
 ) -> BatchIterator[Any]:
     """Run ``fn(item)`` for each item, yielding the results (in input order by default).
 
@@ -272,7 +333,9 @@ def amap(
     Cancellation: as for [as_completed][tasklanes.as_completed].
     """
     sched = scheduler_or_default(scheduler)
-    return sched.amap(fn, items, kind, limit, timeout, ordered, return_exceptions, progress)
+    return sched.amap(
+        fn, items, kind, limit, timeout, ordered, return_exceptions, progress, limiter, rate, retry
+    )
 
 
 # -- from sync code ------------------------------------------------------------------
@@ -287,6 +350,9 @@ def run_all_sync(
     return_exceptions: Literal[False] = False,
     scheduler: Scheduler | None = None,
     progress: ProgressArg = False,
+    limiter: LimiterArg = None,
+    rate: float | None = None,
+    retry: int | Retry | None = None,
 ) -> list[T]: ...
 @overload
 def run_all_sync(
@@ -298,6 +364,9 @@ def run_all_sync(
     return_exceptions: Literal[True],
     scheduler: Scheduler | None = None,
     progress: ProgressArg = False,
+    limiter: LimiterArg = None,
+    rate: float | None = None,
+    retry: int | Retry | None = None,
 ) -> list[T | BaseException]: ...
 @overload
 def run_all_sync(
@@ -308,6 +377,9 @@ def run_all_sync(
     return_exceptions: Literal[False] = False,
     scheduler: Scheduler | None = None,
     progress: ProgressArg = False,
+    limiter: LimiterArg = None,
+    rate: float | None = None,
+    retry: int | Retry | None = None,
 ) -> list[T]: ...
 @overload
 def run_all_sync(
@@ -319,6 +391,9 @@ def run_all_sync(
     return_exceptions: Literal[True],
     scheduler: Scheduler | None = None,
     progress: ProgressArg = False,
+    limiter: LimiterArg = None,
+    rate: float | None = None,
+    retry: int | Retry | None = None,
 ) -> list[T | BaseException]: ...
 @overload
 def run_all_sync(
@@ -329,6 +404,9 @@ def run_all_sync(
     return_exceptions: bool = False,
     scheduler: Scheduler | None = None,
     progress: ProgressArg = False,
+    limiter: LimiterArg = None,
+    rate: float | None = None,
+    retry: int | Retry | None = None,
 ) -> list[Any]: ...
 def run_all_sync(
     tasks: Iterable[Any],
@@ -338,6 +416,9 @@ def run_all_sync(
     return_exceptions: bool = False,
     scheduler: Scheduler | None = None,
     progress: ProgressArg = False,
+    limiter: LimiterArg = None,
+    rate: float | None = None,
+    retry: int | Retry | None = None,
 ) -> list[Any]:
     """[run_all][tasklanes.run_all] for plain scripts: runs its own event loop and returns the list.
 
@@ -352,4 +433,6 @@ def run_all_sync(
     the batch as a cancellation does and raises ``KeyboardInterrupt``.
     """
     sched = scheduler_or_default(scheduler)
-    return sched.run_all_sync(tasks, kind, limit, timeout, return_exceptions, progress)
+    return sched.run_all_sync(
+        tasks, kind, limit, timeout, return_exceptions, progress, limiter, rate, retry
+    )
