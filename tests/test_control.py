@@ -437,3 +437,69 @@ async def test_a_timed_out_cpu_task_holds_its_limiter_until_its_worker_is_gone(
     assert isinstance(results[0], TaskTimeout)
     assert results[1] is True  # the spinning worker was reaped before the next task began
     assert lim.held == 0
+
+
+# -- the lane sees hand-out numbers; outcomes keep the input's indexes ----------------------
+
+
+@pytest.mark.parametrize("kind", ["io", "blocking"])
+async def test_a_retried_attempt_that_times_out_names_its_input_index(kind: str) -> None:
+    """A retry is handed to the lane again (under a new lane index): its timeout, made
+    by the lane, must still name the task's place in the input."""
+    calls: dict[int, int] = {}
+
+    def attempt(i: int) -> int:
+        calls[i] = calls.get(i, 0) + 1
+        if i == 1 and calls[i] == 1:
+            raise ConnectionError("first attempt refused")
+        return i
+
+    def blocking_task(i: int) -> int:
+        if attempt(i) == 1:
+            time.sleep(0.5)  # the second attempt overruns
+        return i
+
+    async def io_task(i: int) -> int:
+        if attempt(i) == 1:
+            await anyio.sleep(5)
+        return i
+
+    task = io_task if kind == "io" else blocking_task
+    results = await run_all(
+        [call(task, i) for i in range(4)],
+        kind=kind,
+        timeout=0.1,
+        retry=Retry(2, on=(ConnectionError,), backoff=0.01),
+        limiter=Limiter(concurrency=2),
+        return_exceptions=True,
+    )
+    assert results[0] == 0 and results[2:] == [2, 3]
+    assert isinstance(results[1], TaskTimeout)
+    assert results[1].index == 1 and "task 1 " in str(results[1])
+    assert calls[1] == 2
+
+
+async def test_async_input_with_a_limiter_and_retry() -> None:
+    """An async input is read in the background: a task admitted or retried meanwhile
+    is handed out without waiting for the input's next item."""
+    lim = Limiter(concurrency=2)
+    fed = anyio.Event()
+    calls: dict[int, int] = {}
+
+    async def task(i: int) -> int:
+        calls[i] = calls.get(i, 0) + 1
+        if i == 0 and calls[i] == 1:
+            raise ConnectionError("once")
+        if i == 0:
+            fed.set()  # the retry ran: let the input end
+        return i
+
+    async def tasks() -> Any:
+        for i in range(3):
+            yield call(task, i)
+        with anyio.fail_after(10):
+            await fed.wait()  # ends only once task 0's retry has run
+
+    results = await run_all(tasks(), limiter=lim, retry=Retry(2, backoff=0.01))
+    assert results == [0, 1, 2] and calls[0] == 2
+    assert lim.held == 0

@@ -178,8 +178,10 @@ class _BlockingAttempt:
 def _renumbered(exc: BaseException, index: int) -> BaseException:
     """A `TaskTimeout` or `WorkerCrashed` the lane made with its lane index, made
     again with the task's real index (its message names the index too)."""
-    cls, args = exc.__reduce__()[:2]
-    return cls(index, *args[1:])  # type: ignore[no-any-return]
+    if isinstance(exc, TaskTimeout):
+        return TaskTimeout(index, exc.timeout)
+    assert isinstance(exc, WorkerCrashed)
+    return WorkerCrashed(index, exc.exitcode)
 
 
 #: An admitted task not handed to the lane yet: (real index, task, limiters taken).

@@ -18,8 +18,8 @@ from ._backend import run_in_fresh_thread, run_sync
 from ._batch import BatchIterator, Lane, collect
 from ._control import make_controls
 from ._defaults import BLOCKING_LIMIT, IO_LIMIT, cpu_capacity
-from ._nested import refuse_nested_blocking, refuse_nested_cpu
 from ._limits import LimiterArg
+from ._nested import refuse_nested_blocking, refuse_nested_cpu
 from ._retry import Retry
 from ._stats import LaneSnapshot
 from ._tasks import KINDS, check_kind, check_limit, check_timeout
