@@ -147,7 +147,9 @@ async def test_waiting_for_a_limiter_takes_no_thread() -> None:
 
         async with anyio.create_task_group() as tg:
             tg.start_soon(slow_batch)
-            await anyio.sleep(0.05)
+            with anyio.fail_after(5):  # the first slow task has started (a loaded box)
+                while sched.stats()["blocking"].running == 0:
+                    await anyio.sleep(0.005)
             assert sched.stats()["blocking"].running == 1
             t0 = time.monotonic()
             await sched.run_all([call(time.sleep, 0.01)] * 10, kind="blocking")

@@ -298,6 +298,8 @@ class _IoBatch:
         """With controls: the next tasks for a worker holding an io slot, if they need
         no waiting. Otherwise (False) the worker ends and a fresh one, holding no slot,
         waits in `_refill` instead: waiting for a limiter takes no io capacity."""
+        if self.ready:  # another worker pulled a chunk meanwhile
+            return True
         batch = self.batch
         if not self.done and not self.pulling and not batch.stopping:
             source = batch.source
