@@ -305,6 +305,17 @@ class ControlledSource:
         """Take tasks from the input and admit them, until `out` has `n`, the input
         has none without waiting, or `limit` are admitted or waiting."""
         inner = self.inner
+        # The common case inline (one fixed limiter, no retry, not blocking): no
+        # tuple and no call per task beyond the limiter's own.
+        fixed = self.controls.fixed
+        single = (
+            fixed[0]
+            if fixed is not None and len(fixed) == 1 and not self.keep_tasks
+            and self.kind != "blocking"
+            else None
+        )
+        real = self.real
+        holds = self.holds
         while len(out) < n and self.in_flight < self.cap:
             start = inner.pulled
             got = inner.take(min(n - len(out), self.cap - self.in_flight))
@@ -316,6 +327,13 @@ class ControlledSource:
                 return  # else a closed gate: `release` wakes the lane
             self.in_flight += len(got)
             for index, task in enumerate(got, start):
+                if single is not None and single.try_acquire():
+                    lane_index = self.handed
+                    self.handed = lane_index + 1
+                    real[lane_index] = index
+                    holds[lane_index] = fixed  # released at its outcome (see emit)
+                    out.append(task)
+                    continue
                 admitted = self._admit(index, task)
                 if admitted is not None:
                     out.append(self._hand(*admitted))
@@ -439,7 +457,21 @@ class ControlledSource:
             event.set()
 
     def emit_ok(self, lane_index: int, value: Any) -> None:
-        self.emit(lane_index, True, value)
+        """One success (the io lane's hot path): `emit(lane_index, True, value)`."""
+        if self.retry is not None or self.kind == "blocking":
+            self.emit(lane_index, True, value)
+            return
+        index = self.real.pop(lane_index)
+        held = self.holds.pop(lane_index, None)
+        if held is not None:
+            for limiter in held:
+                limiter.release()
+        self.in_flight -= 1
+        self.forward(index, True, value)
+        event = self._event
+        if event is not None:
+            self._event = None
+            event.set()
 
     def emit_ok_many(self, lane_indexes: list[int], values: list[Any]) -> None:
         if self.holds or self.attempt:
