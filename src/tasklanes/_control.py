@@ -174,6 +174,11 @@ class _BlockingAttempt:
     def __repr__(self) -> str:
         return repr(self.task)
 
+    @property
+    def __tasklanes_wrapped__(self) -> Any:
+        # What kind advice measures is the task's function, not this wrapper.
+        return self.task
+
 
 def _renumbered(exc: BaseException, index: int) -> BaseException:
     """A `TaskTimeout` or `WorkerCrashed` the lane made with its lane index, made
