@@ -511,8 +511,7 @@ class _Watchdog:
                     return
                 loops = list(self._loops.values())
             self._check_all(loops)
-            # Hold no loop while waiting for the next tick: a closed event loop must be
-            # collectable at once (its `post` holds it).
+            # Hold no loop between ticks: a closed event loop must be free to go.
             del loops
 
     def _check_all(self, loops: list[_Loop]) -> None:
