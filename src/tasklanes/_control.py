@@ -331,6 +331,16 @@ class ControlledSource:
                     self._read_later()
                 return  # else a closed gate: `release` wakes the lane
             self.in_flight += len(got)
+            if fixed == ():
+                # No limiters (retry= alone): hand them all out in bulk.
+                handed = self.handed
+                self.handed = handed + len(got)
+                indexes = range(start, start + len(got))
+                real.update(zip(range(handed, self.handed), indexes, strict=True))
+                if self.keep_tasks:
+                    self.tasks.update(zip(indexes, got, strict=True))
+                out.extend(got)
+                continue
             for index, task in enumerate(got, start):
                 if single is not None and single.try_acquire():
                     lane_index = self.handed
@@ -463,14 +473,17 @@ class ControlledSource:
 
     def emit_ok(self, lane_index: int, value: Any) -> None:
         """One success (the io lane's hot path): `emit(lane_index, True, value)`."""
-        if self.retry is not None or self.kind == "blocking":
+        if self.attempt or self.kind == "blocking":
             self.emit(lane_index, True, value)
             return
         index = self.real.pop(lane_index)
-        held = self.holds.pop(lane_index, None)
-        if held is not None:
-            for limiter in held:
-                limiter.release()
+        if self.holds:
+            held = self.holds.pop(lane_index, None)
+            if held is not None:
+                for limiter in held:
+                    limiter.release()
+        if self.keep_tasks:
+            del self.tasks[index]
         self.in_flight -= 1
         self.forward(index, True, value)
         event = self._event
