@@ -12,7 +12,9 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar, overload
 # the forkserver before its first task runs.
 if TYPE_CHECKING:
     from ._batch import BatchIterator
+    from ._limits import LimiterArg
     from ._progress import ProgressArg
+    from ._retry import Retry
     from ._scheduler import Scheduler
 
 __all__ = ["amap", "as_completed", "run_all", "run_all_sync"]
@@ -42,6 +44,9 @@ async def run_all(
     return_exceptions: Literal[False] = False,
     scheduler: Scheduler | None = None,
     progress: ProgressArg = False,
+    limiter: LimiterArg = None,
+    rate: float | None = None,
+    retry: int | Retry | None = None,
 ) -> list[T]: ...
 @overload
 async def run_all(
@@ -53,6 +58,9 @@ async def run_all(
     return_exceptions: Literal[True],
     scheduler: Scheduler | None = None,
     progress: ProgressArg = False,
+    limiter: LimiterArg = None,
+    rate: float | None = None,
+    retry: int | Retry | None = None,
 ) -> list[T | BaseException]: ...
 @overload
 async def run_all(
@@ -63,6 +71,9 @@ async def run_all(
     return_exceptions: Literal[False] = False,
     scheduler: Scheduler | None = None,
     progress: ProgressArg = False,
+    limiter: LimiterArg = None,
+    rate: float | None = None,
+    retry: int | Retry | None = None,
 ) -> list[T]: ...
 @overload
 async def run_all(
@@ -74,6 +85,9 @@ async def run_all(
     return_exceptions: Literal[True],
     scheduler: Scheduler | None = None,
     progress: ProgressArg = False,
+    limiter: LimiterArg = None,
+    rate: float | None = None,
+    retry: int | Retry | None = None,
 ) -> list[T | BaseException]: ...
 @overload
 async def run_all(
@@ -84,6 +98,9 @@ async def run_all(
     return_exceptions: bool = False,
     scheduler: Scheduler | None = None,
     progress: ProgressArg = False,
+    limiter: LimiterArg = None,
+    rate: float | None = None,
+    retry: int | Retry | None = None,
 ) -> list[Any]: ...
 async def run_all(
     tasks: Tasks[Any],
@@ -93,6 +110,9 @@ async def run_all(
     return_exceptions: bool = False,
     scheduler: Scheduler | None = None,
     progress: ProgressArg = False,
+    limiter: LimiterArg = None,
+    rate: float | None = None,
+    retry: int | Retry | None = None,
 ) -> list[Any]:
     """Run every task of one kind concurrently; return their results in input order.
 
@@ -117,6 +137,13 @@ async def run_all(
     slot holds its exception. ``progress=True`` draws a bar on stderr; a callable
     receives [ProgressUpdate][tasklanes.ProgressUpdate] objects.
 
+    ``limiter=`` (a [`Limiter`][tasklanes.Limiter], a list of them, or a function of
+    the task returning them) admits a task only when its limiters do, and holds them
+    until the task is really over; ``rate=`` is a private ``Limiter(rate=rate)`` for
+    this call; ``retry=`` (attempts, or a [`Retry`][tasklanes.Retry]) runs failed tasks
+    again. Waiting for a limiter or a backoff takes no thread or worker process, only
+    one of the call's ``limit`` slots. See [Limits](limits.md).
+
     Cancellation: when the caller is cancelled (or the batch fails fast), tasks not
     yet started never start, running io tasks are cancelled, running cpu tasks'
     worker processes are killed, and running blocking tasks are asked to stop
@@ -125,7 +152,9 @@ async def run_all(
     the call.
     """
     sched = scheduler_or_default(scheduler)
-    return await sched.run_all(tasks, kind, limit, timeout, return_exceptions, progress)
+    return await sched.run_all(
+        tasks, kind, limit, timeout, return_exceptions, progress, limiter, rate, retry
+    )
 
 
 # -- as_completed -------------------------------------------------------------------
@@ -140,6 +169,9 @@ def as_completed(
     return_exceptions: Literal[False] = False,
     scheduler: Scheduler | None = None,
     progress: ProgressArg = False,
+    limiter: LimiterArg = None,
+    rate: float | None = None,
+    retry: int | Retry | None = None,
 ) -> BatchIterator[tuple[int, T]]: ...
 @overload
 def as_completed(
@@ -151,6 +183,9 @@ def as_completed(
     return_exceptions: Literal[True],
     scheduler: Scheduler | None = None,
     progress: ProgressArg = False,
+    limiter: LimiterArg = None,
+    rate: float | None = None,
+    retry: int | Retry | None = None,
 ) -> BatchIterator[tuple[int, T | BaseException]]: ...
 @overload
 def as_completed(
@@ -161,6 +196,9 @@ def as_completed(
     return_exceptions: Literal[False] = False,
     scheduler: Scheduler | None = None,
     progress: ProgressArg = False,
+    limiter: LimiterArg = None,
+    rate: float | None = None,
+    retry: int | Retry | None = None,
 ) -> BatchIterator[tuple[int, T]]: ...
 @overload
 def as_completed(
@@ -172,6 +210,9 @@ def as_completed(
     return_exceptions: Literal[True],
     scheduler: Scheduler | None = None,
     progress: ProgressArg = False,
+    limiter: LimiterArg = None,
+    rate: float | None = None,
+    retry: int | Retry | None = None,
 ) -> BatchIterator[tuple[int, T | BaseException]]: ...
 @overload
 def as_completed(
@@ -182,6 +223,9 @@ def as_completed(
     return_exceptions: bool = False,
     scheduler: Scheduler | None = None,
     progress: ProgressArg = False,
+    limiter: LimiterArg = None,
+    rate: float | None = None,
+    retry: int | Retry | None = None,
 ) -> BatchIterator[tuple[int, Any]]: ...
 def as_completed(
     tasks: Tasks[Any],
@@ -191,6 +235,9 @@ def as_completed(
     return_exceptions: bool = False,
     scheduler: Scheduler | None = None,
     progress: ProgressArg = False,
+    limiter: LimiterArg = None,
+    rate: float | None = None,
+    retry: int | Retry | None = None,
 ) -> BatchIterator[tuple[int, Any]]:
     """Run tasks like [run_all][tasklanes.run_all], yielding ``(index, result)`` as each finishes.
 
@@ -214,7 +261,9 @@ def as_completed(
     nothing while the iterator is still referenced.
     """
     sched = scheduler_or_default(scheduler)
-    return sched.as_completed(tasks, kind, limit, timeout, return_exceptions, progress)
+    return sched.as_completed(
+        tasks, kind, limit, timeout, return_exceptions, progress, limiter, rate, retry
+    )
 
 
 # -- amap -------------------------------------------------------------------------
@@ -231,6 +280,9 @@ def amap(
     return_exceptions: Literal[False] = False,
     scheduler: Scheduler | None = None,
     progress: ProgressArg = False,
+    limiter: LimiterArg = None,
+    rate: float | None = None,
+    retry: int | Retry | None = None,
 ) -> BatchIterator[T]: ...
 @overload
 def amap(
@@ -243,6 +295,9 @@ def amap(
     return_exceptions: Literal[False] = False,
     scheduler: Scheduler | None = None,
     progress: ProgressArg = False,
+    limiter: LimiterArg = None,
+    rate: float | None = None,
+    retry: int | Retry | None = None,
 ) -> BatchIterator[T]: ...
 @overload
 def amap(
@@ -255,6 +310,9 @@ def amap(
     return_exceptions: bool = False,
     scheduler: Scheduler | None = None,
     progress: ProgressArg = False,
+    limiter: LimiterArg = None,
+    rate: float | None = None,
+    retry: int | Retry | None = None,
 ) -> BatchIterator[Any]: ...
 def amap(
     fn: Callable[[A], Any],
@@ -266,6 +324,9 @@ def amap(
     return_exceptions: bool = False,
     scheduler: Scheduler | None = None,
     progress: ProgressArg = False,
+    limiter: LimiterArg = None,
+    rate: float | None = None,
+    retry: int | Retry | None = None,
 ) -> BatchIterator[Any]:
     """Run ``fn(item)`` for each item, yielding the results (in input order by default).
 
@@ -284,7 +345,9 @@ def amap(
     Cancellation: as for [as_completed][tasklanes.as_completed].
     """
     sched = scheduler_or_default(scheduler)
-    return sched.amap(fn, items, kind, limit, timeout, ordered, return_exceptions, progress)
+    return sched.amap(
+        fn, items, kind, limit, timeout, ordered, return_exceptions, progress, limiter, rate, retry
+    )
 
 
 # -- from sync code ------------------------------------------------------------------
@@ -299,6 +362,9 @@ def run_all_sync(
     return_exceptions: Literal[False] = False,
     scheduler: Scheduler | None = None,
     progress: ProgressArg = False,
+    limiter: LimiterArg = None,
+    rate: float | None = None,
+    retry: int | Retry | None = None,
 ) -> list[T]: ...
 @overload
 def run_all_sync(
@@ -310,6 +376,9 @@ def run_all_sync(
     return_exceptions: Literal[True],
     scheduler: Scheduler | None = None,
     progress: ProgressArg = False,
+    limiter: LimiterArg = None,
+    rate: float | None = None,
+    retry: int | Retry | None = None,
 ) -> list[T | BaseException]: ...
 @overload
 def run_all_sync(
@@ -320,6 +389,9 @@ def run_all_sync(
     return_exceptions: Literal[False] = False,
     scheduler: Scheduler | None = None,
     progress: ProgressArg = False,
+    limiter: LimiterArg = None,
+    rate: float | None = None,
+    retry: int | Retry | None = None,
 ) -> list[T]: ...
 @overload
 def run_all_sync(
@@ -331,6 +403,9 @@ def run_all_sync(
     return_exceptions: Literal[True],
     scheduler: Scheduler | None = None,
     progress: ProgressArg = False,
+    limiter: LimiterArg = None,
+    rate: float | None = None,
+    retry: int | Retry | None = None,
 ) -> list[T | BaseException]: ...
 @overload
 def run_all_sync(
@@ -341,6 +416,9 @@ def run_all_sync(
     return_exceptions: bool = False,
     scheduler: Scheduler | None = None,
     progress: ProgressArg = False,
+    limiter: LimiterArg = None,
+    rate: float | None = None,
+    retry: int | Retry | None = None,
 ) -> list[Any]: ...
 def run_all_sync(
     tasks: Iterable[Any],
@@ -350,6 +428,9 @@ def run_all_sync(
     return_exceptions: bool = False,
     scheduler: Scheduler | None = None,
     progress: ProgressArg = False,
+    limiter: LimiterArg = None,
+    rate: float | None = None,
+    retry: int | Retry | None = None,
 ) -> list[Any]:
     """[run_all][tasklanes.run_all] for plain scripts: runs its own event loop and returns the list.
 
@@ -364,4 +445,6 @@ def run_all_sync(
     the batch as a cancellation does and raises ``KeyboardInterrupt``.
     """
     sched = scheduler_or_default(scheduler)
-    return sched.run_all_sync(tasks, kind, limit, timeout, return_exceptions, progress)
+    return sched.run_all_sync(
+        tasks, kind, limit, timeout, return_exceptions, progress, limiter, rate, retry
+    )

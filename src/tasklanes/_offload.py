@@ -17,8 +17,11 @@ from typing_extensions import ParamSpec
 from ._backend import LoopHandle
 from ._batch import annotate
 from ._call import Call
+from ._control import make_controls
 from ._errors import TaskTimeout, WorkerCrashed
+from ._limits import Limiter, LimiterArg, with_rate
 from ._processes._pickling import importable_by_name
+from ._retry import Retry
 from ._scheduler import Scheduler, check_scheduler, scheduler_or_default
 from ._tasks import END, Source, check_kind, check_limit, check_timeout
 
@@ -91,6 +94,9 @@ class Offloaded(Generic[P, R, W]):
         limit: int | None,
         timeout: float | None,
         scheduler: Scheduler | None,
+        limiter: LimiterArg = None,
+        rate: float | None = None,
+        retry: int | Retry | None = None,
     ) -> None:
         functools.update_wrapper(self, fn)
         self.__wrapped__ = fn
@@ -107,6 +113,9 @@ class Offloaded(Generic[P, R, W]):
             weakref.WeakKeyDictionary()
         )
         self._lock = threading.Lock()
+        # rate= of the decorator is one budget for every call of the function.
+        self._limiter_arg = with_rate(limiter, None if rate is None else Limiter(rate=rate))
+        self._retry = retry
 
     def _limiter(self) -> _ProcessLimiter | None:
         if self.limit is None:
@@ -141,7 +150,14 @@ class Offloaded(Generic[P, R, W]):
         if limiter is not None:
             await limiter.acquire()
         try:
-            results = await sched.run_all([self._task(args, kwargs)], self.kind, 1, self.timeout)
+            results = await sched.run_all(
+                [self._task(args, kwargs)],
+                self.kind,
+                1,
+                self.timeout,
+                limiter=self._limiter_arg,
+                retry=self._retry,
+            )
         except BaseException as exc:
             _drop_batch_note(exc)
             raise
@@ -192,7 +208,15 @@ class Offloaded(Generic[P, R, W]):
         else:
             tasks = [self._task((item,), {}) for item in items]
         if limiter is None:
-            return await sched.run_all(tasks, self.kind, limit, seconds, return_exceptions)
+            return await sched.run_all(
+                tasks,
+                self.kind,
+                limit,
+                seconds,
+                return_exceptions,
+                limiter=self._limiter_arg,
+                retry=self._retry,
+            )
         # cpu with a limit: a worker process cannot give a permit back, so workers here
         # take one per task around a batch of one.
         return await self._map_with_permits(
@@ -226,6 +250,8 @@ class Offloaded(Generic[P, R, W]):
                 self._width(limit),
                 seconds,
                 return_exceptions,
+                limiter=self._limiter_arg,
+                retry=self._retry,
             )
         finally:
             for permit in list(held):
@@ -261,7 +287,16 @@ class Offloaded(Generic[P, R, W]):
                 index, task = item
                 await limiter.acquire()
                 try:
-                    value = (await sched.run_all([task], self.kind, 1, seconds))[0]
+                    value = (
+                        await sched.run_all(
+                            [task],
+                            self.kind,
+                            1,
+                            seconds,
+                            limiter=self._limiter_arg,
+                            retry=self._retry,
+                        )
+                    )[0]
                 except Exception as exc:
                     _drop_batch_note(exc)
                     if isinstance(exc, (TaskTimeout, WorkerCrashed)):
@@ -381,6 +416,9 @@ def offload(
     limit: int | None = None,
     timeout: float | None = None,
     scheduler: Scheduler | None = None,
+    limiter: LimiterArg = None,
+    rate: float | None = None,
+    retry: int | Retry | None = None,
 ) -> Callable[[Callable[P, R]], Offloaded[P, R, R]]: ...
 @overload
 def offload(
@@ -389,6 +427,9 @@ def offload(
     limit: int | None = None,
     timeout: float | None = None,
     scheduler: Scheduler | None = None,
+    limiter: LimiterArg = None,
+    rate: float | None = None,
+    retry: int | Retry | None = None,
 ) -> Callable[[Callable[P, Awaitable[R]]], Offloaded[P, R, Awaitable[R]]]: ...
 def offload(
     fn: Callable[..., Any] | None = None,
@@ -398,6 +439,9 @@ def offload(
     limit: int | None = None,
     timeout: float | None = None,
     scheduler: Scheduler | None = None,
+    limiter: LimiterArg = None,
+    rate: float | None = None,
+    retry: int | Retry | None = None,
 ) -> Any:
     """Turn a function into an awaitable one that runs on a lane.
 
@@ -419,7 +463,10 @@ def offload(
     ```
 
     ``limit`` bounds the function's concurrent calls across the process (per event
-    loop for ``"io"``), on top of the lane's capacity; ``timeout`` bounds each call.
+    loop for ``"io"``), on top of the lane's capacity; ``timeout`` bounds each call
+    (each attempt, with ``retry``). ``limiter=`` and ``retry=`` work as for
+    [`run_all`][tasklanes.run_all]; ``rate=`` is one
+    [`Limiter`][tasklanes.Limiter] shared by every call of the function.
     A decorated module-level function works in the cpu lane: it pickles by reference.
 
     Cancellation: as for [run_all][tasklanes.run_all] with one task: a cancelled caller's io call is
@@ -429,6 +476,7 @@ def offload(
     check_limit(limit)
     seconds = check_timeout(timeout)
     check_scheduler(scheduler)
+    make_controls(limiter, rate, retry)  # bad arguments fail at decoration
 
     def decorate(func: Callable[..., Any]) -> Offloaded[Any, Any, Any]:
         if not callable(func):
@@ -447,7 +495,7 @@ def offload(
                 f"@offload(kind={kind!r}) needs a sync function; {func.__qualname__} is "
                 "async def: use kind='io'"
             )
-        return Offloaded(func, kind, limit, seconds, scheduler)
+        return Offloaded(func, kind, limit, seconds, scheduler, limiter, rate, retry)
 
     if fn is not None:
         return decorate(fn)

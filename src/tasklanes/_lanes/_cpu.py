@@ -108,6 +108,10 @@ class ProcessLane(LaneBase):
 
     async def run(self, batch: Batch) -> None:
         inbox = Inbox(batch.loop)
+        batch.wake = inbox.poke  # limiter=/retry=: a task is ready to pull
+        # limiter=: a task killed for its timeout holds its limiters until its worker
+        # is gone; the pool tells when (see `_control`).
+        watch_gone = getattr(batch.source, "watch_gone", None)
         runner = _CpuBatch(self, batch, inbox)
         self.open_run(runner)
         try:
@@ -115,9 +119,9 @@ class ProcessLane(LaneBase):
                 limit=min(batch.limit, self.capacity),
                 timeout=batch.timeout,
                 deliver=inbox.put_many,
-                # (hook: the job settles once no worker works on it any more; a killed
-                # task's "really over" is this moment.)
+                # The job settles once no worker works on it any more.
                 on_settled=lambda: inbox.put(_SETTLED),
+                on_gone=None if watch_gone is None else watch_gone(),
             )
             await runner.run()
         finally:
@@ -210,8 +214,8 @@ class _CpuBatch:
             want = min(max(job.demand + self.outstanding, _MIN_QUEUED), _MAX_QUEUED)
         start, tasks = await pull(batch, want - self.outstanding, owed=self.outstanding > 0)
         added = list(enumerate(tasks, start))
-        # (admission hook: a Limiter would be acquired here, before the pool sees the
-        # task, so no worker process waits for one.)
+        # (With limiter=, the tasks pulled hold their limiters already: no worker
+        # process waits for one; see `_control`.)
         if added:
             self.outstanding += len(added)
             now = time.monotonic()

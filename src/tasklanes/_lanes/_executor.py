@@ -134,6 +134,7 @@ class _ExecutorBatch:
         self.lane = lane
         self.batch = batch
         self.inbox = Inbox(batch.loop)
+        batch.wake = self.inbox.poke  # limiter=/retry=: a task is ready to pull
         self.futures: dict[Future[Any], tuple[int, float, object]] = {}
         self.timed_out: set[Future[Any]] = set()
         self.deadlines: Deadlines[Future[Any]] = Deadlines()
@@ -169,7 +170,6 @@ class _ExecutorBatch:
         timeout = batch.timeout
         start, tasks = await pull(batch, batch.limit - len(self.futures), owed=bool(self.futures))
         for index, task in enumerate(tasks, start):
-            # (admission hook: a Limiter would be acquired here, before submit.)
             try:
                 future = submit(task)
             except pickle.PicklingError as exc:  # an executor that pickles at submit

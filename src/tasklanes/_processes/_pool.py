@@ -91,6 +91,7 @@ class ProcessPool:
         timeout: float | None,
         deliver: Callable[[list[Outcome]], None],
         on_settled: Callable[[], None],
+        on_gone: Callable[[int], None] | None = None,
     ) -> PoolJob:
         """Open a job; starts the pool on first use (without waiting for it).
 
@@ -98,6 +99,9 @@ class ProcessPool:
         batch the pool read from its workers. `on_settled` is called once, from a pool
         thread: after `PoolJob.cancel` once none of the job's tasks runs anymore, or
         after `PoolJob.close_input` once every task put has been delivered.
+        `on_gone(index)` (optional) is called from the manager thread when the worker
+        killed for task `index`'s timeout has been reaped (`limiter=` holds a killed
+        task's limiters until then).
         """
         if limit < 1:
             raise ValueError(f"limit must be >= 1, got {limit}")
@@ -105,6 +109,7 @@ class ProcessPool:
             raise ValueError(f"timeout must be > 0, got {timeout}")
         refuse_while_importing_main()  # a worker re-running an unguarded script: say so
         core = JobCore(limit, timeout, deliver, on_settled)
+        core.on_gone = on_gone
         # The check and the queuing of the job are one step under the lock, which
         # close() takes too: a close() from another thread comes either before (we
         # raise) or after (its shutdown settles this job).

@@ -164,6 +164,8 @@ class Reaper(Dispatcher):
                 here = position
                 position += 1
                 if w.timed_out is not None and w.timed_out == (chunk, k):
+                    if job.on_gone is not None:
+                        job.on_gone(index)
                     continue
                 if job.cancelled:
                     continue
