@@ -268,6 +268,7 @@ class _DaskBatch:
             **getattr(executor, "_kwargs", {}),
         }
         self.inbox = Inbox(batch.loop)
+        batch.wake = self.inbox.poke  # limiter=/retry=: a task is ready to pull
         # id(future) -> (future, index, submitted at, task)
         self.futures: dict[int, tuple[Any, int, float, object]] = {}
         self.timed_out: set[int] = set()
