@@ -173,7 +173,17 @@ def run_sync(async_fn: Callable[..., Coroutine[Any, Any, T]], *args: Any) -> T:
             "write 'await run_all(...)' with the same arguments instead "
             "('await scheduler.run_all(...)' on a Scheduler)"
         )
-    return anyio.run(functools.partial(async_fn, *args))
+    # The result travels through a box, not as the main coroutine's return value:
+    # asyncio's runner formats `repr()` of its main task's callback (which holds the
+    # result) when it restores the SIGINT handler, and for a large result (a 200 MB
+    # `bytes`) that `repr` took longer than producing the result.
+    box: list[T] = []
+
+    async def main() -> None:
+        box.append(await async_fn(*args))
+
+    anyio.run(main)
+    return box[0]
 
 
 async def run_in_fresh_thread(fn: Callable[[], T]) -> T:
