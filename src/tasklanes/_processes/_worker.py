@@ -61,6 +61,9 @@ _REC = RECORD_LEN.size
 # Hold a quick task's outcome at most this long, and at most this many of them.
 FLUSH_SECONDS = 0.0005
 FLUSH_COUNT = 1024
+# Non-empty in a process forked from a worker (by a task): set by the at-fork hook
+# that `main` registers (in the worker only, not in the parent that imports us).
+_forked: list[bool] = []
 
 
 def main(tasks: Connection, results: Connection, alive: Connection, block: mmap.mmap) -> None:
@@ -81,6 +84,7 @@ def main(tasks: Connection, results: Connection, alive: Connection, block: mmap.
     # happens to running tasks (it kills us if it wants them stopped).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     pid = os.getpid()
+    os.register_at_fork(after_in_child=lambda: _forked.append(True))
     _start_watchdog(alive.fileno())
     out = results.fileno()
     recv = tasks.recv_bytes
@@ -95,7 +99,7 @@ def main(tasks: Connection, results: Connection, alive: Connection, block: mmap.
     held = _Journal(memoryview(block)[SLOT_BYTES:], out)
     clock = monotonic
     begun = 0  # tasks started in this process's life, published in ``slot[0]``
-    getpid = os.getpid
+    forked = _forked
 
     _send_other(out, ("ready", pid))
     while True:
@@ -146,9 +150,10 @@ def main(tasks: Connection, results: Connection, alive: Connection, block: mmap.
                     data = b""
                 value = None
             task = None
-            if getpid() != pid:
+            if forked:
                 # The task forked and the child returned into our loop: it must not
-                # act as the worker (write to our pipes, run our tasks).
+                # act as the worker (write to our pipes, run our tasks). A list
+                # tested for emptiness, not `os.getpid()` per task: a syscall.
                 os._exit(0)
             give_back = now - started > budget and (k < last or poll(0))
             if payload is None and k < last and not give_back and not held.due(now):
