@@ -9,7 +9,6 @@ module is that shim, in anyio's style: one function per need, a branch per backe
 from __future__ import annotations
 
 import asyncio
-import functools
 import sys
 import threading
 import time
