@@ -39,6 +39,7 @@ from ._protocol import (
     SECONDS,
     TAG_OK,
     TAG_OK_LAST,
+    TAG_OK_LIST,
     TAG_OK_MANY,
     TAG_OTHER,
     RemoteError,
@@ -55,9 +56,15 @@ _OK = bytes([TAG_OK])
 _OK_LAST = bytes([TAG_OK_LAST])
 _OTHER = bytes([TAG_OTHER])
 _OK_MANY = bytes([TAG_OK_MANY])
+_OK_LIST = bytes([TAG_OK_LIST])
+# Values that may travel pickled together as one list (``TAG_OK_LIST``): immutable, so
+# that sharing one pickle's memo between tasks' values changes nothing the caller sees.
+_PLAIN = frozenset({int, float, bool, type(None), str, bytes, complex})
+_UNKNOWN = object()  # `_Journal.add` without the value: send records
 _NAN = float("nan")
 _HEAD = JOURNAL_HEADER.size
 _REC = RECORD_LEN.size
+_pack_rec = RECORD_LEN.pack
 # Hold a quick task's outcome at most this long, and at most this many of them.
 FLUSH_SECONDS = 0.0005
 FLUSH_COUNT = 1024
@@ -141,7 +148,7 @@ def main(tasks: Connection, results: Connection, alive: Connection, block: mmap.
                     seconds = now - started if k == last else None
                     payload = _OTHER + _other_payload(("bad_result", seconds, _describe(exc)))
                 else:
-                    if held.add(data, now):
+                    if held.add(data, now, value):
                         payload = None  # held: goes with the next flush
                     elif k == last:  # too big to hold: goes alone
                         payload = _OK_LAST + pack_seconds(now - started) + data
@@ -197,44 +204,58 @@ class _Journal:
     """Successes held for a moment, written into shared memory as they finish.
 
     ``add`` appends one pickled outcome (a record) and publishes the new size in the
-    header; ``flush`` sends every record in one ``TAG_OK_MANY`` message, then opens a
+    header; ``flush`` sends every record in one ``TAG_OK_MANY`` message (or, when every
+    value is plain, the values as one pickled list: ``TAG_OK_LIST``), then opens a
     new epoch. Should this process die in between, the parent reads the records from
     the shared block instead: held outcomes are never lost, and never sent twice
     (the parent skips a journal whose epoch's message it already has).
     """
 
-    __slots__ = ("count", "epoch", "mv", "out", "since", "used")
+    __slots__ = ("count", "epoch", "head", "mv", "out", "since", "size", "used", "values")
 
     def __init__(self, block: Any, out: int) -> None:
         self.mv = memoryview(block).cast("B")
+        self.size = len(self.mv)
+        # The header's three fields as items (a store is cheaper than a `pack_into`).
+        self.head = self.mv[:_HEAD].cast("Q")
         self.out = out
         self.epoch = 0
         self.used = 0  # bytes of records after the header
         self.count = 0
         self.since = 0.0  # when the oldest held outcome finished
+        # The held values themselves while they are all plain (see `_PLAIN`), else None.
+        self.values: list[Any] | None = []
         JOURNAL_HEADER.pack_into(self.mv, 0, 0, 0, 0)
 
-    def add(self, data: bytes, now: float) -> bool:
-        """Hold ``data``; False if it is too big for the journal (send it alone)."""
+    def add(self, data: bytes, now: float, value: Any = _UNKNOWN) -> bool:
+        """Hold ``data`` (the pickle of ``value``); False if it is too big for the
+        journal (send it alone)."""
         n = len(data)
         pos = _HEAD + self.used
         end = pos + _REC + n
-        mv = self.mv
-        if end > len(mv):
+        if end > self.size:
             if self.count:
                 self.flush(_NAN)
             pos = _HEAD
             end = pos + _REC + n
-            if end > len(mv):
+            if end > self.size:
                 return False
-        RECORD_LEN.pack_into(mv, pos, n)
-        mv[pos + _REC : end] = data
+        self.mv[pos:end] = _pack_rec(n) + data
         if not self.count:
             self.since = now
-        self.used = end - _HEAD
-        self.count += 1
-        # The header last: a record counts once it is whole.
-        JOURNAL_HEADER.pack_into(mv, 0, self.epoch, self.used, self.count)
+        self.used = used = end - _HEAD
+        self.count = count = self.count + 1
+        # The header last, the count last of all: a record counts once it is whole
+        # (a reader walks `count` records; `used` ahead of it is harmless).
+        head = self.head
+        head[1] = used
+        head[2] = count
+        values = self.values
+        if values is not None:
+            if type(value) in _PLAIN:
+                values.append(value)
+            else:
+                self.values = None
         return True
 
     def due(self, now: float) -> bool:
@@ -243,8 +264,16 @@ class _Journal:
     def flush(self, seconds: float) -> None:
         """Send the held outcomes; ``seconds``: the chunk's run time if they end it."""
         head = MANY_HEADER.pack(seconds, self.count, self.epoch)
-        records = self.mv[_HEAD : _HEAD + self.used]
-        _write_all(self.out, memoryview(frame(b"".join((_OK_MANY, head, records)))))
+        values = self.values
+        if values is not None:
+            # One pickle of the list: the parent unpickles it in one call.
+            payload = b"".join((_OK_LIST, head, _dumps(values, _PROTOCOL)))
+            values.clear()
+        else:
+            records = self.mv[_HEAD : _HEAD + self.used]
+            payload = b"".join((_OK_MANY, head, records))
+            self.values = []
+        _write_all(self.out, memoryview(frame(payload)))
         self.epoch += 1
         self.used = 0
         self.count = 0
