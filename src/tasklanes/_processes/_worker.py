@@ -45,7 +45,7 @@ from ._protocol import (
     RemoteError,
     frame,
 )
-from ._shared import SLOT_BYTES
+from ._shared import SLOT_BYTES, SharedBlock
 
 __all__ = ["main"]
 
@@ -73,7 +73,9 @@ FLUSH_COUNT = 1024
 _forked: list[bool] = []
 
 
-def main(tasks: Connection, results: Connection, alive: Connection, block: mmap.mmap) -> None:
+def main(
+    tasks: Connection, results: Connection, alive: Connection, block: mmap.mmap | SharedBlock
+) -> None:
     """The worker's whole life: runs until end of file on ``tasks``, or the
     parent's death (end of file on ``alive``).
 
@@ -102,6 +104,10 @@ def main(tasks: Connection, results: Connection, alive: Connection, block: mmap.
     pack_len = FRAME_HEADER.pack
     pack_seconds = SECONDS.pack
     dumps = _dumps
+    if not isinstance(block, mmap.mmap):
+        # The fork start method hands the parent's `SharedBlock` over as it is (no
+        # pickling, so no `attach`): its mapping is shared with us already.
+        block = block.mmap
     slot = memoryview(block)[:SLOT_BYTES].cast("d")
     held = _Journal(memoryview(block)[SLOT_BYTES:], out)
     clock = monotonic
