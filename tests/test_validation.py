@@ -82,6 +82,27 @@ async def test_closure_on_cpu_says_module_level() -> None:
         await run_all([call(T.double, 1), local], kind="cpu")
 
 
+@pytest.mark.parametrize("lazy", [False, True])
+@pytest.mark.parametrize("wrap", [call, functools.partial])
+async def test_a_bad_function_among_many_calls_is_named_by_its_first_task(
+    lazy: bool, wrap: Any
+) -> None:
+    # Calls are checked in bulk (once per distinct function): the error still names
+    # the first task of the first function that fails, and nothing runs.
+    def local(x: int) -> int:
+        return x
+
+    def other(x: int) -> int:
+        return x
+
+    tasks = [wrap(T.double, i) for i in range(100)]
+    tasks[40] = wrap(local, 40)
+    tasks[41] = wrap(other, 41)
+    tasks[70] = wrap(local, 70)
+    with pytest.raises(TypeError, match="task 40 .*module-level"):
+        await run_all(iter(tasks) if lazy else tasks, kind="cpu")
+
+
 async def test_not_a_task_at_all() -> None:
     with pytest.raises(TypeError, match="task 0"):
         await run_all([42], kind="blocking")
