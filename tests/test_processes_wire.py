@@ -167,3 +167,15 @@ def test_other_values_are_flushed_as_records() -> None:
     tag, _, count, _, body = _flushed([1, [2], 3])
     assert (tag, count) == (TAG_OK_MANY, 3)
     assert [pickle.loads(r) for r in iter_records(body, count)] == [1, [2], 3]
+
+
+def test_a_chunk_hands_back_only_when_its_tasks_are_really_long() -> None:
+    from tasklanes._processes._worker import _really_over
+
+    budget = 0.02
+    # Quick tasks on a busy machine: over budget on the wall clock only.
+    assert not _really_over(0.05, 0.0001, 0.004, budget)
+    # One long task, a chunk that used its budget in CPU time, or ten budgets.
+    assert _really_over(0.05, 0.03, 0.001, budget)
+    assert _really_over(0.05, 0.0001, 0.025, budget)
+    assert _really_over(0.25, 0.0001, 0.001, budget)

@@ -27,7 +27,7 @@ import pickle
 import signal
 from collections.abc import Callable
 from multiprocessing.connection import Connection
-from time import monotonic
+from time import monotonic, thread_time
 from typing import Any
 
 from ._protocol import (
@@ -111,6 +111,7 @@ def main(
     slot = memoryview(block)[:SLOT_BYTES].cast("d")
     held = _Journal(memoryview(block)[SLOT_BYTES:], out)
     clock = monotonic
+    cpu_clock = thread_time
     begun = 0  # tasks started in this process's life, published in ``slot[0]``
     forked = _forked
 
@@ -128,6 +129,7 @@ def main(
             continue
         del raw
         started = clock()
+        cpu_started = cpu_clock()
         last = len(seq) - 1
         now = started
         for k in range(last + 1):
@@ -168,7 +170,11 @@ def main(
                 # act as the worker (write to our pipes, run our tasks). A list
                 # tested for emptiness, not `os.getpid()` per task: a syscall.
                 os._exit(0)
-            give_back = now - started > budget and (k < last or poll(0))
+            give_back = (
+                now - started > budget
+                and (k < last or poll(0))
+                and _really_over(now - started, now - slot[1], cpu_clock() - cpu_started, budget)
+            )
             if payload is None and k < last and not give_back and not held.due(now):
                 continue  # a quick success: keep it with the others for now
             queued: list[int] = []
@@ -284,6 +290,19 @@ class _Journal:
         self.used = 0
         self.count = 0
         JOURNAL_HEADER.pack_into(self.mv, 0, self.epoch, 0, 0)
+
+
+def _really_over(elapsed: float, task_seconds: float, cpu_seconds: float, budget: float) -> bool:
+    """Whether a chunk past its wall-clock budget should hand back its rest.
+
+    Only when its tasks are really long: the last task alone took a good part of the
+    budget, or the chunk used its budget in CPU time, or it ran ten budgets. A chunk of
+    quick tasks that overran only because this process waited for a CPU (a busy
+    machine) keeps going: handing it back would gain nothing (the other workers wait
+    for the same CPUs) and cost a re-send. This test runs only once a chunk has overrun
+    its budget, so the `thread_time` call is off the per-task path.
+    """
+    return task_seconds >= budget / 2 or cpu_seconds >= budget or elapsed >= 10 * budget
 
 
 def _read_queued(
