@@ -298,7 +298,35 @@ class Scheduler:
         progress: ProgressArg = False,
     ) -> list[Any]:
         """``run_all_sync`` on this scheduler; see [run_all_sync][tasklanes.run_all_sync]."""
+        if kind == "cpu" and self._cpu_executor is None and "cpu" not in self._lanes:
+            self._start_forkserver_early()
         return run_sync(self.run_all, tasks, kind, limit, timeout, return_exceptions, progress)
+
+    def _start_forkserver_early(self) -> None:
+        """Start the forkserver now, if the pool will use one: its interpreter start and
+        preloads then overlap what this process still imports before the pool starts
+        (the event loop, the lanes, the pool: the most of a one-shot script's first
+        call). Starting it is all this does (`ensure_running` returns before the server
+        has imported anything); the pool connects to it as it would have anyway."""
+        import multiprocessing
+
+        process = multiprocessing.current_process()
+        if process.name == "tasklanes-worker" or process.daemon:
+            return  # refused with a clear error where the lane is made
+        if self._mp_context is not None:
+            context = self._mp_context
+        else:
+            from ._processes._context import default_context
+
+            context = default_context()
+        if context.get_start_method() != "forkserver":
+            return
+        from multiprocessing import forkserver
+
+        try:
+            forkserver.ensure_running()
+        except Exception:  # pragma: no cover - the pool's own start reports it
+            _log.debug("could not start the forkserver early", exc_info=True)
 
     # -- figures and lifecycle -----------------------------------------------------
 
