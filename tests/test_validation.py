@@ -74,12 +74,24 @@ async def test_async_function_on_a_sync_lane_suggests_io(kind: str) -> None:
         await run_all([call(coro_record, 1)], kind=kind)
 
 
-async def test_closure_on_cpu_says_module_level() -> None:
+async def test_closure_on_cpu_runs_by_value() -> None:
+    # With the interactive extra (cloudpickle); without it: test_reliability_bad_input.
     def local() -> int:
         return 1
 
-    with pytest.raises(TypeError, match="module-level"):
-        await run_all([call(T.double, 1), local], kind="cpu")
+    assert await run_all([call(T.double, 1), local], kind="cpu") == [2, 1]
+
+
+class _LockHolder:
+    """Its bound methods do not pickle, by reference or by value (a lock)."""
+
+    def __init__(self) -> None:
+        import threading
+
+        self.lock = threading.Lock()
+
+    def run(self, x: int) -> int:
+        return x
 
 
 @pytest.mark.parametrize("lazy", [False, True])
@@ -89,17 +101,12 @@ async def test_a_bad_function_among_many_calls_is_named_by_its_first_task(
 ) -> None:
     # Calls are checked in bulk (once per distinct function): the error still names
     # the first task of the first function that fails, and nothing runs.
-    def local(x: int) -> int:
-        return x
-
-    def other(x: int) -> int:
-        return x
-
+    bad, other = _LockHolder().run, _LockHolder().run
     tasks = [wrap(T.double, i) for i in range(100)]
-    tasks[40] = wrap(local, 40)
+    tasks[40] = wrap(bad, 40)
     tasks[41] = wrap(other, 41)
-    tasks[70] = wrap(local, 70)
-    with pytest.raises(TypeError, match="task 40 .*module-level"):
+    tasks[70] = wrap(bad, 70)
+    with pytest.raises(TypeError, match="task 40 "):
         await run_all(iter(tasks) if lazy else tasks, kind="cpu")
 
 

@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterable, Awaitable, Callable, Iterable
-from typing import Any, Literal, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, overload
 
-from ._batch import BatchIterator
-from ._progress import ProgressArg
-from ._scheduler import Scheduler, scheduler_or_default
+# The machinery (anyio, asyncio, the scheduler and its lanes) is imported on first
+# use, not here. Why: ``from tasklanes import run_all_sync`` at the top of a script
+# is re-run by the cpu lane's forkserver, which preloads the script to fork workers
+# from it; the workers never need that machinery, and a one-shot script waits for
+# the forkserver before its first task runs.
+if TYPE_CHECKING:
+    from ._batch import BatchIterator
+    from ._progress import ProgressArg
+    from ._scheduler import Scheduler
 
 __all__ = ["amap", "as_completed", "run_all", "run_all_sync"]
 
@@ -16,6 +22,12 @@ A = TypeVar("A")
 
 IoTask = Awaitable[T] | Callable[[], Awaitable[T]]
 Tasks = Iterable[T] | AsyncIterable[T]
+
+
+def scheduler_or_default(scheduler: Scheduler | None) -> Scheduler:
+    from ._scheduler import scheduler_or_default as resolve
+
+    return resolve(scheduler)
 
 
 # -- run_all ------------------------------------------------------------------------

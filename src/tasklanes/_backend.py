@@ -172,10 +172,10 @@ def run_sync(async_fn: Callable[..., Coroutine[Any, Any, T]], *args: Any) -> T:
             "write 'await run_all(...)' with the same arguments instead "
             "('await scheduler.run_all(...)' on a Scheduler)"
         )
-    # The result travels through a box, not as the main coroutine's return value:
-    # asyncio's runner formats `repr()` of its main task's callback (which holds the
-    # result) when it restores the SIGINT handler, and for a large result (a 200 MB
-    # `bytes`) that `repr` took longer than producing the result.
+    # The value comes back through a list, not as the main task's result: on 3.11,
+    # asyncio's runner may build a message holding the main task (and so a repr of
+    # its result) when it restores the Ctrl-C handler, which costs seconds for a big
+    # result.
     box: list[T] = []
 
     async def main() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import enum
 import functools
 import threading
+import types
 import weakref
 from collections import deque
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable
@@ -17,6 +18,7 @@ from ._backend import LoopHandle
 from ._batch import annotate
 from ._call import Call
 from ._errors import TaskTimeout, WorkerCrashed
+from ._processes._pickling import importable_by_name
 from ._scheduler import Scheduler, check_scheduler, scheduler_or_default
 from ._tasks import END, Source, check_kind, check_limit, check_timeout
 
@@ -125,8 +127,12 @@ class Offloaded(Generic[P, R, W]):
             return Call(_invoke, (self, args, kwargs), {})
         return Call(self.__wrapped__, args, kwargs)
 
-    def __reduce__(self) -> str:
+    def __reduce__(self) -> str | tuple[Any, ...]:
         name: str = self.__qualname__  # set by functools.update_wrapper
+        if not importable_by_name(self.__module__, name):
+            # Decorated in a notebook, the REPL or a function: no name that a worker
+            # can import. The original travels by value instead (_processes/_pickling).
+            return (types.SimpleNamespace, (), {"__wrapped__": self.__wrapped__})
         return name
 
     async def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:

@@ -13,7 +13,6 @@ until the pool reports the job settled, so no process of the batch outlives the 
 
 from __future__ import annotations
 
-import pickle
 import time
 from multiprocessing.context import BaseContext
 from typing import Any
@@ -22,6 +21,7 @@ import anyio
 
 from .._batch import Batch
 from .._inbox import Inbox
+from .._processes._pickling import check_task_function
 from .._processes._pool import PoolJob, ProcessPool
 from .._stats import LaneStats, Tally, WorkerResources, record, shifted
 from .._tasks import CachedCheck, check_cpu_task
@@ -90,23 +90,12 @@ class ProcessLane(LaneBase):
 
     @staticmethod
     def _check(task: object, index: int) -> None:
-        check_cpu_task(task, index)
+        # Lambdas and closures are allowed: they travel by value (_pickling).
+        check_cpu_task(task, index, strict_pickle=False)
         # Pickle the function up front: the common mistakes (a method of an object
-        # holding a lock, a function not importable by its name) then fail before
-        # anything runs. Arguments are pickled with their chunk; a task whose
-        # arguments do not pickle fails alone, naming its index. CachedCheck makes
-        # this once per distinct function.
-        from .._call import unwrap_callable
-
-        fn = unwrap_callable(task)
-        try:
-            pickle.dumps(fn)
-        except Exception as exc:
-            raise TypeError(
-                f"task {index} could not be pickled for kind='cpu': its function "
-                f"{getattr(fn, '__qualname__', fn)!r} does not pickle ({exc}); use a "
-                "module-level function"
-            ) from exc
+        # holding a lock, a lambda without cloudpickle) then fail before anything runs.
+        # CachedCheck makes this once per distinct function.
+        check_task_function(task, index)
 
     def shutdown(self, runs: list[Any], resource: Any) -> None:
         # The pool fails the jobs still open and stops its workers.
