@@ -498,3 +498,26 @@ async def test_asyncio_task_leak_free_after_fail_fast(anyio_backend: tuple[str, 
     with pytest.raises(ValueError):
         await run_all([echo(0, 1.0), fail_after_delay(0.01, ValueError())])
     assert len(asyncio.all_tasks()) == before
+
+
+class _NoRepr:
+    """A result that counts the times anyone formats it."""
+
+    calls = 0
+
+    def __repr__(self) -> str:
+        type(self).calls += 1
+        return "_NoRepr()"
+
+
+def _make_no_repr() -> _NoRepr:
+    return _NoRepr()
+
+
+def test_run_all_sync_never_formats_its_result() -> None:
+    # asyncio's runner once took `repr()` of the main task's callback, result included,
+    # when it restored the SIGINT handler: seconds for a 200 MB result.
+    _NoRepr.calls = 0
+    [value] = tasklanes.run_all_sync([_make_no_repr], kind="blocking")
+    assert isinstance(value, _NoRepr)
+    assert _NoRepr.calls == 0

@@ -548,6 +548,22 @@ def test_crash_behind_held_outcomes_blames_only_the_running_task(pool: ProcessPo
     assert pool.stats()["crashed"] == 1
 
 
+# Python 3.12+ warns about fork() in a process with threads (the pool's own threads).
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+@pytest.mark.skipif(sys.platform != "linux", reason="the fork start method: Linux here")
+def test_fork_start_method_runs_tasks_and_recovers_held_outcomes() -> None:
+    # With `fork` the shared block reaches the worker as the parent's object, not
+    # pickled: the worker must map it all the same.
+    pool = ProcessPool(2, multiprocessing.get_context("fork"))
+    try:
+        n, bad = 4000, 3333
+        c = run(pool, [P(T.exit_if, i, bad) for i in range(n)])
+        assert [i for i in range(n) if not c.outcomes[i][0]] == [bad]
+        assert all(c.outcomes[i] == (True, i) for i in range(n) if i != bad)
+    finally:
+        pool.close()
+
+
 def test_timeout_behind_held_outcomes_fails_only_the_slow_task(pool: ProcessPool) -> None:
     tasks: list[Callable[[], object]] = [P(T.inc, i) for i in range(3000)]
     tasks.append(P(T.sleep_then, 30.0, "never"))

@@ -16,6 +16,7 @@ from tasklanes._processes._protocol import (
     JOURNAL_HEADER,
     MANY_HEADER,
     RECORD_LEN,
+    TAG_OK_LIST,
     TAG_OK_MANY,
     frame,
 )
@@ -140,3 +141,49 @@ def test_empty_and_torn_journals() -> None:
 
 def test_ok_many_tag_is_distinct() -> None:
     assert TAG_OK_MANY not in (0, 1, 2)
+    assert TAG_OK_LIST not in (0, 1, 2, TAG_OK_MANY)
+
+
+def _flushed(values: list[object]) -> tuple[int, float | None, int, int, memoryview]:
+    """Hold `values` in a journal, flush it into a pipe: the message's tag and header
+    and its body."""
+    import os
+
+    r, w = os.pipe()
+    try:
+        journal = _Journal(bytearray(JOURNAL_HEADER.size + 4096), out=w)
+        for value in values:
+            assert journal.add(pickle.dumps(value), 0.0, value)
+        journal.flush(0.5)
+        data, spans = FrameSplitter().feed(os.read(r, 65536))
+    finally:
+        os.close(r)
+        os.close(w)
+    [(start, end)] = spans
+    seconds, count, epoch, body = decode_many(memoryview(data)[start + 1 : end])
+    return data[start], seconds, count, epoch, body
+
+
+def test_plain_values_are_flushed_as_one_pickled_list() -> None:
+    tag, seconds, count, epoch, body = _flushed([1, 2.5, "x", None, b"y"])
+    assert (tag, seconds, count, epoch) == (TAG_OK_LIST, 0.5, 5, 0)
+    assert pickle.loads(body) == [1, 2.5, "x", None, b"y"]
+
+
+def test_other_values_are_flushed_as_records() -> None:
+    # A list, even among ints: each task's value must stay its own object.
+    tag, _, count, _, body = _flushed([1, [2], 3])
+    assert (tag, count) == (TAG_OK_MANY, 3)
+    assert [pickle.loads(r) for r in iter_records(body, count)] == [1, [2], 3]
+
+
+def test_a_chunk_hands_back_only_when_its_tasks_are_really_long() -> None:
+    from tasklanes._processes._worker import _really_over
+
+    budget = 0.02
+    # Quick tasks on a busy machine: over budget on the wall clock only.
+    assert not _really_over(0.05, 0.0001, 0.004, budget)
+    # One long task, a chunk that used its budget in CPU time, or ten budgets.
+    assert _really_over(0.05, 0.03, 0.001, budget)
+    assert _really_over(0.05, 0.0001, 0.025, budget)
+    assert _really_over(0.25, 0.0001, 0.001, budget)

@@ -82,6 +82,34 @@ async def test_closure_on_cpu_runs_by_value() -> None:
     assert await run_all([call(T.double, 1), local], kind="cpu") == [2, 1]
 
 
+class _LockHolder:
+    """Its bound methods do not pickle, by reference or by value (a lock)."""
+
+    def __init__(self) -> None:
+        import threading
+
+        self.lock = threading.Lock()
+
+    def run(self, x: int) -> int:
+        return x
+
+
+@pytest.mark.parametrize("lazy", [False, True])
+@pytest.mark.parametrize("wrap", [call, functools.partial])
+async def test_a_bad_function_among_many_calls_is_named_by_its_first_task(
+    lazy: bool, wrap: Any
+) -> None:
+    # Calls are checked in bulk (once per distinct function): the error still names
+    # the first task of the first function that fails, and nothing runs.
+    bad, other = _LockHolder().run, _LockHolder().run
+    tasks = [wrap(T.double, i) for i in range(100)]
+    tasks[40] = wrap(bad, 40)
+    tasks[41] = wrap(other, 41)
+    tasks[70] = wrap(bad, 70)
+    with pytest.raises(TypeError, match="task 40 "):
+        await run_all(iter(tasks) if lazy else tasks, kind="cpu")
+
+
 async def test_not_a_task_at_all() -> None:
     with pytest.raises(TypeError, match="task 0"):
         await run_all([42], kind="blocking")

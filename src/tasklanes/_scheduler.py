@@ -13,7 +13,7 @@ from concurrent.futures import Executor
 from multiprocessing.context import BaseContext
 from typing import TYPE_CHECKING, Any
 
-from ._advice import DEFAULT_THRESHOLD, Advisor, check_advice_options  # observe
+from ._advice import DEFAULT_THRESHOLD, Advisor, check_advice_options
 from ._backend import run_in_fresh_thread, run_sync
 from ._batch import BatchIterator, Lane, collect
 from ._control import make_controls
@@ -135,7 +135,7 @@ class Scheduler:
                 "mp_context must be a multiprocessing context, a start method name "
                 f"('forkserver', 'spawn', 'fork') or None, got {type(mp_context).__name__}"
             )
-        threshold = check_advice_options(advice, advice_threshold)  # observe: kind advice
+        threshold = check_advice_options(advice, advice_threshold)  # kind advice
         self._advisor = Advisor(threshold) if advice else None
         self._io_limit = io_limit
         self._blocking_limit = blocking_limit
@@ -171,7 +171,7 @@ class Scheduler:
 
     def _make_lane(self, kind: str) -> Lane:
         lane = self._make_lane_of(kind)
-        if kind in ("io", "blocking"):  # observe: the lanes that give kind advice
+        if kind in ("io", "blocking"):  # the lanes that give kind advice
             lane.advisor = self._advisor  # type: ignore[attr-defined]
         return lane
 
@@ -327,6 +327,8 @@ class Scheduler:
     ) -> list[Any]:
         """``run_all_sync`` on this scheduler; see [run_all_sync][tasklanes.run_all_sync]."""
         make_controls(limiter, rate, retry)  # bad arguments fail before a loop starts
+        if kind == "cpu" and self._cpu_executor is None and "cpu" not in self._lanes:
+            self._start_forkserver_early()
         return run_sync(
             functools.partial(self.run_all, limiter=limiter, rate=rate, retry=retry),
             tasks,
@@ -336,6 +338,29 @@ class Scheduler:
             return_exceptions,
             progress,
         )
+
+    def _start_forkserver_early(self) -> None:
+        """Start the forkserver now, if the pool will use one: its interpreter start and
+        preloads then overlap what this process still imports before the pool starts
+        (the event loop, the lanes, the pool: the most of a one-shot script's first
+        call). Starting it is all this does (`ensure_running` returns before the server
+        has imported anything); the pool connects to it as it would have anyway."""
+        import multiprocessing
+
+        process = multiprocessing.current_process()
+        if process.name == "tasklanes-worker" or process.daemon:
+            return  # refused with a clear error where the lane is made
+        from ._defaults import mp_context
+
+        context = mp_context(self._mp_context)
+        if context.get_start_method() != "forkserver":
+            return
+        from multiprocessing import forkserver
+
+        try:
+            forkserver.ensure_running()
+        except Exception:  # pragma: no cover - the pool's own start reports it
+            _log.debug("could not start the forkserver early", exc_info=True)
 
     # -- figures and lifecycle -----------------------------------------------------
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import inspect
 import math
+import operator
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator, Sized
 from itertools import islice
 from types import CoroutineType
@@ -17,6 +18,9 @@ from typing import Any, Final
 import anyio
 
 from ._call import Call, unwrap_callable
+
+_call_fn = operator.attrgetter("fn")
+_partial_func = operator.attrgetter("func")
 
 __all__ = [
     "END",
@@ -191,6 +195,25 @@ class CachedCheck:
             passed.clear()
         passed[id(fn)] = fn  # holding fn keeps its id from being reused
 
+    def check_many(self, tasks: list[Any] | tuple[Any, ...], start: int) -> None:
+        """Check `tasks` (indexes from `start`) as calling `self` on each would, in
+        bulk when they are all `Call`s (or all partials): the functions are gathered
+        in C, and only a function not passed yet is checked, at its first task."""
+        kinds = set(map(type, tasks))
+        if kinds == {Call}:
+            fns = list(map(_call_fn, tasks))
+        elif kinds == {functools.partial}:
+            fns = list(map(_partial_func, tasks))
+        else:
+            for index, task in enumerate(tasks, start):
+                self(task, index)
+            return
+        passed = self._passed
+        for key in dict.fromkeys(map(id, fns)):  # in order of first appearance
+            if key not in passed:
+                i = next(i for i, fn in enumerate(fns) if id(fn) == key)
+                self(tasks[i], start + i)
+
 
 def close_if_coroutine(task: object) -> None:
     """Close a coroutine object that will never run, so Python does not warn that it
@@ -254,13 +277,17 @@ class Source:
     def _check_all(
         tasks: list[Any] | tuple[Any, ...], check: Callable[[object, int], None]
     ) -> None:
-        for index, task in enumerate(tasks):
-            try:
-                check(task, index)
-            except BaseException:
-                for other in tasks:
-                    close_if_coroutine(other)
-                raise
+        check_many = getattr(check, "check_many", None)
+        try:
+            if check_many is not None:
+                check_many(tasks, 0)
+            else:
+                for index, task in enumerate(tasks):
+                    check(task, index)
+        except BaseException:
+            for other in tasks:
+                close_if_coroutine(other)
+            raise
 
     @property
     def pulled(self) -> int:
@@ -355,9 +382,13 @@ class Source:
         self._index = start + len(tasks)
         if self._sequence is None and not set(map(type, tasks)) <= self.trusted:
             check = self._check
+            check_many = getattr(check, "check_many", None)
             try:
-                for index, task in enumerate(tasks, start):
-                    check(task, index)
+                if check_many is not None:
+                    check_many(tasks, start)
+                else:
+                    for index, task in enumerate(tasks, start):
+                        check(task, index)
             except BaseException:
                 for task in tasks:
                     close_if_coroutine(task)

@@ -223,26 +223,34 @@ class _CpuBatch:
             job.put(added)
 
     def _deliver_ok(self, items: list[Any]) -> None:
-        """The common case of a list input, in bulk: every outcome a success, every
-        task handed over at the same moment (so one turnaround serves them all)."""
+        """The common case, in bulk: every outcome a success. The turnaround figures
+        are taken per delivery (its tasks' mean, and the oldest for the maximum), not
+        per task."""
         n = len(items)
         self.outstanding -= n
-        turnaround = time.monotonic() - (self.put_all_at or 0.0)
+        now = time.monotonic()
+        indexes = [item[0] for item in items]
+        put_all_at = self.put_all_at
+        if put_all_at is not None:
+            total = (now - put_all_at) * n
+            longest = now - put_all_at
+        else:
+            pop = self.put_at.pop
+            put = [pop(index, now) for index in indexes]
+            total = now * n - sum(put)
+            longest = now - min(put)
         self.turnarounds += n
-        self.turnaround_total += turnaround * n
-        record(self.turnaround_hist, turnaround, n)
-        if turnaround > self.turnaround_max:
-            self.turnaround_max = turnaround
+        self.turnaround_total += total
+        record(self.turnaround_hist, total / n, n)
+        if longest > self.turnaround_max:
+            self.turnaround_max = longest
         count(self.tally, Outcome.COMPLETED, n)
-        self.batch.emit_ok_many([item[0] for item in items], [item[2] for item in items])
+        self.batch.emit_ok_many(indexes, [item[2] for item in items])
 
     def _deliver(self, items: list[Any], cancelled: bool = False) -> None:
-        if (
-            not cancelled
-            and self.put_all_at is not None
-            and _SETTLED not in items
-            and all([item[1] for item in items])
-        ):
+        if not items:
+            return  # a poke (`batch.wake`: limiter=/retry= has a task ready), no outcome
+        if not cancelled and _SETTLED not in items and all([item[1] for item in items]):
             self._deliver_ok(items)
             return
         tally = self.tally

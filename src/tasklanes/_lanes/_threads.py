@@ -29,7 +29,7 @@ from typing import Any
 
 import anyio
 
-from .._advice import Advisor, ThreadMeter  # observe
+from .._advice import Advisor, ThreadMeter
 from .._batch import Batch
 from .._cancel import Ticket, set_current_ticket
 from .._errors import TaskTimeout, closed_error
@@ -67,7 +67,7 @@ class _ThreadJob:
 class ThreadPool:
     """Worker threads, started on demand up to ``capacity``, shared by every loop."""
 
-    advisor: Advisor | None = None  # observe: set by the lane (kind advice)
+    advisor: Advisor | None = None  # set by the lane (kind advice)
 
     def __init__(self, capacity: int, name: str = "tasklanes-blocking") -> None:
         self.capacity = capacity
@@ -97,7 +97,7 @@ class ThreadPool:
     def _main(self) -> None:
         cond = self._cond
         jobs = self._jobs
-        # observe: kind advice measures each task's thread CPU time
+        # kind advice measures each task's thread CPU time
         meter = ThreadMeter(self.advisor) if self.advisor is not None else None
         try:
             while True:
@@ -111,7 +111,7 @@ class ThreadPool:
                     job = jobs.popleft()
                 self._serve(job, meter)
         finally:
-            if meter is not None:  # observe
+            if meter is not None:
                 meter.close()
 
     def _serve(self, job: _ThreadJob, meter: ThreadMeter | None = None) -> None:
@@ -132,7 +132,7 @@ class ThreadPool:
                 if job.timed:
                     job.started.append((start, ticket))
             set_current_ticket(ticket)
-            mark = meter.start() if meter is not None else None  # observe
+            mark = meter.start() if meter is not None else None
             try:
                 value = fn()
                 ok = True
@@ -142,7 +142,7 @@ class ThreadPool:
             finally:
                 set_current_ticket(None)
             end = _monotonic()
-            if mark is not None:  # observe: advise kind="cpu" if it computed
+            if mark is not None:  # advise kind="cpu" if it computed
                 meter.stop(fn, mark)  # type: ignore[union-attr]
             with lock:
                 del running[ticket]
@@ -180,7 +180,7 @@ class ThreadPool:
 
 class ThreadLane(LaneBase):
     kind = "blocking"
-    advisor: Advisor | None = None  # observe: set by the Scheduler (kind advice)
+    advisor: Advisor | None = None  # set by the Scheduler (kind advice)
 
     def __init__(self, capacity: int) -> None:
         super().__init__()

@@ -33,6 +33,10 @@ Worker -> parent, one message per event, told apart by their first byte:
   half a millisecond and sends them in one message: one write (and one wake-up of
   the parent) instead of one per task. The float is the chunk's run time when the
   last of them ends the chunk, else NaN.
+* ``TAG_OK_LIST`` + ``MANY_HEADER`` + pickle(list of ``count`` values): the same as
+  ``TAG_OK_MANY``, sent instead when every held value is of a plain immutable type
+  (``int``, ``float``, ``str``, ...): one ``loads`` in the parent for the whole batch
+  rather than one per task. The journal holds the same outcomes as records, as ever.
 * ``TAG_OTHER`` + pickle(tuple), the tuple one of:
 
   - ``("error", chunk_seconds_or_None, exception, traceback_text)``: the next task
@@ -80,6 +84,7 @@ __all__ = [
     "TAG_OK",
     "TAG_OK_LAST",
     "TAG_OTHER",
+    "TAG_OK_LIST",
     "TAG_OK_MANY",
     "RemoteError",
     "frame",
@@ -97,13 +102,14 @@ MANY_HEADER = struct.Struct("<dIQ")
 RECORD_LEN = struct.Struct("<I")
 # The journal: a worker's held outcomes, in shared memory (see above). Its header is
 # (epoch, bytes of records used, records), then the records.
-JOURNAL_HEADER = struct.Struct("<QQQ")
+JOURNAL_HEADER = struct.Struct("=QQQ")  # native order: the worker stores its fields as items
 JOURNAL_BYTES = 256 * 1024
 
 TAG_OK = 0
 TAG_OK_LAST = 1
 TAG_OTHER = 2
 TAG_OK_MANY = 3
+TAG_OK_LIST = 4
 
 
 def frame(payload: bytes) -> bytes:

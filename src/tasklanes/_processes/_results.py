@@ -13,7 +13,7 @@ from typing import Any
 
 from .._stats import record
 from ._log import log
-from ._protocol import RECORD_LEN, SECONDS, TAG_OK, TAG_OK_MANY, TAG_OTHER
+from ._protocol import RECORD_LEN, SECONDS, TAG_OK, TAG_OK_LIST, TAG_OK_MANY, TAG_OTHER
 from ._state import ManagerState
 from ._wire import decode_many, read_journal
 from ._workers import DEAD, READY, RETIRING, STARTING, Chunk, WorkerHandle, rss_bytes
@@ -84,6 +84,11 @@ class ResultReader(ManagerState):
                 w.last_epoch = epoch
                 self._take_held(w, records, count, seconds_or_none, now)
                 continue
+            if tag == TAG_OK_LIST:
+                seconds_or_none, count, epoch, pickled = decode_many(mv[start + 1 : end])
+                w.last_epoch = epoch
+                self._take_list(w, loads(pickled), count, seconds_or_none, now)
+                continue
             # The hot path: the outcome of the current task of this worker.
             seconds = None
             ok = True
@@ -150,6 +155,36 @@ class ResultReader(ManagerState):
                 index = items[j][0]
                 error = TypeError(f"result of task {index} could not be unpickled: {exc!r}")
                 out.append((index, False, error))
+        chunk.done = end
+        w.parsed += count
+        if end == len(items):
+            self._chunk_done(w, chunk, seconds, end)
+        w.task_start = now
+
+    def _take_list(
+        self, w: WorkerHandle, values: list[Any], count: int, seconds: float | None, now: float
+    ) -> None:
+        """`_take_held` for a `TAG_OK_LIST` message: the values came as one list."""
+        chunk = w.inflight[0]
+        k = chunk.done
+        end = k + count
+        if end > len(chunk.items) or len(values) != count:
+            raise RuntimeError(
+                f"worker {w.pid} sent {len(values)} held outcomes (count {count}) for a "
+                f"chunk with {len(chunk.items) - k} tasks left"
+            )
+        items = chunk.items
+        job = chunk.job
+        if not job.cancelled:
+            timed_out = w.timed_out
+            skip = timed_out[1] if timed_out is not None and timed_out[0] is chunk else -1
+            pairs = zip(items[k:end], values, strict=True)
+            if k <= skip < end:  # that one failed with TaskTimeout already
+                job.out.extend(
+                    [(item[0], True, v) for j, (item, v) in enumerate(pairs, k) if j != skip]
+                )
+            else:
+                job.out.extend([(item[0], True, v) for item, v in pairs])
         chunk.done = end
         w.parsed += count
         if end == len(items):

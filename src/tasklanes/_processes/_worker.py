@@ -27,7 +27,7 @@ import pickle
 import signal
 from collections.abc import Callable
 from multiprocessing.connection import Connection
-from time import monotonic
+from time import monotonic, thread_time
 from typing import Any
 
 from ._protocol import (
@@ -39,6 +39,7 @@ from ._protocol import (
     SECONDS,
     TAG_OK,
     TAG_OK_LAST,
+    TAG_OK_LIST,
     TAG_OK_MANY,
     TAG_OTHER,
     RemoteError,
@@ -55,12 +56,21 @@ _OK = bytes([TAG_OK])
 _OK_LAST = bytes([TAG_OK_LAST])
 _OTHER = bytes([TAG_OTHER])
 _OK_MANY = bytes([TAG_OK_MANY])
+_OK_LIST = bytes([TAG_OK_LIST])
+# Values that may travel pickled together as one list (``TAG_OK_LIST``): immutable, so
+# that sharing one pickle's memo between tasks' values changes nothing the caller sees.
+_PLAIN = frozenset({int, float, bool, type(None), str, bytes, complex})
+_UNKNOWN = object()  # `_Journal.add` without the value: send records
 _NAN = float("nan")
 _HEAD = JOURNAL_HEADER.size
 _REC = RECORD_LEN.size
+_pack_rec = RECORD_LEN.pack
 # Hold a quick task's outcome at most this long, and at most this many of them.
 FLUSH_SECONDS = 0.0005
 FLUSH_COUNT = 1024
+# Non-empty in a process forked from a worker (by a task): set by the at-fork hook
+# that `main` registers (in the worker only, not in the parent that imports us).
+_forked: list[bool] = []
 
 
 def main(tasks: Connection, results: Connection, alive: Connection, block: mmap.mmap) -> None:
@@ -81,6 +91,7 @@ def main(tasks: Connection, results: Connection, alive: Connection, block: mmap.
     # happens to running tasks (it kills us if it wants them stopped).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     pid = os.getpid()
+    os.register_at_fork(after_in_child=lambda: _forked.append(True))
     _start_watchdog(alive.fileno())
     out = results.fileno()
     recv = tasks.recv_bytes
@@ -94,8 +105,9 @@ def main(tasks: Connection, results: Connection, alive: Connection, block: mmap.
     slot = memoryview(block)[:SLOT_BYTES].cast("d")
     held = _Journal(memoryview(block)[SLOT_BYTES:], out)
     clock = monotonic
+    cpu_clock = thread_time
     begun = 0  # tasks started in this process's life, published in ``slot[0]``
-    getpid = os.getpid
+    forked = _forked
 
     _send_other(out, ("ready", pid))
     while True:
@@ -111,6 +123,7 @@ def main(tasks: Connection, results: Connection, alive: Connection, block: mmap.
             continue
         del raw
         started = clock()
+        cpu_started = cpu_clock()
         last = len(seq) - 1
         now = started
         for k in range(last + 1):
@@ -141,7 +154,7 @@ def main(tasks: Connection, results: Connection, alive: Connection, block: mmap.
                         seconds = now - started if k == last else None
                         payload = _OTHER + _other_payload(("bad_result", seconds, _describe(exc)))
                 if data is not None:
-                    if held.add(data, now):
+                    if held.add(data, now, value):
                         payload = None  # held: goes with the next flush
                     elif k == last:  # too big to hold: goes alone
                         payload = _OK_LAST + pack_seconds(now - started) + data
@@ -150,11 +163,16 @@ def main(tasks: Connection, results: Connection, alive: Connection, block: mmap.
                     data = b""
                 value = None
             task = None
-            if getpid() != pid:
+            if forked:
                 # The task forked and the child returned into our loop: it must not
-                # act as the worker (write to our pipes, run our tasks).
+                # act as the worker (write to our pipes, run our tasks). A list
+                # tested for emptiness, not `os.getpid()` per task: a syscall.
                 os._exit(0)
-            give_back = now - started > budget and (k < last or poll(0))
+            give_back = (
+                now - started > budget
+                and (k < last or poll(0))
+                and _really_over(now - started, now - slot[1], cpu_clock() - cpu_started, budget)
+            )
             if payload is None and k < last and not give_back and not held.due(now):
                 continue  # a quick success: keep it with the others for now
             queued: list[int] = []
@@ -196,44 +214,58 @@ class _Journal:
     """Successes held for a moment, written into shared memory as they finish.
 
     ``add`` appends one pickled outcome (a record) and publishes the new size in the
-    header; ``flush`` sends every record in one ``TAG_OK_MANY`` message, then opens a
+    header; ``flush`` sends every record in one ``TAG_OK_MANY`` message (or, when every
+    value is plain, the values as one pickled list: ``TAG_OK_LIST``), then opens a
     new epoch. Should this process die in between, the parent reads the records from
     the shared block instead: held outcomes are never lost, and never sent twice
     (the parent skips a journal whose epoch's message it already has).
     """
 
-    __slots__ = ("count", "epoch", "mv", "out", "since", "used")
+    __slots__ = ("count", "epoch", "head", "mv", "out", "since", "size", "used", "values")
 
     def __init__(self, block: Any, out: int) -> None:
         self.mv = memoryview(block).cast("B")
+        self.size = len(self.mv)
+        # The header's three fields as items (a store is cheaper than a `pack_into`).
+        self.head = self.mv[:_HEAD].cast("Q")
         self.out = out
         self.epoch = 0
         self.used = 0  # bytes of records after the header
         self.count = 0
         self.since = 0.0  # when the oldest held outcome finished
+        # The held values themselves while they are all plain (see `_PLAIN`), else None.
+        self.values: list[Any] | None = []
         JOURNAL_HEADER.pack_into(self.mv, 0, 0, 0, 0)
 
-    def add(self, data: bytes, now: float) -> bool:
-        """Hold ``data``; False if it is too big for the journal (send it alone)."""
+    def add(self, data: bytes, now: float, value: Any = _UNKNOWN) -> bool:
+        """Hold ``data`` (the pickle of ``value``); False if it is too big for the
+        journal (send it alone)."""
         n = len(data)
         pos = _HEAD + self.used
         end = pos + _REC + n
-        mv = self.mv
-        if end > len(mv):
+        if end > self.size:
             if self.count:
                 self.flush(_NAN)
             pos = _HEAD
             end = pos + _REC + n
-            if end > len(mv):
+            if end > self.size:
                 return False
-        RECORD_LEN.pack_into(mv, pos, n)
-        mv[pos + _REC : end] = data
+        self.mv[pos:end] = _pack_rec(n) + data
         if not self.count:
             self.since = now
-        self.used = end - _HEAD
-        self.count += 1
-        # The header last: a record counts once it is whole.
-        JOURNAL_HEADER.pack_into(mv, 0, self.epoch, self.used, self.count)
+        self.used = used = end - _HEAD
+        self.count = count = self.count + 1
+        # The header last, the count last of all: a record counts once it is whole
+        # (a reader walks `count` records; `used` ahead of it is harmless).
+        head = self.head
+        head[1] = used
+        head[2] = count
+        values = self.values
+        if values is not None:
+            if type(value) in _PLAIN:
+                values.append(value)
+            else:
+                self.values = None
         return True
 
     def due(self, now: float) -> bool:
@@ -242,12 +274,33 @@ class _Journal:
     def flush(self, seconds: float) -> None:
         """Send the held outcomes; ``seconds``: the chunk's run time if they end it."""
         head = MANY_HEADER.pack(seconds, self.count, self.epoch)
-        records = self.mv[_HEAD : _HEAD + self.used]
-        _write_all(self.out, memoryview(frame(b"".join((_OK_MANY, head, records)))))
+        values = self.values
+        if values is not None:
+            # One pickle of the list: the parent unpickles it in one call.
+            payload = b"".join((_OK_LIST, head, _dumps(values, _PROTOCOL)))
+            values.clear()
+        else:
+            records = self.mv[_HEAD : _HEAD + self.used]
+            payload = b"".join((_OK_MANY, head, records))
+            self.values = []
+        _write_all(self.out, memoryview(frame(payload)))
         self.epoch += 1
         self.used = 0
         self.count = 0
         JOURNAL_HEADER.pack_into(self.mv, 0, self.epoch, 0, 0)
+
+
+def _really_over(elapsed: float, task_seconds: float, cpu_seconds: float, budget: float) -> bool:
+    """Whether a chunk past its wall-clock budget should hand back its rest.
+
+    Only when its tasks are really long: the last task alone took a good part of the
+    budget, or the chunk used its budget in CPU time, or it ran ten budgets. A chunk of
+    quick tasks that overran only because this process waited for a CPU (a busy
+    machine) keeps going: handing it back would gain nothing (the other workers wait
+    for the same CPUs) and cost a re-send. This test runs only once a chunk has overrun
+    its budget, so the `thread_time` call is off the per-task path.
+    """
+    return task_seconds >= budget / 2 or cpu_seconds >= budget or elapsed >= 10 * budget
 
 
 def _read_queued(
