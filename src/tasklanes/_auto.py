@@ -1,0 +1,650 @@
+"""`kind="auto"`: tasklanes picks the lane by looking at the tasks and measuring them.
+
+* An awaitable, or a callable that calls an `async def` function, runs on the io lane.
+* Sync callables start on the blocking lane, the first ones **one at a time**, each
+  wrapped in a [`_Probe`][] that reads its thread's CPU time and the time the thread
+  was runnable but had no core (Linux's `schedstat`, as the kind advice does). Alone,
+  a task is not slowed by others holding the GIL, so the share is the task's own.
+  Probing stops once the probes have run `BLOCKING_MIN_SECONDS` (50 ms) in all, or
+  after `PROBE_MAX_TASKS` tasks. A probe still running after `EARLY_LOOK` seconds is
+  judged on what it did so far, and the rest of the batch starts meanwhile.
+* They *compute* when their thread computed at least 80% of at least 50 ms (the kind
+  advice's rule). Computing tasks that the cpu lane accepts (its own check, so
+  whatever pickles there) send the rest of the batch to the cpu lane; otherwise the
+  rest runs on the blocking lane at full width.
+
+A batch is routed as a whole: every task of an auto batch must be async or every
+task sync (a mixed batch is refused with a `TypeError`, before anything runs for a
+list). The rest of the batch runs on its lane exactly as with an explicit kind: the
+lane pulls from the same input, so indexes, input order, `timeout`, `limit`,
+fail-fast, `return_exceptions` and cancellation behave the same, and no task runs
+twice (a probe's outcome is the task's outcome).
+
+Decisions are kept per function and [Scheduler][tasklanes.Scheduler]
+(`AutoRouter`, at most `MAX_DECISIONS` functions, least recently used dropped): the
+next batch of the same function goes straight to its lane. A measured decision is
+measured again once it is `DECISION_TTL` seconds old. Each decision is logged at
+INFO on `logging.getLogger("tasklanes.auto")` and listed in `stats()[kind].auto`.
+"""
+
+from __future__ import annotations
+
+import enum
+import inspect
+import logging
+import threading
+import time
+from collections import OrderedDict, deque
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any, Final, cast
+
+import anyio
+
+from ._advice import BLOCKING_CPU_SHARE, BLOCKING_MIN_SECONDS, _describe, _key_of, thread_times
+from ._batch import Batch
+from ._call import unwrap_callable
+from ._stats import LaneStats, _ItemAccess
+from ._tasks import END, Source, _is_async_function, close_if_coroutine, describe
+
+if TYPE_CHECKING:
+    from ._batch import Lane
+    from ._scheduler import Scheduler
+    from ._stats import LaneSnapshot
+
+__all__ = [
+    "AUTO",
+    "DECISION_TTL",
+    "EARLY_LOOK",
+    "MAX_DECISIONS",
+    "PROBE_MAX_TASKS",
+    "AutoDecision",
+    "AutoLane",
+    "AutoRouter",
+    "judge",
+]
+
+logger = logging.getLogger("tasklanes.auto")
+
+AUTO: Final = "auto"
+#: Probing stops after this many tasks even if they ran less than 50 ms in all: such
+#: short tasks gain nothing from a worker process.
+PROBE_MAX_TASKS = 64
+#: A probe still running after this many seconds is judged on what it did so far.
+EARLY_LOOK = BLOCKING_MIN_SECONDS
+#: A measured decision is measured again once it is this old (seconds).
+DECISION_TTL = 600.0
+#: Functions whose decision is kept per Scheduler (least recently used dropped).
+MAX_DECISIONS = 256
+
+
+@dataclass(frozen=True)
+class AutoDecision(_ItemAccess):
+    """What `kind="auto"` decided for one function (see `Scheduler.stats()`).
+
+    `function` is the module and qualified name, `kind` the lane it runs on, `reason`
+    why in words. For sync code, `cpu_share` is the share of the time its thread
+    could run that it spent computing, `wall` the seconds measured and `tasks` how
+    many tasks were measured (io decisions measure nothing: `None`, `None`, 0).
+    `decided_at` is a `time.monotonic()` reading.
+    """
+
+    function: str
+    kind: str
+    reason: str
+    cpu_share: float | None
+    wall: float | None
+    tasks: int
+    decided_at: float
+
+
+def judge(cpu: float, wall: float, runnable: float = 0.0) -> tuple[bool, float]:
+    """`(computes, share)`: the kind advice's rule, >= 80% of >= 50 ms computing.
+
+    `runnable` is the time the thread was ready but had no core (a loaded machine),
+    which is neither computing nor waiting in a sync call: it is left out.
+    """
+    could_run = max(wall - max(runnable, 0.0), cpu)
+    share = min(cpu / could_run, 1.0) if could_run > 0 else 0.0
+    return wall >= BLOCKING_MIN_SECONDS and share >= BLOCKING_CPU_SHARE, share
+
+
+class AutoRouter:
+    """The decisions of one Scheduler, per function; thread-safe and bounded."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._decisions: OrderedDict[object, AutoDecision] = OrderedDict()
+
+    def cached(self, key: object) -> AutoDecision | None:
+        """The decision for `key`, unless there is none or it is due for measuring."""
+        with self._lock:
+            decision = self._decisions.get(key)
+            if decision is None:
+                return None
+            if decision.kind != "io" and time.monotonic() - decision.decided_at > DECISION_TTL:
+                return None  # measured again; the new decision replaces it
+            self._decisions.move_to_end(key)
+            return decision
+
+    def record(self, key: object, decision: AutoDecision) -> None:
+        """Keep `decision` and log it (an io decision only the first time)."""
+        with self._lock:
+            old = self._decisions.get(key)
+            self._decisions[key] = decision
+            self._decisions.move_to_end(key)
+            while len(self._decisions) > MAX_DECISIONS:
+                self._decisions.popitem(last=False)
+        if decision.kind == "io" and old is not None:
+            return
+        _log_decision(decision, logging.INFO)
+
+    def decisions(self) -> list[AutoDecision]:
+        with self._lock:
+            return list(self._decisions.values())
+
+    def annotate(self, snapshots: dict[str, LaneSnapshot]) -> dict[str, LaneSnapshot]:
+        """`snapshots` with each lane's `auto` field: the decisions for that lane."""
+        by_kind: dict[str, list[AutoDecision]] = {}
+        for decision in self.decisions():
+            by_kind.setdefault(decision.kind, []).append(decision)
+        for kind, found in by_kind.items():
+            snap = snapshots.get(kind)
+            if snap is not None:
+                found.sort(key=lambda d: d.function)
+                snapshots[kind] = replace(snap, auto=tuple(found))
+        return snapshots
+
+
+def _log_decision(decision: AutoDecision, level: int) -> None:
+    if decision.cpu_share is None or decision.wall is None:
+        measured = ""
+    else:
+        measured = (
+            f" (thread CPU {decision.cpu_share:.0%} of {decision.wall:.3f} s, "
+            f"{decision.tasks} task{'s' if decision.tasks != 1 else ''} measured)"
+        )
+    logger.log(
+        level,
+        "kind='auto': %s runs on kind=%r: %s%s",
+        decision.function,
+        decision.kind,
+        decision.reason,
+        measured,
+        extra={
+            "function": decision.function,
+            "kind": decision.kind,
+            "reason": decision.reason,
+            "cpu_share": decision.cpu_share,
+            "wall": decision.wall,
+            "tasks": decision.tasks,
+        },
+    )
+
+
+# -- telling tasks apart ----------------------------------------------------------------
+
+
+class _Mode(enum.Enum):
+    ASYNC = "async"
+    SYNC = "sync"
+
+
+def _mode_of(task: object) -> _Mode | None:
+    if inspect.isawaitable(task):
+        return _Mode.ASYNC
+    if not callable(task):
+        return None
+    return _Mode.ASYNC if _is_async_function(unwrap_callable(task)) else _Mode.SYNC
+
+
+def _identify(task: object) -> tuple[object, str]:
+    """`(key, name)` of the function a task runs: decisions are kept per key."""
+    code = getattr(task, "cr_code", None)
+    if code is not None:  # a coroutine object
+        module = getattr(task, "cr_frame", None)
+        mod = module.f_globals.get("__name__") if module is not None else None
+        return code, f"{mod}.{code.co_qualname}" if mod else code.co_qualname
+    if inspect.isawaitable(task):
+        kind = type(task)
+        return kind, f"{kind.__module__}.{kind.__qualname__}"
+    fn = unwrap_callable(task)
+    name, _, _, module = _describe(fn)
+    return _key_of(fn), f"{module}.{name}" if module else name
+
+
+# -- the sources a sub-batch pulls from --------------------------------------------------
+
+
+class _Resumed:
+    """The batch's input as a lane sees it once auto has chosen: the tasks auto pulled
+    and has not run yet (`back`) first, then the rest of the input, each task checked
+    by the chosen lane. Indexes stay those of the batch: `back` holds the tasks just
+    before the input's next one."""
+
+    trusted: frozenset[type] = frozenset()
+    in_memory = False
+    size = None
+
+    def __init__(
+        self, source: Source, back: list[tuple[int, Any]], check: Callable[[object, int], None]
+    ) -> None:
+        self._source = source
+        self._back = deque(back)
+        self._check = check
+
+    @property
+    def pulled(self) -> int:
+        return self._source.pulled - len(self._back)
+
+    @property
+    def exhausted(self) -> bool:
+        return not self._back and self._source.exhausted
+
+    def blocked(self) -> bool:
+        return not self._back and self._source.blocked()
+
+    def take(self, n: int) -> list[Any]:
+        out: list[Any] = []
+        back = self._back
+        check = self._check
+        while back and len(out) < n:
+            index, task = back[0]
+            check(task, index)
+            back.popleft()
+            out.append(task)
+        if len(out) < n and not back:
+            start = self._source.pulled
+            got = self._source.take(n - len(out))
+            try:
+                for index, task in enumerate(got, start):
+                    check(task, index)
+            except BaseException:
+                for task in got:
+                    close_if_coroutine(task)
+                raise
+            out.extend(got)
+        return out
+
+    async def next(self) -> Any:
+        if self._back:
+            index, task = self._back[0]
+            self._check(task, index)
+            return self._back.popleft()
+        item = await self._source.next()
+        if item is not END:
+            try:
+                self._check(item[1], item[0])
+            except BaseException:
+                close_if_coroutine(item[1])
+                raise
+        return item
+
+    def take_rest(self) -> None:
+        return None  # pulled as a lazy input: the cpu lane paces it
+
+    def release(self) -> None:
+        self._source.release()
+
+    def close(self) -> None:
+        for _, task in self._back:
+            close_if_coroutine(task)
+        self._back.clear()
+
+
+class _One:
+    """A source of one task with its index in the batch (a probe's)."""
+
+    trusted: frozenset[type] = frozenset()
+    in_memory = False
+    size = 1
+
+    def __init__(self, index: int, task: object) -> None:
+        self._index = index
+        self._task = task
+        self._taken = False
+
+    @property
+    def pulled(self) -> int:
+        return self._index + self._taken
+
+    @property
+    def exhausted(self) -> bool:
+        return self._taken
+
+    def blocked(self) -> bool:
+        return False
+
+    def take(self, n: int) -> list[Any]:
+        if self._taken or n <= 0:
+            return []
+        self._taken = True
+        return [self._task]
+
+    async def next(self) -> Any:
+        if self._taken:
+            return END
+        self._taken = True
+        return (self._index, self._task)
+
+    def take_rest(self) -> None:
+        return None
+
+    def release(self) -> None:
+        pass
+
+    def close(self) -> None:
+        self._taken = True
+
+
+class _SubBatch(Batch):
+    """A batch run on one lane for an auto batch: its outcomes go to the auto batch,
+    and it stops when the auto batch does."""
+
+    __slots__ = ("_outer", "_own_stop")
+
+    def __init__(
+        self,
+        outer: Batch,
+        source: object,
+        limit: int,
+        emit: Callable[[int, bool, Any], None] | None = None,
+    ) -> None:
+        self._outer = outer
+        self._own_stop = False
+        if emit is None:
+            super().__init__(
+                cast(Source, source), limit, outer.timeout, outer.emit, outer.loop,
+                None, outer.emit_ok_many, outer.emit_ok,
+            )  # fmt: skip
+        else:
+            super().__init__(cast(Source, source), limit, outer.timeout, emit, outer.loop)
+
+    @property
+    def stopping(self) -> bool:
+        return self._own_stop or self._outer.stopping
+
+    @stopping.setter
+    def stopping(self, value: bool) -> None:
+        self._own_stop = value
+
+
+async def _run_sub(lane: Lane, sub: _SubBatch, outer: Batch) -> None:
+    """`run_batch` for a sub-batch: its own scope, its failure passed to `outer`."""
+    with anyio.CancelScope() as scope:
+        sub.scope = scope
+        if sub.stopping:
+            scope.cancel()
+        await lane.run(sub)
+    if sub.error is not None:
+        outer.fail(sub.error)
+
+
+# -- measuring ---------------------------------------------------------------------------
+
+
+class _Probe:
+    """A sync task that measures itself on its thread: CPU time, wall time, and the
+    time the thread was runnable without a core (0.0 where that cannot be read)."""
+
+    __slots__ = (
+        "__tasklanes_wrapped__", "cpu", "ident", "native_id", "runnable", "started", "task",
+        "times", "wall",
+    )  # fmt: skip
+
+    def __init__(self, task: Callable[[], Any], index: int) -> None:
+        self.task = task
+        self.__tasklanes_wrapped__ = task  # advice and checks see the user's function
+        self.started = -1.0
+        self.native_id = 0
+        self.ident = 0
+        self.times: tuple[float, float] | None = None
+        self.cpu = self.wall = self.runnable = -1.0
+
+    def __call__(self) -> Any:
+        self.native_id = threading.get_native_id()
+        self.ident = threading.get_ident()
+        before = thread_times(self.native_id, self.ident)
+        self.times = before
+        cpu0 = time.thread_time()
+        self.started = time.monotonic()
+        try:
+            result = self.task()
+        finally:
+            wall = time.monotonic() - self.started
+            after = thread_times(self.native_id, self.ident)
+            if before is not None and after is not None:
+                self.cpu, self.runnable = after[0] - before[0], after[1] - before[1]
+            else:
+                self.cpu, self.runnable = time.thread_time() - cpu0, 0.0
+            self.wall = wall
+        if inspect.isawaitable(result):
+            close_if_coroutine(result)
+            raise TypeError(
+                f"kind='auto' took {describe(self.task)} for sync code, but it returned "
+                f"{type(result).__name__}: give the coroutine itself or call(async_fn, ...) "
+                "so that auto sees async code, or use kind='io'"
+            )
+        return result
+
+    @property
+    def finished(self) -> bool:
+        return self.wall >= 0
+
+    def look(self) -> tuple[float, float, float] | None:
+        """`(cpu, wall, runnable)` so far, read from another thread; None if unknown."""
+        if self.started < 0 or self.times is None:
+            return None
+        now = thread_times(self.native_id, self.ident)
+        if now is None:
+            return None
+        wall = time.monotonic() - self.started
+        return now[0] - self.times[0], wall, now[1] - self.times[1]
+
+
+# -- the lane ------------------------------------------------------------------------------
+
+_no_stats: LaneStats | None = None
+
+
+def _shared_stats() -> LaneStats:
+    global _no_stats
+    if _no_stats is None:
+        _no_stats = LaneStats(AUTO, 0)
+    return _no_stats
+
+
+class AutoLane:
+    """One `kind="auto"` call: checks its tasks, then routes its batch (see the module).
+
+    Made per call by the Scheduler (cheap): it remembers whether the call's tasks are
+    async or sync, and the call's own `limit`.
+    """
+
+    kind = AUTO
+
+    def __init__(self, sched: Scheduler, router: AutoRouter, limit: int | None) -> None:
+        self._sched = sched
+        self._router = router
+        self._limit = limit
+        self._mode: _Mode | None = None
+        self._first = 0
+        self.stats = _shared_stats()  # what the Lane protocol asks; the real lanes count
+        # The batch's limit when the call gives none: wide enough for any lane (each
+        # sub-batch is bounded by its own lane's capacity).
+        self.capacity = limit if limit is not None else max(
+            sched.capacity("io"), sched.capacity("blocking"), sched.capacity_or_default()
+        )  # fmt: skip
+
+    def close(self) -> None:
+        pass
+
+    def check_task(self, task: object, index: int) -> None:
+        mode = _mode_of(task)
+        if mode is None:
+            raise TypeError(
+                f"task {index} ({describe(task)}) is not a task for kind='auto': give a "
+                "coroutine, an awaitable or call(async_fn, ...) for async code, or a "
+                "zero-argument callable such as call(fn, *args) for sync code"
+            )
+        if self._mode is None:
+            self._mode, self._first = mode, index
+        elif mode is not self._mode:
+            raise TypeError(
+                f"kind='auto' routes a batch as a whole, and this one mixes async and sync "
+                f"tasks: task {self._first} is {self._mode.value}, task {index} "
+                f"({describe(task)}) is {mode.value}. Run them as two batches, or give "
+                "kind='io', 'blocking' or 'cpu'"
+            )
+
+    # -- running a batch
+
+    async def run(self, batch: Batch) -> None:
+        source = batch.source
+        try:
+            item = await source.next()
+        except Exception as exc:
+            batch.fail(exc)
+            return
+        if item is END:
+            return
+        index, task = item
+        key, name = _identify(task)
+        if _mode_of(task) is _Mode.ASYNC:
+            self._router.record(
+                key,
+                AutoDecision(name, "io", "async code runs on the event loop", None, None, 0,
+                             time.monotonic()),
+            )  # fmt: skip
+            await self._delegate("io", batch, [item], self._limit)
+            return
+        decision = self._router.cached(key)
+        if decision is not None:
+            await self._delegate(decision.kind, batch, [item], self._limit)
+            return
+        await self._measure(batch, index, task, key, name)
+
+    async def _delegate(
+        self, kind: str, batch: Batch, back: list[tuple[int, Any]], limit: int | None
+    ) -> None:
+        lane = self._sched._lane(kind)
+        if kind == "blocking":
+            from ._nested import refuse_nested_blocking
+
+            refuse_nested_blocking(lane)
+        view = _Resumed(batch.source, back, lane.check_task)
+        sub = _SubBatch(batch, view, lane.capacity if limit is None else limit)
+        await _run_sub(lane, sub, batch)
+
+    async def _probe(self, lane: Lane, batch: Batch, probe: _Probe, index: int,
+                     done: anyio.Event) -> None:  # fmt: skip
+        def emit(i: int, ok: bool, value: Any) -> None:
+            done.set()
+            batch.emit(i, ok, value)
+
+        try:
+            await _run_sub(lane, _SubBatch(batch, _One(index, probe), 1, emit), batch)
+        finally:
+            done.set()
+
+    async def _measure(self, batch: Batch, index: int, task: Any, key: object, name: str) -> None:
+        """Probe the first sync tasks one at a time on the blocking lane, decide, and
+        run the rest of the batch on the chosen lane."""
+        from ._nested import refuse_nested_blocking
+
+        sched = self._sched
+        blocking = sched._lane("blocking")
+        refuse_nested_blocking(blocking)
+        advisor = getattr(sched, "_advisor", None)
+        if advisor is not None:  # auto says where it goes: no advice on top
+            advisor.silence(unwrap_callable(task))
+        cpu = wall = runnable = 0.0
+        measured = 0
+        running = 0  # probes still running when the rest starts
+        ended = False
+        async with anyio.create_task_group() as tg:
+            while True:
+                probe = _Probe(task, index)
+                done = anyio.Event()
+                tg.start_soon(self._probe, blocking, batch, probe, index, done)
+                look = await self._look_early(probe, done)
+                if look is not None:
+                    cpu, wall, runnable = cpu + look[0], wall + look[1], runnable + look[2]
+                    measured += 1
+                    running = 1
+                    break
+                await done.wait()
+                if batch.stopping:
+                    return
+                if probe.finished:
+                    cpu, wall, runnable = (
+                        cpu + probe.cpu,
+                        wall + probe.wall,
+                        runnable + probe.runnable,
+                    )
+                    measured += 1
+                if wall >= BLOCKING_MIN_SECONDS or measured >= PROBE_MAX_TASKS:
+                    break
+                try:
+                    item = await batch.source.next()
+                except Exception as exc:
+                    batch.fail(exc)
+                    return
+                if item is END:
+                    ended = True
+                    break
+                index, task = item
+            computes, share = judge(cpu, wall, runnable)
+            kind, reason = self._choose(computes, share, wall, measured, task, index)
+            decision = AutoDecision(name, kind, reason, share, wall, measured, time.monotonic())
+            if ended and wall < BLOCKING_MIN_SECONDS:
+                # Too little to go on: say so, but decide again next time.
+                _log_decision(
+                    replace(
+                        decision,
+                        reason=reason + "; not kept: the batch ended before 50 ms were measured",
+                    ),
+                    logging.DEBUG,
+                )
+            else:
+                self._router.record(key, decision)
+            if not ended and not batch.stopping:
+                limit = self._limit
+                if limit is not None:
+                    limit -= running  # the probe still running counts against it
+                await self._delegate(kind, batch, [], limit)
+
+    async def _look_early(
+        self, probe: _Probe, done: anyio.Event
+    ) -> tuple[float, float, float] | None:
+        """What a long probe did in its first `EARLY_LOOK` seconds (at least 50 ms of
+        it), or None once it is over, or when it cannot be read, or when the call's
+        `limit` is 1 (the rest could not start before it ends anyway)."""
+        wait = EARLY_LOOK
+        while True:
+            with anyio.move_on_after(wait):
+                await done.wait()
+            if done.is_set() or self._limit == 1:
+                return None
+            look = probe.look()
+            if look is None:
+                if probe.started >= 0:
+                    return None  # running, but its thread cannot be read here
+                wait = EARLY_LOOK  # not started yet (the lane is busy): wait for it
+                continue
+            if look[1] >= BLOCKING_MIN_SECONDS:
+                return look
+            wait = BLOCKING_MIN_SECONDS - look[1] + 0.005
+
+    def _choose(
+        self, computes: bool, share: float, wall: float, measured: int, task: Any, index: int
+    ) -> tuple[str, str]:
+        if not computes:
+            if wall < BLOCKING_MIN_SECONDS:
+                return "blocking", "too short to gain from a worker process"
+            return "blocking", "it waits (threads overlap the waits)"
+        try:
+            self._sched._lane("cpu").check_task(task, index)
+        except (TypeError, RuntimeError) as exc:
+            return "blocking", f"it computes, but the cpu lane cannot take it: {exc}"
+        return "cpu", "it computes: worker processes run it in parallel"
