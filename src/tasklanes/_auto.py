@@ -72,6 +72,9 @@ AUTO: Final = "auto"
 PROBE_MAX_TASKS = 64
 #: A probe still running after this many seconds is judged on what it did so far.
 EARLY_LOOK = BLOCKING_MIN_SECONDS
+#: An early look decides "it waits" only below this share (between it and 80%: look
+#: again later, or judge the whole task).
+_CLEARLY_WAITING = 0.3
 #: A measured decision is measured again once it is this old (seconds).
 DECISION_TTL = 600.0
 #: Functions whose decision is kept per Scheduler (least recently used dropped).
@@ -402,21 +405,21 @@ class _Probe:
         self.cpu = self.wall = self.runnable = -1.0
 
     def __call__(self) -> Any:
+        # CPU time from the thread's CPU clock (exact); the time runnable without a
+        # core from the scheduler's figures (`schedstat`), where they can be read.
         self.native_id = threading.get_native_id()
         self.ident = threading.get_ident()
-        before = thread_times(self.native_id, self.ident)
-        self.times = before
+        times = thread_times(self.native_id, self.ident)
         cpu0 = time.thread_time()
+        self.times = (cpu0, times[1] if times is not None else 0.0)
         self.started = time.monotonic()
         try:
             result = self.task()
         finally:
             wall = time.monotonic() - self.started
-            after = thread_times(self.native_id, self.ident)
-            if before is not None and after is not None:
-                self.cpu, self.runnable = after[0] - before[0], after[1] - before[1]
-            else:
-                self.cpu, self.runnable = time.thread_time() - cpu0, 0.0
+            self.cpu = time.thread_time() - cpu0
+            after = thread_times(self.native_id, self.ident) if times is not None else None
+            self.runnable = after[1] - self.times[1] if after is not None else 0.0
             self.wall = wall
         if inspect.isawaitable(result):
             close_if_coroutine(result)
@@ -435,11 +438,14 @@ class _Probe:
         """`(cpu, wall, runnable)` so far, read from another thread; None if unknown."""
         if self.started < 0 or self.times is None:
             return None
-        now = thread_times(self.native_id, self.ident)
-        if now is None:
+        try:  # the thread's CPU clock is exact; `schedstat` lags a running thread
+            cpu = time.clock_gettime(time.pthread_getcpuclockid(self.ident))
+        except (AttributeError, OSError):
             return None
         wall = time.monotonic() - self.started
-        return now[0] - self.times[0], wall, now[1] - self.times[1]
+        times = thread_times(self.native_id, self.ident)
+        runnable = times[1] - self.times[1] if times is not None else 0.0
+        return cpu - self.times[0], wall, runnable
 
 
 # -- the lane ------------------------------------------------------------------------------
@@ -632,9 +638,15 @@ class AutoLane:
                     return None  # running, but its thread cannot be read here
                 wait = EARLY_LOOK  # not started yet (the lane is busy): wait for it
                 continue
-            if look[1] >= BLOCKING_MIN_SECONDS:
+            if look[1] < BLOCKING_MIN_SECONDS:
+                wait = BLOCKING_MIN_SECONDS - look[1] + 0.005
+                continue
+            # Decide early only when the figures are clear: a thread waiting for a
+            # core right now is not counted as runnable until it runs again.
+            share = judge(*look)[1]
+            if share >= BLOCKING_CPU_SHARE or share <= _CLEARLY_WAITING:
                 return look
-            wait = BLOCKING_MIN_SECONDS - look[1] + 0.005
+            wait = EARLY_LOOK
 
     def _choose(
         self, computes: bool, share: float, wall: float, measured: int, task: Any, index: int
