@@ -176,3 +176,8 @@ def compute_politely(seconds: float) -> int:
         rounds += 1
         check_cancelled()
     return rounds
+
+
+@offload(kind="auto")
+def offloaded_auto_primes(n: int) -> int:
+    return count_primes(n)

@@ -11,8 +11,7 @@ import anyio
 import pytest
 
 import tasklanes
-from tasklanes import Scheduler, TaskTimeout, call
-from tasklanes import _auto
+from tasklanes import Scheduler, TaskTimeout, _auto, call
 from tasklanes._auto import AutoDecision, AutoRouter, judge
 
 from ._tasks import compute_politely, count_primes, polite_sleeper, raise_custom
@@ -311,3 +310,28 @@ async def test_a_second_batch_measures_again_after_the_ttl(
     for _ in range(2):
         await sched.run_all([call(time.sleep, 0.06)] * 2, kind="auto")
     assert len(caught.about("time.sleep")) == 2
+
+
+# -- @offload(kind="auto") -----------------------------------------------------------------
+
+
+async def test_offload_auto_measures_once_then_goes_straight(caught: Caught) -> None:
+    from ._tasks import offloaded_auto_primes
+
+    assert await offloaded_auto_primes(PRIMES_N) == PRIMES  # measured on a thread
+    assert await offloaded_auto_primes.map([100, 1000, 10]) == [25, 168, 4]
+    assert await offloaded_auto_primes.map([100, 10], limit=1) == [25, 4]
+    stats = tasklanes.get_scheduler().stats()
+    (decision,) = stats["cpu"].auto
+    assert decision.function.endswith("offloaded_auto_primes")
+    assert stats["blocking"].completed == 1 and stats["cpu"].completed == 5
+    assert len(caught.about(decision.function)) == 1
+
+
+async def test_offload_auto_of_an_async_function_is_io() -> None:
+    @tasklanes.offload(kind="auto")
+    async def get(x: int) -> int:
+        return x
+
+    assert get.kind == "io"
+    assert await get(3) == 3

@@ -34,10 +34,10 @@ import inspect
 import logging
 import threading
 import time
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any, Final, cast
+from typing import TYPE_CHECKING, Any, Final
 
 import anyio
 
@@ -45,7 +45,8 @@ from ._advice import BLOCKING_CPU_SHARE, BLOCKING_MIN_SECONDS, _describe, _key_o
 from ._batch import Batch
 from ._call import unwrap_callable
 from ._stats import LaneStats, _ItemAccess
-from ._tasks import END, Source, _is_async_function, close_if_coroutine, describe
+from ._subbatch import One, Resumed, SubBatch, run_sub
+from ._tasks import END, _is_async_function, close_if_coroutine, describe
 
 if TYPE_CHECKING:
     from ._batch import Lane
@@ -216,173 +217,6 @@ def _identify(task: object) -> tuple[object, str]:
     return _key_of(fn), f"{module}.{name}" if module else name
 
 
-# -- the sources a sub-batch pulls from --------------------------------------------------
-
-
-class _Resumed:
-    """The batch's input as a lane sees it once auto has chosen: the tasks auto pulled
-    and has not run yet (`back`) first, then the rest of the input, each task checked
-    by the chosen lane. Indexes stay those of the batch: `back` holds the tasks just
-    before the input's next one."""
-
-    trusted: frozenset[type] = frozenset()
-    in_memory = False
-    size = None
-
-    def __init__(
-        self, source: Source, back: list[tuple[int, Any]], check: Callable[[object, int], None]
-    ) -> None:
-        self._source = source
-        self._back = deque(back)
-        self._check = check
-
-    @property
-    def pulled(self) -> int:
-        return self._source.pulled - len(self._back)
-
-    @property
-    def exhausted(self) -> bool:
-        return not self._back and self._source.exhausted
-
-    def blocked(self) -> bool:
-        return not self._back and self._source.blocked()
-
-    def take(self, n: int) -> list[Any]:
-        out: list[Any] = []
-        back = self._back
-        check = self._check
-        while back and len(out) < n:
-            index, task = back[0]
-            check(task, index)
-            back.popleft()
-            out.append(task)
-        if len(out) < n and not back:
-            start = self._source.pulled
-            got = self._source.take(n - len(out))
-            try:
-                for index, task in enumerate(got, start):
-                    check(task, index)
-            except BaseException:
-                for task in got:
-                    close_if_coroutine(task)
-                raise
-            out.extend(got)
-        return out
-
-    async def next(self) -> Any:
-        if self._back:
-            index, task = self._back[0]
-            self._check(task, index)
-            return self._back.popleft()
-        item = await self._source.next()
-        if item is not END:
-            try:
-                self._check(item[1], item[0])
-            except BaseException:
-                close_if_coroutine(item[1])
-                raise
-        return item
-
-    def take_rest(self) -> None:
-        return None  # pulled as a lazy input: the cpu lane paces it
-
-    def release(self) -> None:
-        self._source.release()
-
-    def close(self) -> None:
-        for _, task in self._back:
-            close_if_coroutine(task)
-        self._back.clear()
-
-
-class _One:
-    """A source of one task with its index in the batch (a probe's)."""
-
-    trusted: frozenset[type] = frozenset()
-    in_memory = False
-    size = 1
-
-    def __init__(self, index: int, task: object) -> None:
-        self._index = index
-        self._task = task
-        self._taken = False
-
-    @property
-    def pulled(self) -> int:
-        return self._index + self._taken
-
-    @property
-    def exhausted(self) -> bool:
-        return self._taken
-
-    def blocked(self) -> bool:
-        return False
-
-    def take(self, n: int) -> list[Any]:
-        if self._taken or n <= 0:
-            return []
-        self._taken = True
-        return [self._task]
-
-    async def next(self) -> Any:
-        if self._taken:
-            return END
-        self._taken = True
-        return (self._index, self._task)
-
-    def take_rest(self) -> None:
-        return None
-
-    def release(self) -> None:
-        pass
-
-    def close(self) -> None:
-        self._taken = True
-
-
-class _SubBatch(Batch):
-    """A batch run on one lane for an auto batch: its outcomes go to the auto batch,
-    and it stops when the auto batch does."""
-
-    __slots__ = ("_outer", "_own_stop")
-
-    def __init__(
-        self,
-        outer: Batch,
-        source: object,
-        limit: int,
-        emit: Callable[[int, bool, Any], None] | None = None,
-    ) -> None:
-        self._outer = outer
-        self._own_stop = False
-        if emit is None:
-            super().__init__(
-                cast(Source, source), limit, outer.timeout, outer.emit, outer.loop,
-                None, outer.emit_ok_many, outer.emit_ok,
-            )  # fmt: skip
-        else:
-            super().__init__(cast(Source, source), limit, outer.timeout, emit, outer.loop)
-
-    @property
-    def stopping(self) -> bool:
-        return self._own_stop or self._outer.stopping
-
-    @stopping.setter
-    def stopping(self, value: bool) -> None:
-        self._own_stop = value
-
-
-async def _run_sub(lane: Lane, sub: _SubBatch, outer: Batch) -> None:
-    """`run_batch` for a sub-batch: its own scope, its failure passed to `outer`."""
-    with anyio.CancelScope() as scope:
-        sub.scope = scope
-        if sub.stopping:
-            scope.cancel()
-        await lane.run(sub)
-    if sub.error is not None:
-        outer.fail(sub.error)
-
-
 # -- measuring ---------------------------------------------------------------------------
 
 
@@ -538,9 +372,9 @@ class AutoLane:
             from ._nested import refuse_nested_blocking
 
             refuse_nested_blocking(lane)
-        view = _Resumed(batch.source, back, lane.check_task)
-        sub = _SubBatch(batch, view, lane.capacity if limit is None else limit)
-        await _run_sub(lane, sub, batch)
+        view = Resumed(batch.source, back, lane.check_task)
+        sub = SubBatch(batch, view, lane.capacity if limit is None else limit)
+        await run_sub(lane, sub, batch)
 
     async def _probe(self, lane: Lane, batch: Batch, probe: _Probe, index: int,
                      done: anyio.Event) -> None:  # fmt: skip
@@ -549,7 +383,7 @@ class AutoLane:
             batch.emit(i, ok, value)
 
         try:
-            await _run_sub(lane, _SubBatch(batch, _One(index, probe), 1, emit), batch)
+            await run_sub(lane, SubBatch(batch, One(index, probe), 1, emit), batch)
         finally:
             done.set()
 
