@@ -32,6 +32,7 @@ from __future__ import annotations
 import enum
 import inspect
 import logging
+import math
 import threading
 import time
 from collections import OrderedDict
@@ -388,8 +389,14 @@ class AutoLane:
             done.set()
 
     async def _measure(self, batch: Batch, index: int, task: Any, key: object, name: str) -> None:
-        """Probe the first sync tasks one at a time on the blocking lane, decide, and
-        run the rest of the batch on the chosen lane."""
+        """Probe the first sync tasks on the blocking lane, decide, and run the rest of
+        the batch on the chosen lane.
+
+        Stage 1, one at a time: does it compute? Stage 2, only for code that computes
+        and could go to the cpu lane, two at a time: does it compute *in parallel* on
+        threads (it releases the GIL, as hashlib on big buffers or numpy do)? Then
+        threads serve it as well as processes, without pickling: blocking.
+        """
         from ._nested import refuse_nested_blocking
 
         sched = self._sched
@@ -398,61 +405,144 @@ class AutoLane:
         advisor = getattr(sched, "_advisor", None)
         if advisor is not None:  # auto says where it goes: no advice on top
             advisor.silence(unwrap_callable(task))
-        cpu = wall = runnable = 0.0
-        measured = 0
-        running = 0  # probes still running when the rest starts
-        ended = False
         async with anyio.create_task_group() as tg:
-            while True:
-                probe = _Probe(task, index)
-                done = anyio.Event()
-                tg.start_soon(self._probe, blocking, batch, probe, index, done)
-                look = await self._look_early(probe, done)
-                if look is not None:
-                    cpu, wall, runnable = cpu + look[0], wall + look[1], runnable + look[2]
-                    measured += 1
-                    running = 1
-                    break
-                await done.wait()
-                if batch.stopping:
-                    return
-                if probe.finished:
-                    cpu, wall, runnable = (
-                        cpu + probe.cpu,
-                        wall + probe.wall,
-                        runnable + probe.runnable,
-                    )
-                    measured += 1
-                if wall >= BLOCKING_MIN_SECONDS or measured >= PROBE_MAX_TASKS:
-                    break
-                try:
-                    item = await batch.source.next()
-                except Exception as exc:
-                    batch.fail(exc)
-                    return
-                if item is END:
-                    ended = True
-                    break
-                index, task = item
+            solo = await self._solo(tg, blocking, batch, index, task)
+            if solo is None:
+                return  # the batch failed or stopped
+            (cpu, wall, runnable), measured, running, last, ended = solo
             computes, share = judge(cpu, wall, runnable)
-            kind, reason = self._choose(computes, share, wall, measured, task, index)
+            kind, reason = self._choose(computes, share, wall, measured, *last)
+            back: list[tuple[int, Any]] = []
+            if kind == "cpu" and not ended and running == 0 and self._limit != 1:
+                pair = await self._pairs(tg, blocking, batch)
+                if pair is None:
+                    return
+                figures, tested, running, back, ended = pair
+                if tested:
+                    measured += tested
+                    parallel, pair_share = judge(*figures)
+                    if parallel:
+                        kind = "blocking"
+                        reason = (
+                            f"it computes ({share:.0%}) but releases the GIL: two tasks at "
+                            f"once each computed {pair_share:.0%} of the time, so threads "
+                            "run it in parallel, without pickling"
+                        )
+                    else:
+                        reason += f" (two at once on threads: {pair_share:.0%} each)"
             decision = AutoDecision(name, kind, reason, share, wall, measured, time.monotonic())
             if ended and wall < BLOCKING_MIN_SECONDS:
                 # Too little to go on: say so, but decide again next time.
-                _log_decision(
-                    replace(
-                        decision,
-                        reason=reason + "; not kept: the batch ended before 50 ms were measured",
-                    ),
-                    logging.DEBUG,
-                )
+                note = "; not kept: the batch ended before 50 ms were measured"
+                _log_decision(replace(decision, reason=reason + note), logging.DEBUG)
             else:
                 self._router.record(key, decision)
-            if not ended and not batch.stopping:
+            if (back or not ended) and not batch.stopping:
                 limit = self._limit
                 if limit is not None:
-                    limit -= running  # the probe still running counts against it
-                await self._delegate(kind, batch, [], limit)
+                    limit -= running  # the probes still running count against it
+                    while limit < 1:  # pragma: no cover - only with limit <= running
+                        await anyio.sleep(EARLY_LOOK)
+                await self._delegate(kind, batch, back, limit)
+
+    def _launch(
+        self, tg: anyio.abc.TaskGroup, lane: Lane, batch: Batch, index: int, task: Any
+    ) -> tuple[_Probe, anyio.Event]:
+        probe = _Probe(task, index)
+        done = anyio.Event()
+        tg.start_soon(self._probe, lane, batch, probe, index, done)
+        return probe, done
+
+    async def _next(self, batch: Batch) -> tuple[int, Any] | None:
+        """The input's next `(index, task)`, or None at its end (or if it failed)."""
+        try:
+            item = await batch.source.next()
+        except Exception as exc:
+            batch.fail(exc)
+            return None
+        return None if item is END else item
+
+    async def _solo(
+        self, tg: anyio.abc.TaskGroup, lane: Lane, batch: Batch, index: int, task: Any
+    ) -> tuple[tuple[float, float, float], int, int, tuple[Any, int], bool] | None:
+        """Stage 1: tasks one at a time until 50 ms were measured. Returns the summed
+        `(cpu, wall, runnable)`, how many tasks, how many still run, the last task and
+        its index, and whether the input ended; None if the batch stopped."""
+        cpu = wall = runnable = 0.0
+        measured = 0
+        while True:
+            probe, done = self._launch(tg, lane, batch, index, task)
+            look = await self._look_early(probe, done)
+            if look is not None:  # a long task: judged on its start, the rest goes on
+                figures = (cpu + look[0], wall + look[1], runnable + look[2])
+                return figures, measured + 1, 1, (task, index), False
+            await done.wait()
+            if batch.stopping:
+                return None
+            if probe.finished:
+                cpu, wall, runnable = cpu + probe.cpu, wall + probe.wall, runnable + probe.runnable
+                measured += 1
+            if wall >= BLOCKING_MIN_SECONDS or measured >= PROBE_MAX_TASKS:
+                return (cpu, wall, runnable), measured, 0, (task, index), False
+            item = await self._next(batch)
+            if item is None:
+                if batch.stopping:
+                    return None
+                return (cpu, wall, runnable), measured, 0, (task, index), True
+            index, task = item
+
+    async def _pairs(
+        self, tg: anyio.abc.TaskGroup, lane: Lane, batch: Batch
+    ) -> tuple[tuple[float, float, float], int, int, list[tuple[int, Any]], bool] | None:
+        """Stage 2: two tasks at once, until both ran 50 ms. Returns the summed
+        figures, how many tasks were measured, how many still run, tasks pulled but not
+        run, and whether the input ended; None if the batch stopped."""
+        cpu = wall = runnable = 0.0
+        tested = 0
+        early = self._limit is None or self._limit > 2
+        while wall < 2 * BLOCKING_MIN_SECONDS and tested < PROBE_MAX_TASKS:
+            items = []
+            for _ in range(2):
+                item = await self._next(batch)
+                if item is None:
+                    break
+                items.append(item)
+            if batch.stopping:
+                return None
+            if len(items) < 2:
+                return (cpu, wall, runnable), tested, 0, items, True
+            probes = [self._launch(tg, lane, batch, i, t) for i, t in items]
+            figures, running = await self._watch_pair(probes, early)
+            if batch.stopping:
+                return None
+            for c, w, r in figures:
+                cpu, wall, runnable = cpu + c, wall + w, runnable + r
+            tested += 2
+            if running:
+                return (cpu, wall, runnable), tested, running, [], False
+        return (cpu, wall, runnable), tested, 0, [], False
+
+    async def _watch_pair(
+        self, probes: list[tuple[_Probe, anyio.Event]], early: bool
+    ) -> tuple[list[tuple[float, float, float]], int]:
+        """The figures of two probes running at once: once both end, or (`early`) once
+        both have run 50 ms; and how many still run."""
+        while True:
+            with anyio.move_on_after(EARLY_LOOK if early else math.inf):
+                for _, done in probes:
+                    await done.wait()
+            figures = []
+            for probe, done in probes:
+                if done.is_set():
+                    if probe.finished:
+                        figures.append((probe.cpu, probe.wall, probe.runnable))
+                    continue
+                look = probe.look()
+                if look is None or look[1] < BLOCKING_MIN_SECONDS:
+                    break
+                figures.append(look)
+            else:
+                return figures, sum(not done.is_set() for _, done in probes)
 
     async def _look_early(
         self, probe: _Probe, done: anyio.Event
