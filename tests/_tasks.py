@@ -181,3 +181,10 @@ def compute_politely(seconds: float) -> int:
 @offload(kind="auto")
 def offloaded_auto_primes(n: int) -> int:
     return count_primes(n)
+
+
+def sha256_hex(data: bytes) -> str:
+    """hashlib releases the GIL while it hashes a big buffer: threads compute at once."""
+    import hashlib
+
+    return hashlib.sha256(data).hexdigest()

@@ -283,6 +283,14 @@ class _Probe:
         return cpu - self.times[0], wall, runnable
 
 
+def _overlapped(a: _Probe, b: _Probe, figures: list[tuple[float, float, float]]) -> bool:
+    """The two probes ran at the same time for most of the shorter one's measure."""
+    (_, wall_a, _), (_, wall_b, _) = figures
+    start = max(a.started, b.started)
+    end = min(a.started + wall_a, b.started + wall_b)
+    return end - start >= 0.8 * min(wall_a, wall_b) > 0
+
+
 # -- the lane ------------------------------------------------------------------------------
 
 _no_stats: LaneStats | None = None
@@ -542,7 +550,10 @@ class AutoLane:
                     break
                 figures.append(look)
             else:
-                return figures, sum(not done.is_set() for _, done in probes)
+                running = sum(not done.is_set() for _, done in probes)
+                if len(figures) < 2 or not _overlapped(probes[0][0], probes[1][0], figures):
+                    return [], running  # not at the same time: no evidence either way
+                return figures, running
 
     async def _look_early(
         self, probe: _Probe, done: anyio.Event
