@@ -325,7 +325,7 @@ class Scheduler:
         ``running``, ``waiting``, ``completed``, ``failed``, ``timed_out``,
         ``cancelled``, ``crashed``, ``killed``, and ``wait`` (queue lag) and ``run``
         (run time) as ``count``/``mean``/``max`` in seconds. A lane not used yet
-        shows zeros.
+        shows zeros. ``auto`` lists the functions ``kind="auto"`` sent to that lane.
         """
         from ._stats import LaneStats
 
