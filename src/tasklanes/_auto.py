@@ -38,6 +38,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from types import CoroutineType
 from typing import TYPE_CHECKING, Any, Final
 
 import anyio
@@ -291,6 +292,38 @@ def _overlapped(a: _Probe, b: _Probe, figures: list[tuple[float, float, float]])
     return end - start >= 0.8 * min(wall_a, wall_b) > 0
 
 
+class _AutoCheck:
+    """The check of one auto call's tasks: a task at all, and async or sync like the
+    first one. Coroutines are `trusted`: a list of nothing else is not checked task by
+    task (it is all async)."""
+
+    __slots__ = ("first", "mode")
+
+    trusted: frozenset[type] = frozenset({CoroutineType})
+
+    def __init__(self) -> None:
+        self.mode: _Mode | None = None
+        self.first = 0
+
+    def __call__(self, task: object, index: int) -> None:
+        mode = _Mode.ASYNC if type(task) is CoroutineType else _mode_of(task)
+        if mode is None:
+            raise TypeError(
+                f"task {index} ({describe(task)}) is not a task for kind='auto': give a "
+                "coroutine, an awaitable or call(async_fn, ...) for async code, or a "
+                "zero-argument callable such as call(fn, *args) for sync code"
+            )
+        if self.mode is None:
+            self.mode, self.first = mode, index
+        elif mode is not self.mode:
+            raise TypeError(
+                f"kind='auto' routes a batch as a whole, and this one mixes async and sync "
+                f"tasks: task {self.first} is {self.mode.value}, task {index} "
+                f"({describe(task)}) is {mode.value}. Run them as two batches, or give "
+                "kind='io', 'blocking' or 'cpu'"
+            )
+
+
 # -- the lane ------------------------------------------------------------------------------
 
 _no_stats: LaneStats | None = None
@@ -316,8 +349,7 @@ class AutoLane:
         self._sched = sched
         self._router = router
         self._limit = limit
-        self._mode: _Mode | None = None
-        self._first = 0
+        self.check_task = _AutoCheck()
         self.stats = _shared_stats()  # what the Lane protocol asks; the real lanes count
         # The batch's limit when the call gives none: wide enough for any lane (each
         # sub-batch is bounded by its own lane's capacity).
@@ -327,24 +359,6 @@ class AutoLane:
 
     def close(self) -> None:
         pass
-
-    def check_task(self, task: object, index: int) -> None:
-        mode = _mode_of(task)
-        if mode is None:
-            raise TypeError(
-                f"task {index} ({describe(task)}) is not a task for kind='auto': give a "
-                "coroutine, an awaitable or call(async_fn, ...) for async code, or a "
-                "zero-argument callable such as call(fn, *args) for sync code"
-            )
-        if self._mode is None:
-            self._mode, self._first = mode, index
-        elif mode is not self._mode:
-            raise TypeError(
-                f"kind='auto' routes a batch as a whole, and this one mixes async and sync "
-                f"tasks: task {self._first} is {self._mode.value}, task {index} "
-                f"({describe(task)}) is {mode.value}. Run them as two batches, or give "
-                "kind='io', 'blocking' or 'cpu'"
-            )
 
     # -- running a batch
 
