@@ -350,3 +350,22 @@ async def test_offload_auto_of_an_async_function_is_io() -> None:
 
     assert get.kind == "io"
     assert await get(3) == 3
+
+
+async def test_an_async_input_keeps_its_order_across_the_switch(sched: Scheduler) -> None:
+    sizes = [PRIMES_N, 10, 100, 1000, 10, 100, 1000, 10]
+
+    async def tasks():  # type: ignore[no-untyped-def]
+        for n in sizes:
+            await anyio.sleep(0)
+            yield call(count_primes, n)
+
+    updates: list[tasklanes.ProgressUpdate] = []
+    results = await sched.run_all(tasks(), kind="auto", progress=updates.append)
+    assert results == [PRIMES, 4, 25, 168, 4, 25, 168, 4]
+    assert updates[-1].done == len(sizes) and updates[-1].finished
+
+
+async def test_a_lambda_that_returns_a_coroutine_is_told_what_to_do(sched: Scheduler) -> None:
+    with pytest.raises(TypeError, match="call\\(async_fn"):
+        await sched.run_all([lambda: echo(1)], kind="auto")
