@@ -435,11 +435,14 @@ class AutoLane:
             computes, share = judge(cpu, wall, runnable)
             kind, reason = self._choose(computes, share, wall, measured, *last)
             back: list[tuple[int, Any]] = []
-            if kind == "cpu" and not ended and running == 0 and self._limit != 1:
-                pair = await self._pairs(tg, blocking, batch)
+            if kind == "cpu" and not ended and (self._limit or 3) >= 2 + running:
+                # (A first task still running computes too: the pair competes with it
+                # for the GIL, which only makes code that holds it plainer.)
+                pair = await self._pairs(tg, blocking, batch, running)
                 if pair is None:
                     return
-                figures, tested, running, back, ended = pair
+                figures, tested, still, back, ended = pair
+                running += still
                 if tested:
                     measured += tested
                     parallel, pair_share = judge(*figures)
@@ -514,14 +517,15 @@ class AutoLane:
             index, task = item
 
     async def _pairs(
-        self, tg: anyio.abc.TaskGroup, lane: Lane, batch: Batch
+        self, tg: anyio.abc.TaskGroup, lane: Lane, batch: Batch, busy: int
     ) -> tuple[tuple[float, float, float], int, int, list[tuple[int, Any]], bool] | None:
-        """Stage 2: two tasks at once, until both ran 50 ms. Returns the summed
-        figures, how many tasks were measured, how many still run, tasks pulled but not
-        run, and whether the input ended; None if the batch stopped."""
+        """Stage 2: two tasks at once, until both ran 50 ms (`busy`: earlier probes
+        still running). Returns the summed figures, how many tasks were measured, how
+        many still run, tasks pulled but not run, and whether the input ended; None if
+        the batch stopped."""
         cpu = wall = runnable = 0.0
         tested = 0
-        early = self._limit is None or self._limit > 2
+        early = self._limit is None or self._limit > 2 + busy
         while wall < 2 * BLOCKING_MIN_SECONDS and tested < PROBE_MAX_TASKS:
             items = []
             for _ in range(2):
