@@ -465,9 +465,9 @@ class AutoLane:
             if (back or not ended) and not batch.stopping:
                 limit = self._limit
                 if limit is not None:
-                    limit -= running  # the probes still running count against it
-                    while limit < 1:  # pragma: no cover - only with limit <= running
-                        await anyio.sleep(EARLY_LOOK)
+                    # The probes still running count against it (they only run on past
+                    # the decision when the limit leaves room: see `_look_early`).
+                    limit = max(limit - running, 1)
                 await self._delegate(kind, batch, back, limit)
 
     def _launch(
