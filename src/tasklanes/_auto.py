@@ -10,8 +10,11 @@
   judged on what it did so far, and the rest of the batch starts meanwhile.
 * They *compute* when their thread computed at least 80% of at least 50 ms (the kind
   advice's rule). Computing tasks that the cpu lane accepts (its own check, so
-  whatever pickles there) send the rest of the batch to the cpu lane; otherwise the
-  rest runs on the blocking lane at full width.
+  whatever pickles there) are then run two at a time on threads: if both still
+  compute, the code releases the GIL (hashlib on big buffers, zlib, numpy) and
+  threads run it in parallel without pickling anything, so it stays on the blocking
+  lane; if they take turns, the rest of the batch moves to the cpu lane. Everything
+  else runs on the blocking lane at full width.
 
 A batch is routed as a whole: every task of an auto batch must be async or every
 task sync (a mixed batch is refused with a `TypeError`, before anything runs for a
