@@ -344,6 +344,11 @@ class AutoLane:
 
     Made per call by the Scheduler (cheap): it remembers whether the call's tasks are
     async or sync, and the call's own `limit`.
+
+    Cancellation: as for the lane the batch runs on, plus the probes, which are
+    blocking tasks: asked to stop (`check_cancelled()` raises in them) and waited
+    for, so no work of the batch outlives the call. A probe that overruns `timeout`
+    fails at once, and its thread runs on until it returns, as any blocking task's.
     """
 
     kind = AUTO
