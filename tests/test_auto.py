@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import anyio
 import pytest
@@ -135,14 +135,26 @@ async def test_hashing_big_buffers_stays_on_threads(sched: Scheduler) -> None:
     assert stats["cpu"].completed == 0 and stats["blocking"].completed == 24
 
 
-async def test_a_computing_lambda_stays_on_the_blocking_lane(
+def unpicklable_counter() -> Callable[[int], int]:
+    """A computing closure that cannot reach a worker process, by reference or by
+    value: it holds a lock."""
+    lock = threading.Lock()
+
+    def crunch(n: int) -> int:
+        with lock:
+            return count_primes(n)
+
+    return crunch
+
+
+async def test_computing_code_that_cannot_pickle_stays_on_the_blocking_lane(
     sched: Scheduler, caught: Caught
 ) -> None:
-    tasks = [lambda: count_primes(PRIMES_N) for _ in range(3)]
-    assert await sched.run_all(tasks, kind="auto") == [PRIMES] * 3
+    crunch = unpicklable_counter()
+    assert await sched.run_all([call(crunch, PRIMES_N)] * 3, kind="auto") == [PRIMES] * 3
     stats = sched.stats()
     assert stats["blocking"].completed == 3 and stats["cpu"].completed == 0
-    (decision,) = [d for d in stats["blocking"].auto if "<lambda>" in d.function]
+    (decision,) = [d for d in stats["blocking"].auto if "crunch" in d.function]
     assert decision.cpu_share is not None and decision.cpu_share >= 0.8
     assert "cpu lane cannot take it" in decision.reason and "pickle" in decision.reason
     (record,) = caught.about(decision.function)
