@@ -78,6 +78,9 @@ AUTO: Final = "auto"
 PROBE_MAX_TASKS = 64
 #: A probe still running after this many seconds is judged on what it did so far.
 EARLY_LOOK = BLOCKING_MIN_SECONDS
+#: The pair stage gives up after this many tasks (pairs of very short tasks may never
+#: overlap enough to tell): then the computing code goes to the cpu lane.
+_PAIR_MAX_TASKS = 16
 #: An early look decides "it waits" only below this share (between it and 80%: look
 #: again later, or judge the whole task).
 _CLEARLY_WAITING = 0.3
@@ -534,7 +537,7 @@ class AutoLane:
         cpu = wall = runnable = 0.0
         tested = 0
         early = self._limit is None or self._limit > 2 + busy
-        while wall < 2 * BLOCKING_MIN_SECONDS and tested < PROBE_MAX_TASKS:
+        while wall < 2 * BLOCKING_MIN_SECONDS and tested < _PAIR_MAX_TASKS:
             items = []
             for _ in range(2):
                 item = await self._next(batch)
