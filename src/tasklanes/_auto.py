@@ -81,6 +81,11 @@ EARLY_LOOK = BLOCKING_MIN_SECONDS
 #: The pair stage gives up after this many tasks (pairs of very short tasks may never
 #: overlap enough to tell): then the computing code goes to the cpu lane.
 _PAIR_MAX_TASKS = 16
+#: Two tasks at once that each compute at least this share of the time run in
+#: parallel (they release the GIL). Taking turns for the GIL gives 50% each (33% next
+#: to a third); code that releases it measures 70% to 100% on a loaded machine (it
+#: still waits for the GIL between its parts).
+_PARALLEL_SHARE = 0.65
 #: An early look decides "it waits" only below this share (between it and 80%: look
 #: again later, or judge the whole task).
 _CLEARLY_WAITING = 0.3
@@ -291,7 +296,11 @@ class _Probe:
 
 
 def _overlapped(a: _Probe, b: _Probe, figures: list[tuple[float, float, float]]) -> bool:
-    """The two probes ran at the same time for most of the shorter one's measure."""
+    """The two probes ran at the same time for most of the shorter one's measure.
+
+    Two tasks that hold the GIL and overlap by 80% of their time compute at most 100%
+    of the rest and 50% of that, 60% in all: under `_PARALLEL_SHARE`.
+    """
     (_, wall_a, _), (_, wall_b, _) = figures
     start = max(a.started, b.started)
     end = min(a.started + wall_a, b.started + wall_b)
@@ -456,8 +465,8 @@ class AutoLane:
                 running += still
                 if tested:
                     measured += tested
-                    parallel, pair_share = judge(*figures)
-                    if parallel:
+                    pair_share = judge(*figures)[1]
+                    if figures[1] >= BLOCKING_MIN_SECONDS / 2 and pair_share >= _PARALLEL_SHARE:
                         kind = "blocking"
                         reason = (
                             f"it computes ({share:.0%}) but releases the GIL: two tasks at "
@@ -530,14 +539,14 @@ class AutoLane:
     async def _pairs(
         self, tg: anyio.abc.TaskGroup, lane: Lane, batch: Batch, busy: int
     ) -> tuple[tuple[float, float, float], int, int, list[tuple[int, Any]], bool] | None:
-        """Stage 2: two tasks at once, until both ran 50 ms (`busy`: earlier probes
+        """Stage 2: two tasks at once, until they ran 50 ms in all (`busy`: earlier probes
         still running). Returns the summed figures, how many tasks were measured, how
         many still run, tasks pulled but not run, and whether the input ended; None if
         the batch stopped."""
         cpu = wall = runnable = 0.0
         tested = 0
         early = self._limit is None or self._limit > 2 + busy
-        while wall < 2 * BLOCKING_MIN_SECONDS and tested < _PAIR_MAX_TASKS:
+        while wall < BLOCKING_MIN_SECONDS and tested < _PAIR_MAX_TASKS:
             items = []
             for _ in range(2):
                 item = await self._next(batch)
