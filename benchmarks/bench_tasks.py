@@ -61,3 +61,8 @@ def calibrate(seconds: float) -> int:
                 best = min(best, time.perf_counter() - t0)
             return max(1, int(n * seconds / best))
         n *= 2
+
+
+def big_bytes(n: int) -> bytes:
+    """A large cpu result (``n`` bytes): the big-result memory and copy case."""
+    return b"x" * n

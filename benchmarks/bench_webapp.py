@@ -26,6 +26,18 @@ BURN_N = int(os.environ.get("BENCH_BURN_N", "300000"))
 
 @offload(kind="cpu")
 def burn_offloaded(n: int) -> int:
+    if os.getpriority(os.PRIO_PROCESS, 0) != 0:
+        os.setpriority(os.PRIO_PROCESS, 0, 0)
+    return burn(n)
+
+
+@offload(kind="cpu")
+def burn_offloaded_niced(n: int) -> int:
+    """The same work at a lower priority (nice 10) in the worker:
+    ``benchmarks/proto_web_nice.py`` measures what that does to /ping's tail.
+    ``burn_offloaded`` sets the priority back, as both share the pool's workers
+    (raising it again needs root, as in the benchmark's container)."""
+    os.setpriority(os.PRIO_PROCESS, 0, 10)
     return burn(n)
 
 
@@ -45,11 +57,16 @@ async def offloaded(request: Request) -> PlainTextResponse:
     return PlainTextResponse(str(await burn_offloaded(BURN_N)))
 
 
+async def offloaded_niced(request: Request) -> PlainTextResponse:
+    return PlainTextResponse(str(await burn_offloaded_niced(BURN_N)))
+
+
 app = Starlette(
     routes=[
         Route("/ping", ping),
         Route("/inline", inline),
         Route("/thread", thread),
         Route("/offload", offloaded),
+        Route("/offload_nice", offloaded_niced),
     ]
 )

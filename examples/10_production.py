@@ -7,6 +7,9 @@ A long-running service should:
 * give every task a ``timeout`` (and every blocking call its own socket timeout);
 * collect failures with ``return_exceptions=True`` where one bad item must not sink
   the batch, and log them;
+* budget what it calls: a ``Limiter`` per dependency, shared by every batch that
+  uses it (here the orders API: a rate; the database: a concurrency), and retry what
+  fails transiently (``retry=Retry(...)``);
 * export the lanes' figures: queue lag (``wait``), ``running``/``waiting``, errors
   and timeouts, here both logged every 0.2 s and served on a Prometheus ``/metrics``
   endpoint by the collector of ``tasklanes.metrics.prometheus`` (extra: prometheus).
@@ -29,11 +32,15 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from tasklanes import Scheduler, TaskTimeout, call
+from tasklanes import Limiter, Retry, Scheduler, TaskTimeout, call
 from tasklanes.metrics import prometheus
 
 log = logging.getLogger("service")
 scheduler = Scheduler(io_limit=200, blocking_limit=16, cpu_limit=2)
+# One budget per dependency, shared by every batch (and every thread) that uses it.
+orders_api = Limiter(rate=2000, burst=50, name="orders-api")
+database = Limiter(concurrency=4, name="orders-db")
+transient = Retry(attempts=3, on=(ConnectionError,), backoff=0.01)
 
 
 # -- exporting the figures ----------------------------------------------------------
@@ -73,9 +80,13 @@ async def fetch_order(order_id: int) -> dict[str, int]:
     return {"id": order_id, "amount": order_id * 3}
 
 
+refused_once: set[int] = set()
+
+
 def store(order: dict[str, int]) -> int:
     time.sleep(0.01)  # a sync database driver
-    if order["id"] % 40 == 39:
+    if order["id"] % 40 == 39 and order["id"] not in refused_once:
+        refused_once.add(order["id"])  # a transient failure: the retry succeeds
         raise ConnectionError(f"database refused order {order['id']}")
     return order["id"]
 
@@ -87,12 +98,12 @@ def score(amount: int) -> int:
 async def process(order_ids: list[int]) -> None:
     fetched = await scheduler.run_all(
         [call(fetch_order, i) for i in order_ids], kind="io", limit=50, timeout=0.5,
-        return_exceptions=True,
+        return_exceptions=True, limiter=orders_api,
     )
     orders = [o for o in fetched if isinstance(o, dict)]
     stored = await scheduler.run_all(
         [call(store, o) for o in orders], kind="blocking", limit=8, timeout=2,
-        return_exceptions=True,
+        return_exceptions=True, limiter=database, retry=transient,
     )
     scores = await scheduler.run_all(
         [call(score, o["amount"]) for o in orders], kind="cpu", timeout=5,
@@ -124,7 +135,9 @@ async def main(metrics_url: str) -> None:
     }
     assert values['tasklanes_tasks_completed_total{lane="io"}'] == 144
     assert values['tasklanes_tasks_timed_out_total{lane="io"}'] == 6
-    assert values['tasklanes_tasks_failed_total{lane="blocking"}'] == 3
+    assert values['tasklanes_tasks_failed_total{lane="blocking"}'] == 3  # attempts that failed
+    assert values['tasklanes_tasks_retried_total{lane="blocking"}'] == 3  # ...and ran again
+    assert values['tasklanes_tasks_completed_total{lane="blocking"}'] == 144  # none lost
     assert values['tasklanes_tasks_completed_total{lane="cpu"}'] == 144
 
 

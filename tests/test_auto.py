@@ -381,3 +381,35 @@ async def test_an_async_input_keeps_its_order_across_the_switch(sched: Scheduler
 async def test_a_lambda_that_returns_a_coroutine_is_told_what_to_do(sched: Scheduler) -> None:
     with pytest.raises(TypeError, match="call\\(async_fn"):
         await sched.run_all([lambda: echo(1)], kind="auto")
+
+
+async def test_limiters_and_retries_hold_across_the_switch(sched: Scheduler) -> None:
+    lock = threading.Lock()
+    running = peak = 0
+    failed: set[int] = set()
+
+    def task(i: int) -> int:
+        nonlocal running, peak
+        with lock:
+            running += 1
+            peak = max(peak, running)
+        try:
+            time.sleep(0.06)
+            if i % 4 == 1 and i not in failed:
+                failed.add(i)
+                raise ConnectionError("once")
+            return i
+        finally:
+            with lock:
+                running -= 1
+
+    results = await sched.run_all(
+        [call(task, i) for i in range(12)],
+        kind="auto",
+        limiter=tasklanes.Limiter(concurrency=3),
+        retry=tasklanes.Retry(attempts=2, backoff=0.01),
+    )
+    assert results == list(range(12))
+    assert peak <= 3
+    assert failed == {1, 5, 9}
+    assert sched.stats()["blocking"].retried == 3

@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -43,6 +44,14 @@ def expected_cases() -> set[str]:
         cases |= {"dask.trivial", "dask.heavy"}
     if have("joblib"):
         cases.add("cpu.warm_vs_fresh")
+    # Issue 14's floor group.
+    cases |= {"floor.io.gen", "floor.io.list", "floor.io.sleep10ms", "floor.cpu.warm_gen",
+              "floor.cpu.warm_list", "floor.cpu.warm_amap", "floor.cpu.oneshot", "floor.cpu.oneshot_heavy",
+              "floor.cpu.big_result", "floor.cpu.big_result_mem"}
+    if have("distributed"):
+        cases.add("floor.dask")
+    if have("uvicorn") and have("httpx") and have("starlette"):
+        cases.add("web.offload_p99")
     return cases
 
 
@@ -88,6 +97,14 @@ def test_quick_run_has_every_case_with_positive_figures(quick_run: tuple[Path, s
         cpu_targets += ["cpu.warm_vs_fresh", "cpu.cold"]
     for case_id in cpu_targets:
         assert (case_id, "0.1.0 target") in targets, case_id
+    floor = {case_id for case_id in expected_cases() if case_id.startswith(("floor.", "web."))}
+    for case_id in floor - {"floor.cpu.warm_amap"}:  # a reference row, no target
+        assert (case_id, "0.2.0 target") in targets, case_id
+    assert positive(cases["floor.cpu.big_result_mem"]["results"]["tasklanes"]["median"])
+    if "web.offload_p99" in cases:  # the web ratio is the web group's own figures
+        modes = res["web"]["modes"]
+        ratio = modes['@offload(kind="cpu")']["p99_ms"] / modes["no load"]["p99_ms"]
+        assert cases["web.offload_p99"]["targets"][0]["ratio"] == pytest.approx(ratio)
     # The crash case: tasklanes delivers every other task.
     assert cases["cpu.crash"]["results"]["tasklanes"]["median"] == 39
     for lane in ("io", "blocking", "cpu"):
@@ -112,3 +129,17 @@ def test_quick_run_writes_the_markdown_table_and_plots(quick_run: tuple[Path, st
     else:
         assert "plots skipped" in log
     assert "Traceback" not in log
+
+
+def test_start_methods_benchmark_measures_each_method() -> None:
+    """benchmarks/bench_start_methods.py (quoted in docs/start-methods.md) still runs."""
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "bench_start_methods.py"), "--rounds", "1"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    rows = [line for line in proc.stdout.splitlines() if line.startswith("| ")]
+    assert [row.split("|")[1].strip() for row in rows[1:]] == ["fork", "forkserver", "spawn"]
+    for row in rows[1:]:
+        figures = [float(m) for m in re.findall(r"(\d+) ms", row)]
+        assert len(figures) == 4 and all(f > 0 for f in figures[:3]), row

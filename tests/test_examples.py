@@ -22,7 +22,7 @@ EXPECTED = {
     "02_http_blocking.py": ["run_all_sync: 100 blocking requests", "(limit=10)"],
     "03_fastapi_offload.py": ["8 blocking lookups", "/health answered", "504"],
     "04_databases.py": ["sqlite3 on 'blocking'", "aiosqlite on 'io'", "same answers"],
-    "05_polite_scraping.py": ["32 pages", "'TaskTimeout': 4", "'HTTPStatusError': 5"],
+    "05_polite_scraping.py": ["46 pages", "'HTTPStatusError': 2", "10 attempts retried"],
     "06_send_mail.py": ["29 mails sent", "SMTPRecipientsRefused"],
     "07_cpu_work.py": ["kind='cpu' (processes)", "kind='cpu' from async"],
     "08_trio.py": ["under trio", "stopped after"],

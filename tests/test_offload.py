@@ -235,3 +235,15 @@ async def test_a_failed_or_cancelled_map_gives_every_permit_back(kind: str) -> N
     limiter = work._limiter()
     assert limiter is not None and limiter._free == 2 and not limiter._waiters
     assert await work.map([0.0] * 4) == [1] * 4
+
+
+async def test_a_cpu_offload_defined_inside_a_function_travels_by_value() -> None:
+    # No name a worker could import it by: the original goes by value (cloudpickle).
+    factor = 3
+
+    @offload(kind="cpu")
+    def scale(x: int) -> int:
+        return x * factor
+
+    assert await scale(2) == 6
+    assert await scale.map(range(4)) == [0, 3, 6, 9]

@@ -12,6 +12,8 @@ import concurrent.futures
 import functools
 import gc
 import re
+import sys
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -89,6 +91,30 @@ class Row:
 
 
 G = call(sync_fn)  # a good blocking/cpu task
+LOCK = threading.Lock()  # its methods do not pickle, by reference or by value
+
+
+def without_cloudpickle(make: Callable[[Ctx], Any]) -> Callable[[Ctx], Any]:
+    """The row as it runs without the interactive extra (``import cloudpickle`` fails)."""
+
+    async def run(c: Ctx) -> None:
+        saved = sys.modules.get("cloudpickle")
+        sys.modules["cloudpickle"] = None  # type: ignore[assignment]
+        try:
+            result = make(c)
+            if isinstance(result, tasklanes.BatchIterator):
+                async with result as it:
+                    async for _ in it:
+                        pass
+            else:
+                await result
+        finally:
+            if saved is None:
+                del sys.modules["cloudpickle"]
+            else:
+                sys.modules["cloudpickle"] = saved
+
+    return run
 
 
 def batch(kind: str, *bad: Any, **kw: Any) -> Callable[[Ctx], Any]:
@@ -113,6 +139,8 @@ AWAITABLE_ON = r"task 1 .* is a coroutine or awaitable, which kind='{}' cannot r
 ASYNC_ON = r"task 1 .* calls an async function, which kind='{}' cannot await: use kind='io'"
 NOT_CALLABLE = r"task 1 .* is not a task for kind='{}': give a zero-argument callable"
 NO_PICKLE = r"task 1 calls .*<(?:locals|lambda)>.*, which cannot be sent to a worker process: kind='cpu' needs a module-level function"
+NO_CLOUDPICKLE = r"task 1 calls '.*', (a lambda|a function defined inside another function): it can reach a worker process only by value, which needs cloudpickle: pip install 'tasklanes\[interactive\]'"
+NOT_PICKLABLE = r"task 1 could not be pickled for kind='cpu': its function 'lock.acquire' does not pickle \(cannot pickle '_thread.lock' object\); use a module-level function"
 
 ROWS: list[Row] = [
     # -- batch arguments (run_all, as_completed, amap, Scheduler.run_all)
@@ -161,11 +189,13 @@ ROWS: list[Row] = [
             Row(f"{kind}: 'ls -l'", batch(kind, "ls -l"), TypeError, NOT_CALLABLE.format(kind)),
         ]
     ],
-    # -- task forms, cpu only: must pickle by reference
-    Row("cpu: lambda", batch("cpu", lambda: 1), TypeError, NO_PICKLE),
-    Row("cpu: call(lambda)", batch("cpu", call(lambda: 1)), TypeError, NO_PICKLE),
-    Row("cpu: closure", batch("cpu", call(closure())), TypeError, NO_PICKLE),
-    Row("cpu: partial(closure)", batch("cpu", functools.partial(closure())), TypeError, NO_PICKLE),
+    # -- task forms, cpu only: must pickle (lambdas and closures by value, with the
+    #    interactive extra: cloudpickle)
+    Row("cpu: call(lock.acquire)", batch("cpu", call(LOCK.acquire)), TypeError, NOT_PICKLABLE),
+    Row("cpu without cloudpickle: lambda", without_cloudpickle(batch("cpu", lambda: 1)), TypeError, NO_CLOUDPICKLE),
+    Row("cpu without cloudpickle: call(lambda)", without_cloudpickle(batch("cpu", call(lambda: 1))), TypeError, NO_CLOUDPICKLE),
+    Row("cpu without cloudpickle: closure", without_cloudpickle(batch("cpu", call(closure()))), TypeError, NO_CLOUDPICKLE),
+    Row("cpu without cloudpickle: partial(closure)", without_cloudpickle(batch("cpu", functools.partial(closure()))), TypeError, NO_CLOUDPICKLE),
     Row(
         "cpu on an executor: lambda",
         lambda c: Scheduler(cpu_executor=c.executor).run_all([c.canary("cpu"), lambda: 1], "cpu"),  # type: ignore[attr-defined]
@@ -182,7 +212,7 @@ ROWS: list[Row] = [
     Row("amap(fn, 'abc')", lambda c: c.sched.amap(T.square, "abc", "cpu"), TypeError, "amap.. needs an iterable or async iterable of items, got str"),
     Row("amap(sync_fn) on io", lambda c: c.sched.amap(T.square, [1]), TypeError, "is a sync callable, which kind='io' cannot await"),
     Row("amap(async_fn) on cpu", lambda c: c.sched.amap(io_canary, [1], "cpu"), TypeError, "calls an async function, which kind='cpu' cannot await"),
-    Row("amap(lambda) on cpu", lambda c: c.sched.amap(lambda x: x, [1], "cpu"), TypeError, "cannot be sent to a worker process"),
+    Row("amap(lambda) on cpu without cloudpickle", without_cloudpickle(lambda c: c.sched.amap(lambda x: x, [1], "cpu")), TypeError, r"a lambda: .*tasklanes\[interactive\]"),
     Row("amap(timeout=-1)", lambda c: c.sched.amap(T.square, [1], "cpu", timeout=-1), ValueError, TIMEOUT_VALUE),
     # -- call
     Row("call(5)", lambda c: call(5), TypeError, "call.. needs a callable first, got int"),  # type: ignore[call-overload]
@@ -248,7 +278,7 @@ SYNC_ROWS = [
     pytest.param(lambda c: run_all_sync([c.canary("blocking")], "blocking", timeout=-2), ValueError, TIMEOUT_VALUE, id="timeout=-2"),
     pytest.param(lambda c: run_all_sync(5, "blocking"), TypeError, NOT_ITERABLE, id="tasks=5"),
     pytest.param(lambda c: run_all_sync([c.canary("io"), call(sync_fn)]), TypeError, SYNC_ON_IO, id="io: call(sync_fn)"),
-    pytest.param(lambda c: run_all_sync([c.canary("cpu"), lambda: 1], "cpu"), TypeError, NO_PICKLE, id="cpu: lambda"),
+    pytest.param(lambda c: run_all_sync([c.canary("cpu"), call(LOCK.acquire)], "cpu"), TypeError, NOT_PICKLABLE, id="cpu: call(lock.acquire)"),
     pytest.param(lambda c: run_all_sync([c.canary("blocking"), call(async_fn)], "blocking"), TypeError, ASYNC_ON.format("blocking"), id="blocking: call(async_fn)"),
 ]
 

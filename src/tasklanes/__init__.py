@@ -24,8 +24,11 @@ __all__ = [
     "Call",
     "KindWarning",
     "LaneSnapshot",
+    "Limiter",
+    "Limiters",
     "Offloaded",
     "ProgressUpdate",
+    "Retry",
     "Scheduler",
     "TaskCancelled",
     "TaskTimeout",
@@ -54,6 +57,9 @@ _SOURCES = {
     "Call": "_call",
     "call": "_call",
     "check_cancelled": "_cancel",
+    "Limiter": "_limits",
+    "Limiters": "_limits",
+    "Retry": "_retry",
     "TaskCancelled": "_errors",
     "TaskTimeout": "_errors",
     "WorkerCrashed": "_errors",
@@ -75,8 +81,10 @@ if TYPE_CHECKING:
     from ._call import Call, call
     from ._cancel import check_cancelled
     from ._errors import TaskCancelled, TaskTimeout, WorkerCrashed
+    from ._limits import Limiter, Limiters
     from ._offload import Offloaded, offload
     from ._progress import ProgressUpdate
+    from ._retry import Retry
     from ._scheduler import Scheduler, get_scheduler
     from ._stats import LaneSnapshot, TimingSummary
 

@@ -515,11 +515,16 @@ class _Watchdog:
                 if self._stopping:
                     return
                 loops = list(self._loops.values())
-            for loop in loops:
-                try:
-                    self._check(loop, time.monotonic())
-                except Exception:  # advice must never break the work it watches
-                    logger.exception("tasklanes: the advice watchdog failed")
+            self._check_all(loops)
+            # Hold no loop between ticks: a closed event loop must be free to go.
+            del loops
+
+    def _check_all(self, loops: list[_Loop]) -> None:
+        for loop in loops:
+            try:
+                self._check(loop, time.monotonic())
+            except Exception:  # advice must never break the work it watches
+                logger.exception("tasklanes: the advice watchdog failed")
 
     def _check(self, loop: _Loop, now: float) -> None:
         # While the loop answers, a tick only posts a heartbeat: no reads, and as few

@@ -3,11 +3,19 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterable, Awaitable, Callable, Iterable
-from typing import Any, Literal, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, overload
 
-from ._batch import BatchIterator
-from ._progress import ProgressArg
-from ._scheduler import Scheduler, scheduler_or_default
+# The machinery (anyio, asyncio, the scheduler and its lanes) is imported on first
+# use, not here. Why: ``from tasklanes import run_all_sync`` at the top of a script
+# is re-run by the cpu lane's forkserver, which preloads the script to fork workers
+# from it; the workers never need that machinery, and a one-shot script waits for
+# the forkserver before its first task runs.
+if TYPE_CHECKING:
+    from ._batch import BatchIterator
+    from ._limits import LimiterArg
+    from ._progress import ProgressArg
+    from ._retry import Retry
+    from ._scheduler import Scheduler
 
 __all__ = ["amap", "as_completed", "run_all", "run_all_sync"]
 
@@ -16,6 +24,12 @@ A = TypeVar("A")
 
 IoTask = Awaitable[T] | Callable[[], Awaitable[T]]
 Tasks = Iterable[T] | AsyncIterable[T]
+
+
+def scheduler_or_default(scheduler: Scheduler | None) -> Scheduler:
+    from ._scheduler import scheduler_or_default as resolve
+
+    return resolve(scheduler)
 
 
 # -- run_all ------------------------------------------------------------------------
@@ -30,6 +44,9 @@ async def run_all(
     return_exceptions: Literal[False] = False,
     scheduler: Scheduler | None = None,
     progress: ProgressArg = False,
+    limiter: LimiterArg = None,
+    rate: float | None = None,
+    retry: int | Retry | None = None,
 ) -> list[T]: ...
 @overload
 async def run_all(
@@ -41,6 +58,9 @@ async def run_all(
     return_exceptions: Literal[True],
     scheduler: Scheduler | None = None,
     progress: ProgressArg = False,
+    limiter: LimiterArg = None,
+    rate: float | None = None,
+    retry: int | Retry | None = None,
 ) -> list[T | BaseException]: ...
 @overload
 async def run_all(
@@ -51,6 +71,9 @@ async def run_all(
     return_exceptions: Literal[False] = False,
     scheduler: Scheduler | None = None,
     progress: ProgressArg = False,
+    limiter: LimiterArg = None,
+    rate: float | None = None,
+    retry: int | Retry | None = None,
 ) -> list[T]: ...
 @overload
 async def run_all(
@@ -62,6 +85,9 @@ async def run_all(
     return_exceptions: Literal[True],
     scheduler: Scheduler | None = None,
     progress: ProgressArg = False,
+    limiter: LimiterArg = None,
+    rate: float | None = None,
+    retry: int | Retry | None = None,
 ) -> list[T | BaseException]: ...
 @overload
 async def run_all(
@@ -72,6 +98,9 @@ async def run_all(
     return_exceptions: bool = False,
     scheduler: Scheduler | None = None,
     progress: ProgressArg = False,
+    limiter: LimiterArg = None,
+    rate: float | None = None,
+    retry: int | Retry | None = None,
 ) -> list[Any]: ...
 async def run_all(
     tasks: Tasks[Any],
@@ -81,6 +110,9 @@ async def run_all(
     return_exceptions: bool = False,
     scheduler: Scheduler | None = None,
     progress: ProgressArg = False,
+    limiter: LimiterArg = None,
+    rate: float | None = None,
+    retry: int | Retry | None = None,
 ) -> list[Any]:
     """Run every task of one kind concurrently; return their results in input order.
 
@@ -107,6 +139,13 @@ async def run_all(
     slot holds its exception. ``progress=True`` draws a bar on stderr; a callable
     receives [ProgressUpdate][tasklanes.ProgressUpdate] objects.
 
+    ``limiter=`` (a [`Limiter`][tasklanes.Limiter], a list of them, or a function of
+    the task returning them) admits a task only when its limiters do, and holds them
+    until the task is really over; ``rate=`` is a private ``Limiter(rate=rate)`` for
+    this call; ``retry=`` (attempts, or a [`Retry`][tasklanes.Retry]) runs failed tasks
+    again. Waiting for a limiter or a backoff takes no thread or worker process, only
+    one of the call's ``limit`` slots. See [Limits](limits.md).
+
     Cancellation: when the caller is cancelled (or the batch fails fast), tasks not
     yet started never start, running io tasks are cancelled, running cpu tasks'
     worker processes are killed, and running blocking tasks are asked to stop
@@ -115,7 +154,9 @@ async def run_all(
     the call.
     """
     sched = scheduler_or_default(scheduler)
-    return await sched.run_all(tasks, kind, limit, timeout, return_exceptions, progress)
+    return await sched.run_all(
+        tasks, kind, limit, timeout, return_exceptions, progress, limiter, rate, retry
+    )
 
 
 # -- as_completed -------------------------------------------------------------------
@@ -130,6 +171,9 @@ def as_completed(
     return_exceptions: Literal[False] = False,
     scheduler: Scheduler | None = None,
     progress: ProgressArg = False,
+    limiter: LimiterArg = None,
+    rate: float | None = None,
+    retry: int | Retry | None = None,
 ) -> BatchIterator[tuple[int, T]]: ...
 @overload
 def as_completed(
@@ -141,6 +185,9 @@ def as_completed(
     return_exceptions: Literal[True],
     scheduler: Scheduler | None = None,
     progress: ProgressArg = False,
+    limiter: LimiterArg = None,
+    rate: float | None = None,
+    retry: int | Retry | None = None,
 ) -> BatchIterator[tuple[int, T | BaseException]]: ...
 @overload
 def as_completed(
@@ -151,6 +198,9 @@ def as_completed(
     return_exceptions: Literal[False] = False,
     scheduler: Scheduler | None = None,
     progress: ProgressArg = False,
+    limiter: LimiterArg = None,
+    rate: float | None = None,
+    retry: int | Retry | None = None,
 ) -> BatchIterator[tuple[int, T]]: ...
 @overload
 def as_completed(
@@ -162,6 +212,9 @@ def as_completed(
     return_exceptions: Literal[True],
     scheduler: Scheduler | None = None,
     progress: ProgressArg = False,
+    limiter: LimiterArg = None,
+    rate: float | None = None,
+    retry: int | Retry | None = None,
 ) -> BatchIterator[tuple[int, T | BaseException]]: ...
 @overload
 def as_completed(
@@ -172,6 +225,9 @@ def as_completed(
     return_exceptions: bool = False,
     scheduler: Scheduler | None = None,
     progress: ProgressArg = False,
+    limiter: LimiterArg = None,
+    rate: float | None = None,
+    retry: int | Retry | None = None,
 ) -> BatchIterator[tuple[int, Any]]: ...
 def as_completed(
     tasks: Tasks[Any],
@@ -181,6 +237,9 @@ def as_completed(
     return_exceptions: bool = False,
     scheduler: Scheduler | None = None,
     progress: ProgressArg = False,
+    limiter: LimiterArg = None,
+    rate: float | None = None,
+    retry: int | Retry | None = None,
 ) -> BatchIterator[tuple[int, Any]]:
     """Run tasks like [run_all][tasklanes.run_all], yielding ``(index, result)`` as each finishes.
 
@@ -204,7 +263,9 @@ def as_completed(
     nothing while the iterator is still referenced.
     """
     sched = scheduler_or_default(scheduler)
-    return sched.as_completed(tasks, kind, limit, timeout, return_exceptions, progress)
+    return sched.as_completed(
+        tasks, kind, limit, timeout, return_exceptions, progress, limiter, rate, retry
+    )
 
 
 # -- amap -------------------------------------------------------------------------
@@ -221,6 +282,9 @@ def amap(
     return_exceptions: Literal[False] = False,
     scheduler: Scheduler | None = None,
     progress: ProgressArg = False,
+    limiter: LimiterArg = None,
+    rate: float | None = None,
+    retry: int | Retry | None = None,
 ) -> BatchIterator[T]: ...
 @overload
 def amap(
@@ -233,6 +297,9 @@ def amap(
     return_exceptions: Literal[False] = False,
     scheduler: Scheduler | None = None,
     progress: ProgressArg = False,
+    limiter: LimiterArg = None,
+    rate: float | None = None,
+    retry: int | Retry | None = None,
 ) -> BatchIterator[T]: ...
 @overload
 def amap(
@@ -245,6 +312,9 @@ def amap(
     return_exceptions: bool = False,
     scheduler: Scheduler | None = None,
     progress: ProgressArg = False,
+    limiter: LimiterArg = None,
+    rate: float | None = None,
+    retry: int | Retry | None = None,
 ) -> BatchIterator[Any]: ...
 def amap(
     fn: Callable[[A], Any],
@@ -256,6 +326,9 @@ def amap(
     return_exceptions: bool = False,
     scheduler: Scheduler | None = None,
     progress: ProgressArg = False,
+    limiter: LimiterArg = None,
+    rate: float | None = None,
+    retry: int | Retry | None = None,
 ) -> BatchIterator[Any]:
     """Run ``fn(item)`` for each item, yielding the results (in input order by default).
 
@@ -274,7 +347,9 @@ def amap(
     Cancellation: as for [as_completed][tasklanes.as_completed].
     """
     sched = scheduler_or_default(scheduler)
-    return sched.amap(fn, items, kind, limit, timeout, ordered, return_exceptions, progress)
+    return sched.amap(
+        fn, items, kind, limit, timeout, ordered, return_exceptions, progress, limiter, rate, retry
+    )
 
 
 # -- from sync code ------------------------------------------------------------------
@@ -289,6 +364,9 @@ def run_all_sync(
     return_exceptions: Literal[False] = False,
     scheduler: Scheduler | None = None,
     progress: ProgressArg = False,
+    limiter: LimiterArg = None,
+    rate: float | None = None,
+    retry: int | Retry | None = None,
 ) -> list[T]: ...
 @overload
 def run_all_sync(
@@ -300,6 +378,9 @@ def run_all_sync(
     return_exceptions: Literal[True],
     scheduler: Scheduler | None = None,
     progress: ProgressArg = False,
+    limiter: LimiterArg = None,
+    rate: float | None = None,
+    retry: int | Retry | None = None,
 ) -> list[T | BaseException]: ...
 @overload
 def run_all_sync(
@@ -310,6 +391,9 @@ def run_all_sync(
     return_exceptions: Literal[False] = False,
     scheduler: Scheduler | None = None,
     progress: ProgressArg = False,
+    limiter: LimiterArg = None,
+    rate: float | None = None,
+    retry: int | Retry | None = None,
 ) -> list[T]: ...
 @overload
 def run_all_sync(
@@ -321,6 +405,9 @@ def run_all_sync(
     return_exceptions: Literal[True],
     scheduler: Scheduler | None = None,
     progress: ProgressArg = False,
+    limiter: LimiterArg = None,
+    rate: float | None = None,
+    retry: int | Retry | None = None,
 ) -> list[T | BaseException]: ...
 @overload
 def run_all_sync(
@@ -331,6 +418,9 @@ def run_all_sync(
     return_exceptions: bool = False,
     scheduler: Scheduler | None = None,
     progress: ProgressArg = False,
+    limiter: LimiterArg = None,
+    rate: float | None = None,
+    retry: int | Retry | None = None,
 ) -> list[Any]: ...
 def run_all_sync(
     tasks: Iterable[Any],
@@ -340,6 +430,9 @@ def run_all_sync(
     return_exceptions: bool = False,
     scheduler: Scheduler | None = None,
     progress: ProgressArg = False,
+    limiter: LimiterArg = None,
+    rate: float | None = None,
+    retry: int | Retry | None = None,
 ) -> list[Any]:
     """[run_all][tasklanes.run_all] for plain scripts: runs its own event loop and returns the list.
 
@@ -354,4 +447,6 @@ def run_all_sync(
     the batch as a cancellation does and raises ``KeyboardInterrupt``.
     """
     sched = scheduler_or_default(scheduler)
-    return sched.run_all_sync(tasks, kind, limit, timeout, return_exceptions, progress)
+    return sched.run_all_sync(
+        tasks, kind, limit, timeout, return_exceptions, progress, limiter, rate, retry
+    )

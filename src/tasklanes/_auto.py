@@ -370,12 +370,22 @@ class AutoLane:
         self._router = router
         self._limit = limit
         self.check_task = _AutoCheck()
-        self.stats = _shared_stats()  # what the Lane protocol asks; the real lanes count
+        self._stats = _shared_stats()  # until a lane is chosen (see `stats`)
         # The batch's limit when the call gives none: wide enough for any lane (each
         # sub-batch is bounded by its own lane's capacity).
         self.capacity = limit if limit is not None else max(
             sched.capacity("io"), sched.capacity("blocking"), sched.capacity_or_default()
         )  # fmt: skip
+
+    @property
+    def stats(self) -> LaneStats:
+        """The figures of the lane this batch runs on, once chosen: what the controls
+        (`limiter=`, `retry=`) count at the end of a batch, `retried`, goes there."""
+        return self._stats
+
+    @stats.setter
+    def stats(self, value: LaneStats) -> None:
+        self._stats = value
 
     def close(self) -> None:
         pass
@@ -411,6 +421,7 @@ class AutoLane:
         self, kind: str, batch: Batch, back: list[tuple[int, Any]], limit: int | None
     ) -> None:
         lane = self._sched._lane(kind)
+        self._stats = lane.stats
         if kind == "blocking":
             from ._nested import refuse_nested_blocking
 

@@ -9,7 +9,6 @@ module is that shim, in anyio's style: one function per need, a branch per backe
 from __future__ import annotations
 
 import asyncio
-import functools
 import sys
 import threading
 import time
@@ -173,7 +172,17 @@ def run_sync(async_fn: Callable[..., Coroutine[Any, Any, T]], *args: Any) -> T:
             "write 'await run_all(...)' with the same arguments instead "
             "('await scheduler.run_all(...)' on a Scheduler)"
         )
-    return anyio.run(functools.partial(async_fn, *args))
+    # The value comes back through a list, not as the main task's result: on 3.11,
+    # asyncio's runner may build a message holding the main task (and so a repr of
+    # its result) when it restores the Ctrl-C handler, which costs seconds for a big
+    # result.
+    box: list[T] = []
+
+    async def main() -> None:
+        box.append(await async_fn(*args))
+
+    anyio.run(main)
+    return box[0]
 
 
 async def run_in_fresh_thread(fn: Callable[[], T]) -> T:

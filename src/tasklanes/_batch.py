@@ -27,6 +27,7 @@ from ._stats import LaneStats
 from ._tasks import Source
 
 if TYPE_CHECKING:
+    from ._control import Controls
     from ._progress import Progress
 
 __all__ = ["Batch", "BatchIterator", "Lane", "collect", "run_batch"]
@@ -63,6 +64,7 @@ class Batch:
     """The shared state of one batch: its input, its options, and where outcomes go."""
 
     __slots__ = (
+        "controls",
         "emit",
         "emit_ok",
         "emit_ok_many",
@@ -74,6 +76,7 @@ class Batch:
         "source",
         "stopping",
         "timeout",
+        "wake",
     )
 
     def __init__(
@@ -86,6 +89,7 @@ class Batch:
         progress: Progress | None = None,
         emit_ok_many: Callable[[list[int], list[Any]], None] | None = None,
         emit_ok: Callable[[int, Any], None] | None = None,
+        controls: Controls | None = None,
     ) -> None:
         self.source = source
         self.limit = limit
@@ -103,6 +107,11 @@ class Batch:
         #: Set once the batch wants no more tasks started: lanes check it before pulling.
         self.stopping = False
         self.scope: anyio.CancelScope | None = None
+        #: ``limiter=``/``rate=``/``retry=`` of the call (see ``_control``), or None.
+        self.controls = controls
+        #: Set by a lane that waits on something other than the source (an inbox):
+        #: the controls call it when a task becomes ready to pull.
+        self.wake: Callable[[], None] | None = None
 
     def _emit_ok_one(self, index: int, value: Any) -> None:
         self.emit(index, True, value)
@@ -131,7 +140,10 @@ async def run_batch(lane: Lane, batch: Batch) -> None:
             batch.scope = scope
             if batch.stopping:  # failed before it started (e.g. by its input)
                 scope.cancel()
-            await lane.run(batch)
+            if batch.controls is None:
+                await lane.run(batch)
+            else:
+                await batch.controls.run(lane, batch)
     finally:
         batch.stopping = True
         batch.source.close()
@@ -157,9 +169,11 @@ async def collect(
     timeout: float | None,
     return_exceptions: bool,
     progress: Progress | None,
+    controls: Controls | None = None,
 ) -> list[Any]:
     """``run_all``: every outcome, in input order."""
-    source = Source(tasks, lane.check_task)
+    check = lane.check_task if controls is None else controls.check(lane.check_task)
+    source = Source(tasks, check)
     if progress is not None:
         progress.start(source.size)
     # Outcomes land in a dict by index, whatever the order and whether the input's
@@ -189,7 +203,8 @@ async def collect(
 
     emit_ok = store.__setitem__ if progress is None else None
     batch = Batch(
-        source, limit, timeout, emit, LoopHandle(), progress, emit_ok_many, emit_ok
+        source, limit, timeout, emit, LoopHandle(), progress, emit_ok_many, emit_ok,
+        controls,
     )
     await run_batch(lane, batch)
     pulled = source.pulled
@@ -215,8 +230,10 @@ class _Stream:
         return_exceptions: bool,
         ordered: bool,
         progress: Progress | None,
+        controls: Controls | None = None,
     ) -> None:
         self.lane = lane
+        self.controls = controls
         self.source = source
         self.limit = limit
         self.timeout = timeout
@@ -252,7 +269,9 @@ class _Stream:
             source.set_gate(lambda index: len(self.ready) < window)
         if self.progress is not None:
             self.progress.start(source.size)
-        self.batch = Batch(source, self.limit, self.timeout, self.emit, loop, self.progress)
+        self.batch = Batch(
+            source, self.limit, self.timeout, self.emit, loop, self.progress, controls=self.controls
+        )
         loop.spawn_background(self.run)
 
     async def run(self) -> None:
@@ -292,10 +311,15 @@ class _Stream:
         if self.event is not None:
             self.event.set()
 
+    def release(self) -> None:
+        """The consumer took an outcome: the gate may let more in. Through the batch's
+        source, which the controls (``limiter=``, ...) may have put in front of ours."""
+        (self.source if self.batch is None else self.batch.source).release()
+
     def stop(self) -> None:
         if self.batch is not None:
             self.batch.stop()
-        self.source.release()
+        self.release()
 
 
 class BatchIterator(Generic[T_co]):
@@ -326,9 +350,13 @@ class BatchIterator(Generic[T_co]):
         ordered: bool,
         with_index: bool,
         progress: Progress | None = None,
+        controls: Controls | None = None,
     ) -> None:
-        source = Source(tasks, lane.check_task)  # checks a list before anything runs
-        self._stream = _Stream(lane, source, limit, timeout, return_exceptions, ordered, progress)
+        check = lane.check_task if controls is None else controls.check(lane.check_task)
+        source = Source(tasks, check)  # checks a list before anything runs
+        self._stream = _Stream(
+            lane, source, limit, timeout, return_exceptions, ordered, progress, controls
+        )
         self._with_index = with_index
         self._closed = False
 
@@ -368,7 +396,7 @@ class BatchIterator(Generic[T_co]):
                     await self.aclose()
             raise
         index, _ok, value = stream.ready.popleft()
-        stream.source.release()
+        stream.release()
         if self._with_index:
             return (index, value)  # type: ignore[return-value]
         return value  # type: ignore[no-any-return]

@@ -24,12 +24,13 @@ __all__ = ["Inbox"]
 
 
 class Inbox:
-    __slots__ = ("_call", "_event", "_items", "_lock", "_pending")
+    __slots__ = ("_call", "_event", "_items", "_lock", "_pending", "_poked")
 
     def __init__(self, loop: LoopHandle) -> None:
         self._lock = threading.Lock()
         self._items: list[Any] = []
         self._pending = False
+        self._poked = False
         self._event = anyio.Event()
         self._call = loop.call_soon_threadsafe
 
@@ -50,6 +51,12 @@ class Inbox:
             self._pending = True
         self._call(self._wake)
 
+    def poke(self) -> None:
+        """Loop thread: make ``get()`` return (maybe with nothing), so its caller looks
+        at its source again (a limiter admitted a task, a retry is due)."""
+        self._poked = True
+        self._event.set()
+
     def _wake(self) -> None:
         self._event.set()
 
@@ -62,10 +69,11 @@ class Inbox:
         return items
 
     async def get(self) -> list[Any]:
-        """Loop thread: wait until something was delivered, then take it all."""
+        """Loop thread: wait until something was delivered (or ``poke``), then take it all."""
         while True:
             items = self.take()
-            if items:
+            if items or self._poked:
+                self._poked = False
                 return items
             await self._event.wait()
             self._event = anyio.Event()

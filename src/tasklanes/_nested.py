@@ -42,6 +42,11 @@ def refuse_nested_cpu() -> None:
 
     process = multiprocessing.current_process()
     if process.name == "tasklanes-worker" or process.daemon:
+        # A worker still importing the main module is not a nested batch but a script
+        # without `if __name__ == "__main__":`: that gets its own exit and advice.
+        from ._processes._context import refuse_while_importing_main
+
+        refuse_while_importing_main()
         raise RuntimeError(
             "a cpu task cannot start a batch with kind='cpu': it runs in a worker "
             "process, which is a daemonic process and may not start worker processes "

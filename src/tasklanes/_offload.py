@@ -5,6 +5,7 @@ from __future__ import annotations
 import enum
 import functools
 import threading
+import types
 import weakref
 from collections import deque
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable
@@ -16,7 +17,11 @@ from typing_extensions import ParamSpec
 from ._backend import LoopHandle
 from ._batch import annotate
 from ._call import Call
+from ._control import make_controls
 from ._errors import TaskTimeout, WorkerCrashed
+from ._limits import Limiter, LimiterArg, with_rate
+from ._processes._pickling import importable_by_name
+from ._retry import Retry
 from ._scheduler import Scheduler, check_scheduler, scheduler_or_default
 from ._tasks import END, Source, check_kind, check_limit, check_timeout
 
@@ -89,6 +94,9 @@ class Offloaded(Generic[P, R, W]):
         limit: int | None,
         timeout: float | None,
         scheduler: Scheduler | None,
+        limiter: LimiterArg = None,
+        rate: float | None = None,
+        retry: int | Retry | None = None,
     ) -> None:
         functools.update_wrapper(self, fn)
         self.__wrapped__ = fn
@@ -105,6 +113,9 @@ class Offloaded(Generic[P, R, W]):
             weakref.WeakKeyDictionary()
         )
         self._lock = threading.Lock()
+        # rate= of the decorator is one budget for every call of the function.
+        self._limiter_arg = with_rate(limiter, None if rate is None else Limiter(rate=rate))
+        self._retry = retry
 
     def _limiter(self) -> _ProcessLimiter | None:
         if self.limit is None:
@@ -127,8 +138,12 @@ class Offloaded(Generic[P, R, W]):
             return Call(_invoke, (self, args, kwargs), {})
         return Call(self.__wrapped__, args, kwargs)
 
-    def __reduce__(self) -> str:
+    def __reduce__(self) -> str | tuple[Any, ...]:
         name: str = self.__qualname__  # set by functools.update_wrapper
+        if not importable_by_name(self.__module__, name):
+            # Decorated in a notebook, the REPL or a function: no name that a worker
+            # can import. The original travels by value instead (_processes/_pickling).
+            return (types.SimpleNamespace, (), {"__wrapped__": self.__wrapped__})
         return name
 
     async def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
@@ -137,7 +152,14 @@ class Offloaded(Generic[P, R, W]):
         if limiter is not None:
             await limiter.acquire()
         try:
-            results = await sched.run_all([self._task(args, kwargs)], self.kind, 1, self.timeout)
+            results = await sched.run_all(
+                [self._task(args, kwargs)],
+                self.kind,
+                1,
+                self.timeout,
+                limiter=self._limiter_arg,
+                retry=self._retry,
+            )
         except BaseException as exc:
             _drop_batch_note(exc)
             raise
@@ -188,7 +210,15 @@ class Offloaded(Generic[P, R, W]):
         else:
             tasks = [self._task((item,), {}) for item in items]
         if limiter is None:
-            return await sched.run_all(tasks, self.kind, limit, seconds, return_exceptions)
+            return await sched.run_all(
+                tasks,
+                self.kind,
+                limit,
+                seconds,
+                return_exceptions,
+                limiter=self._limiter_arg,
+                retry=self._retry,
+            )
         # cpu (or auto, which may choose cpu) with a limit: a worker process cannot
         # give a permit back, so workers here take one per task around a batch of one.
         return await self._map_with_permits(
@@ -222,6 +252,8 @@ class Offloaded(Generic[P, R, W]):
                 self._width(limit),
                 seconds,
                 return_exceptions,
+                limiter=self._limiter_arg,
+                retry=self._retry,
             )
         finally:
             for permit in list(held):
@@ -257,7 +289,16 @@ class Offloaded(Generic[P, R, W]):
                 index, task = item
                 await limiter.acquire()
                 try:
-                    value = (await sched.run_all([task], self.kind, 1, seconds))[0]
+                    value = (
+                        await sched.run_all(
+                            [task],
+                            self.kind,
+                            1,
+                            seconds,
+                            limiter=self._limiter_arg,
+                            retry=self._retry,
+                        )
+                    )[0]
                 except Exception as exc:
                     _drop_batch_note(exc)
                     if isinstance(exc, (TaskTimeout, WorkerCrashed)):
@@ -405,6 +446,9 @@ def offload(
     limit: int | None = None,
     timeout: float | None = None,
     scheduler: Scheduler | None = None,
+    limiter: LimiterArg = None,
+    rate: float | None = None,
+    retry: int | Retry | None = None,
 ) -> Callable[[Callable[P, R]], Offloaded[P, R, R]]: ...
 @overload
 def offload(
@@ -413,6 +457,9 @@ def offload(
     limit: int | None = None,
     timeout: float | None = None,
     scheduler: Scheduler | None = None,
+    limiter: LimiterArg = None,
+    rate: float | None = None,
+    retry: int | Retry | None = None,
 ) -> Callable[[Callable[P, Awaitable[R]]], Offloaded[P, R, Awaitable[R]]]: ...
 def offload(
     fn: Callable[..., Any] | None = None,
@@ -422,6 +469,9 @@ def offload(
     limit: int | None = None,
     timeout: float | None = None,
     scheduler: Scheduler | None = None,
+    limiter: LimiterArg = None,
+    rate: float | None = None,
+    retry: int | Retry | None = None,
 ) -> Any:
     """Turn a function into an awaitable one that runs on a lane.
 
@@ -446,7 +496,10 @@ def offload(
     ```
 
     ``limit`` bounds the function's concurrent calls across the process (per event
-    loop for ``"io"``), on top of the lane's capacity; ``timeout`` bounds each call.
+    loop for ``"io"``), on top of the lane's capacity; ``timeout`` bounds each call
+    (each attempt, with ``retry``). ``limiter=`` and ``retry=`` work as for
+    [`run_all`][tasklanes.run_all]; ``rate=`` is one
+    [`Limiter`][tasklanes.Limiter] shared by every call of the function.
     A decorated module-level function works in the cpu lane: it pickles by reference.
     ``kind="auto"``: an ``async def`` function runs on the io lane; a sync one is
     measured on the blocking lane until [run_all][tasklanes.run_all]'s ``kind="auto"``
@@ -460,6 +513,7 @@ def offload(
     check_limit(limit)
     seconds = check_timeout(timeout)
     check_scheduler(scheduler)
+    make_controls(limiter, rate, retry)  # bad arguments fail at decoration
 
     def decorate(func: Callable[..., Any]) -> Offloaded[Any, Any, Any]:
         if not callable(func):
@@ -469,7 +523,7 @@ def offload(
 
         is_async = _is_async_function(unwrap_callable(func))
         if kind == "auto" and is_async:  # async code: auto would choose io every time
-            return Offloaded(func, "io", limit, seconds, scheduler)
+            return Offloaded(func, "io", limit, seconds, scheduler, limiter, rate, retry)
         if kind == "io" and not is_async:
             raise TypeError(
                 f"@offload(kind='io') needs an async def function; {func.__qualname__} is "
@@ -480,7 +534,7 @@ def offload(
                 f"@offload(kind={kind!r}) needs a sync function; {func.__qualname__} is "
                 "async def: use kind='io'"
             )
-        return Offloaded(func, kind, limit, seconds, scheduler)
+        return Offloaded(func, kind, limit, seconds, scheduler, limiter, rate, retry)
 
     if fn is not None:
         return decorate(fn)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import atexit
+import functools
 import logging
 import threading
 import time
@@ -15,8 +16,11 @@ from typing import TYPE_CHECKING, Any
 from ._advice import DEFAULT_THRESHOLD, Advisor, check_advice_options  # observe
 from ._backend import run_in_fresh_thread, run_sync
 from ._batch import BatchIterator, Lane, collect
+from ._control import make_controls
 from ._defaults import BLOCKING_LIMIT, IO_LIMIT, cpu_capacity
+from ._limits import LimiterArg
 from ._nested import refuse_nested_blocking, refuse_nested_cpu
+from ._retry import Retry
 from ._stats import LaneSnapshot
 from ._tasks import KINDS, check_kind, check_limit, check_timeout
 
@@ -242,13 +246,23 @@ class Scheduler:
         timeout: float | None = None,
         return_exceptions: bool = False,
         progress: ProgressArg = False,
+        limiter: LimiterArg = None,
+        rate: float | None = None,
+        retry: int | Retry | None = None,
     ) -> list[Any]:
         """``run_all`` on this scheduler; see [run_all][tasklanes.run_all]."""
         lane, call_limit, seconds = self._resolve(kind, limit, timeout)
+        controls = make_controls(limiter, rate, retry)
         from ._progress import make_progress
 
         return await collect(
-            lane, tasks, call_limit, seconds, bool(return_exceptions), make_progress(progress)
+            lane,
+            tasks,
+            call_limit,
+            seconds,
+            bool(return_exceptions),
+            make_progress(progress),
+            controls,
         )
 
     def as_completed(
@@ -259,9 +273,13 @@ class Scheduler:
         timeout: float | None = None,
         return_exceptions: bool = False,
         progress: ProgressArg = False,
+        limiter: LimiterArg = None,
+        rate: float | None = None,
+        retry: int | Retry | None = None,
     ) -> BatchIterator[Any]:
         """``as_completed`` on this scheduler; see [as_completed][tasklanes.as_completed]."""
         lane, call_limit, seconds = self._resolve(kind, limit, timeout)
+        controls = make_controls(limiter, rate, retry)
         from ._progress import make_progress
 
         return BatchIterator(
@@ -273,6 +291,7 @@ class Scheduler:
             ordered=False,
             with_index=True,
             progress=make_progress(progress),
+            controls=controls,
         )
 
     def amap(
@@ -285,11 +304,16 @@ class Scheduler:
         ordered: bool = True,
         return_exceptions: bool = False,
         progress: ProgressArg = False,
+        limiter: LimiterArg = None,
+        rate: float | None = None,
+        retry: int | Retry | None = None,
     ) -> BatchIterator[Any]:
         """``amap`` on this scheduler; see [amap][tasklanes.amap]."""
         if not callable(fn):
             raise TypeError(f"amap() needs a callable first, got {type(fn).__name__}")
         lane, call_limit, seconds = self._resolve(kind, limit, timeout)
+        # A limiter= callable gets the item: the task is Call(fn, (item,), {}).
+        controls = make_controls(limiter, rate, retry, per_item=_item_of)
         lane.check_task(_probe_task(fn), 0)  # a wrong fn fails now, not per item
         from ._progress import make_progress
 
@@ -302,6 +326,7 @@ class Scheduler:
             ordered=bool(ordered),
             with_index=False,
             progress=make_progress(progress),
+            controls=controls,
         )
 
     def run_all_sync(
@@ -312,9 +337,21 @@ class Scheduler:
         timeout: float | None = None,
         return_exceptions: bool = False,
         progress: ProgressArg = False,
+        limiter: LimiterArg = None,
+        rate: float | None = None,
+        retry: int | Retry | None = None,
     ) -> list[Any]:
         """``run_all_sync`` on this scheduler; see [run_all_sync][tasklanes.run_all_sync]."""
-        return run_sync(self.run_all, tasks, kind, limit, timeout, return_exceptions, progress)
+        make_controls(limiter, rate, retry)  # bad arguments fail before a loop starts
+        return run_sync(
+            functools.partial(self.run_all, limiter=limiter, rate=rate, retry=retry),
+            tasks,
+            kind,
+            limit,
+            timeout,
+            return_exceptions,
+            progress,
+        )
 
     # -- figures and lifecycle -----------------------------------------------------
 
@@ -408,6 +445,10 @@ class Scheduler:
         if self._cpu_capacity is None:
             self._cpu_capacity = cpu_capacity(self._cpu_limit, self._cpu_executor)
         return self._cpu_capacity
+
+
+def _item_of(task: Any) -> Any:
+    return task.args[0]
 
 
 def _probe_task(fn: Callable[[Any], Any]) -> object:

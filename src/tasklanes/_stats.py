@@ -180,7 +180,9 @@ class LaneSnapshot(_ItemAccess):
     was created: `completed` returned a value, `failed` raised, `timed_out`
     overran their timeout, `cancelled` were dropped or stopped because their batch
     was cancelled or failed fast, `crashed` lost their worker process. `killed`
-    counts worker processes the lane killed (timeouts and cancellation). `wait` is
+    counts worker processes the lane killed (timeouts and cancellation). `retried`
+    counts attempts that failed and ran again under `retry=` (each also counts in
+    `failed`, `timed_out` or `crashed`). `wait` is
     the queue lag (from the moment the lane took a task until it started) and `run`
     its run time.
 
@@ -203,6 +205,7 @@ class LaneSnapshot(_ItemAccess):
     cancelled: int
     crashed: int
     killed: int
+    retried: int
     wait: TimingSummary
     run: TimingSummary
     #: Worker processes replaced by recycling (``Scheduler(cpu_max_tasks_per_worker=,
@@ -232,6 +235,7 @@ class Tally:
     timed_out: int = 0
     cancelled: int = 0
     crashed: int = 0
+    retried: int = 0
     run_count: int = 0
     run_total: float = 0.0
     run_max: float = 0.0
@@ -318,6 +322,7 @@ class LaneStats:
             t.timed_out += tally.timed_out
             t.cancelled += tally.cancelled
             t.crashed += tally.crashed
+            t.retried += tally.retried
             self._run.add(tally.run_count, tally.run_total, tally.run_max, tally.run_hist)
             self._wait.add(tally.wait_count, tally.wait_total, tally.wait_max, tally.wait_hist)
         tally.__init__()  # type: ignore[misc]  # reset in place: the batch keeps counting into it
@@ -354,6 +359,7 @@ class LaneStats:
                 cancelled=t.cancelled,
                 crashed=t.crashed,
                 killed=killed,
+                retried=t.retried,
                 wait=self._wait.summary(),
                 run=self._run.summary(),
                 recycled=extra.get("recycled", 0),

@@ -177,6 +177,18 @@ class SubBatch(Batch):
             super().__init__(cast(Source, source), limit, outer.timeout, emit, outer.loop)
 
     @property
+    def wake(self) -> Callable[[], None] | None:
+        return self._outer.wake
+
+    @wake.setter
+    def wake(self, poke: Callable[[], None] | None) -> None:
+        # The lane that pulls from the auto batch's input is the one the controls
+        # (limiter=, retry=) must wake when a task becomes ready; a probe's lane pulls
+        # nothing more, and Batch.__init__'s None must not undo a lane's setting.
+        if poke is not None:
+            self._outer.wake = poke
+
+    @property
     def stopping(self) -> bool:
         return self._own_stop or self._outer.stopping
 

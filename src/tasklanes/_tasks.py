@@ -277,6 +277,11 @@ class Source:
     def exhausted(self) -> bool:
         return self._ended
 
+    @property
+    def is_async(self) -> bool:
+        """The input is an async iterable: ``take`` gives nothing, ``await next()`` does."""
+        return self._aiterator is not None
+
     def set_gate(self, gate: Callable[[int], bool]) -> None:
         self._gate = gate
 
@@ -387,6 +392,11 @@ class Source:
                 self._index = index + 1
             self._check(task, index)
             return (index, task)
+
+    def task_at(self, index: int) -> Any:
+        """Task ``index`` of a list input again (``retry=`` runs it once more)."""
+        assert self._sequence is not None
+        return self._sequence[index]
 
     def take_rest(self) -> list[tuple[int, Any]] | None:
         """Every remaining ``(index, task)`` of a list input at once (checked already),

@@ -17,26 +17,29 @@ task; everything around that is written once, here:
   `Deadlines`); the watchdog sleeps until the next deadline instead of scanning every
   running task on each wake-up.
 
-The path of one task through a lane, and where the next features plug in:
+The path of one task through a lane, and where `limiter=`, `rate=` and `retry=`
+(`tasklanes._control`) plug in:
 
 1. **pull** (`pull`, or the io lane's bulk refill): the task leaves the input.
-2. **admission** (hook): between pulling a task and handing it to the lane. A
-   future `Limiter` is acquired here, on the event loop: waiting for it takes one of
-   the call's `limit` slots but no lane capacity (no thread, no worker process, no io
-   capacity slot waits for a limiter). The io lane admits in `_IoBatch._admit`;
-   the thread, process and executor lanes between `pull` and handing the task over.
+2. **admission**: with controls, `batch.source` is a `ControlledSource` that hands
+   out only tasks holding their limiters. Waiting for one takes one of the call's
+   `limit` slots but no lane capacity: a small task on the loop waits, no thread,
+   no worker process; an io worker whose next task would wait gives its io capacity
+   slot back (`_IoBatch._take_nowait`). The lane numbers what it pulls
+   consecutively (*lane indexes*); the controls translate each outcome back to
+   the task's index in the input.
 3. **run**: the lane's own business (a coroutine on the loop, a thread, a process).
 4. **deadline**: with a `timeout`, the task's deadline enters the batch's
    `Deadlines`; the watchdog reports `TaskTimeout` when it passes.
 5. **outcome**: `classify` -> the tally, and `batch.emit` to the caller.
-   **retry** (hook): a failed outcome whose error a `Retry` accepts goes back to
-   step 2 with its index instead of to `batch.emit` (after its backoff), so results
-   keep input order and the task's index is unchanged.
-6. **really over** (hook): the moment the task stops holding anything. For io and a
-   successful task this is step 5; for a blocking task that timed out it is when its
-   thread finally returns (`_ThreadBatch._deliver` sees the late outcome); for a cpu
-   task killed for a timeout, when the pool reports its worker gone (the job's
-   `on_settled`). A limiter's release callback goes here, not at step 5.
+   **retry**: a failed outcome whose error a `Retry` accepts goes back to step 2
+   (after its backoff) instead of to the caller, under its own index in the input,
+   so results keep input order.
+6. **really over**: the moment the task stops holding anything, when its limiters
+   are released. For io and a successful task this is step 5; a blocking task
+   releases when its thread's call returns (even after a timeout was reported); a
+   cpu task killed for a timeout when the pool has reaped its worker (`on_gone` of
+   the job, from the pool's reaper).
 """
 
 from __future__ import annotations

@@ -13,7 +13,6 @@ until the pool reports the job settled, so no process of the batch outlives the 
 
 from __future__ import annotations
 
-import pickle
 import time
 from multiprocessing.context import BaseContext
 from typing import Any
@@ -22,6 +21,7 @@ import anyio
 
 from .._batch import Batch
 from .._inbox import Inbox
+from .._processes._pickling import check_task_function
 from .._processes._pool import PoolJob, ProcessPool
 from .._stats import LaneStats, Tally, WorkerResources, record, shifted
 from .._tasks import CachedCheck, check_cpu_task
@@ -90,23 +90,12 @@ class ProcessLane(LaneBase):
 
     @staticmethod
     def _check(task: object, index: int) -> None:
-        check_cpu_task(task, index)
+        # Lambdas and closures are allowed: they travel by value (_pickling).
+        check_cpu_task(task, index, strict_pickle=False)
         # Pickle the function up front: the common mistakes (a method of an object
-        # holding a lock, a function not importable by its name) then fail before
-        # anything runs. Arguments are pickled with their chunk; a task whose
-        # arguments do not pickle fails alone, naming its index. CachedCheck makes
-        # this once per distinct function.
-        from .._call import unwrap_callable
-
-        fn = unwrap_callable(task)
-        try:
-            pickle.dumps(fn)
-        except Exception as exc:
-            raise TypeError(
-                f"task {index} could not be pickled for kind='cpu': its function "
-                f"{getattr(fn, '__qualname__', fn)!r} does not pickle ({exc}); use a "
-                "module-level function"
-            ) from exc
+        # holding a lock, a lambda without cloudpickle) then fail before anything runs.
+        # CachedCheck makes this once per distinct function.
+        check_task_function(task, index)
 
     def shutdown(self, runs: list[Any], resource: Any) -> None:
         # The pool fails the jobs still open and stops its workers.
@@ -119,6 +108,10 @@ class ProcessLane(LaneBase):
 
     async def run(self, batch: Batch) -> None:
         inbox = Inbox(batch.loop)
+        batch.wake = inbox.poke  # limiter=/retry=: a task is ready to pull
+        # limiter=: a task killed for its timeout holds its limiters until its worker
+        # is gone; the pool tells when (see `_control`).
+        watch_gone = getattr(batch.source, "watch_gone", None)
         runner = _CpuBatch(self, batch, inbox)
         self.open_run(runner)
         try:
@@ -126,9 +119,9 @@ class ProcessLane(LaneBase):
                 limit=min(batch.limit, self.capacity),
                 timeout=batch.timeout,
                 deliver=inbox.put_many,
-                # (hook: the job settles once no worker works on it any more; a killed
-                # task's "really over" is this moment.)
+                # The job settles once no worker works on it any more.
                 on_settled=lambda: inbox.put(_SETTLED),
+                on_gone=None if watch_gone is None else watch_gone(),
             )
             await runner.run()
         finally:
@@ -221,8 +214,8 @@ class _CpuBatch:
             want = min(max(job.demand + self.outstanding, _MIN_QUEUED), _MAX_QUEUED)
         start, tasks = await pull(batch, want - self.outstanding, owed=self.outstanding > 0)
         added = list(enumerate(tasks, start))
-        # (admission hook: a Limiter would be acquired here, before the pool sees the
-        # task, so no worker process waits for one.)
+        # (With limiter=, the tasks pulled hold their limiters already: no worker
+        # process waits for one; see `_control`.)
         if added:
             self.outstanding += len(added)
             now = time.monotonic()

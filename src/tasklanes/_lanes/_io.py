@@ -197,6 +197,9 @@ class _IoBatch:
         self.tally = Tally()
         self.deadlines: Deadlines[_Worker] = Deadlines()
         self.spawn: Any = None
+        #: limiter=/rate=/retry=: a worker holding an io slot never waits for the input
+        #: (a task may be waiting for a limiter); see `_take_nowait`.
+        self.controlled = batch.controls is not None
 
     async def run(self) -> None:
         batch = self.batch
@@ -286,11 +289,37 @@ class _IoBatch:
         tasks.reverse()
         self.ready = tasks
         self.top = start + len(tasks) - 1
-        # (admission hook: with limiters, a task is admitted here, between the pull
-        # and a worker starting it; a worker that waits for one gives its io capacity
-        # slot back meanwhile.)
+        # (With limiter=, the tasks pulled hold their limiters already; a worker that
+        # would wait for one gives its io capacity slot back first: `_take_nowait`.)
         self._grow()
         return True
+
+    def _take_nowait(self) -> bool:
+        """With controls: the next tasks for a worker holding an io slot, if they need
+        no waiting. Otherwise (False) the worker ends and a fresh one, holding no slot,
+        waits in `_refill` instead: waiting for a limiter takes no io capacity."""
+        if self.ready:  # another worker pulled a chunk meanwhile
+            return True
+        batch = self.batch
+        if not self.done and not self.pulling and not batch.stopping:
+            source = batch.source
+            try:
+                tasks = source.take(self.chunk)
+            except Exception as exc:
+                batch.fail(exc)
+                return False
+            if tasks:
+                tasks.reverse()
+                self.ready = tasks
+                self.top = source.pulled - 1
+                self._grow()
+                return True
+            if source.exhausted:
+                self.done = True
+        if not self.done and not batch.stopping:
+            self.starting += 1  # this worker's replacement (nworkers is unchanged)
+            self.spawn(self._worker)
+        return False
 
     async def _worker(self) -> None:
         batch = self.batch
@@ -356,7 +385,7 @@ class _IoBatch:
         try:
             while True:
                 if not ready:
-                    if not await self._refill():
+                    if not (self._take_nowait() if self.controlled else await self._refill()):
                         break
                     ready = self.ready
                     top = self.top
@@ -438,7 +467,9 @@ class _IoBatch:
                     while True:
                         ready = self.ready
                         if not ready:
-                            if not await self._refill():
+                            if not (
+                                self._take_nowait() if self.controlled else await self._refill()
+                            ):
                                 more = False
                                 break
                             continue

@@ -249,6 +249,7 @@ class _ThreadBatch:
         self.lane = lane
         self.batch = batch
         self.inbox = Inbox(batch.loop)
+        batch.wake = self.inbox.poke  # limiter=/retry=: a task is ready to pull
         self.job = _ThreadJob(self.inbox, timed=batch.timeout is not None)
         self.outstanding = 0  # handed to the job and not yet returned by a thread
         self.buffer = batch.limit  # ready tasks kept beyond those running
@@ -304,8 +305,8 @@ class _ThreadBatch:
         start, tasks = await pull(batch, want, owed=self.outstanding > 0)
         if not tasks:
             return
-        # (admission hook: a Limiter would be acquired here, on the loop, before a
-        # task reaches a thread.)
+        # (Admission happened in the pull: with limiter=, `batch.source` hands out only
+        # tasks holding their limiters; see `_control`.)
         timeout = batch.timeout
         now = _monotonic()
         added = [(Ticket(index, timeout), fn, now) for index, fn in enumerate(tasks, start)]

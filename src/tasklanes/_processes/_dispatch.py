@@ -13,11 +13,11 @@ bigger than what it has left, and retires once it has been sent its last task.
 from __future__ import annotations
 
 import os
-import pickle
 import selectors
 
 from ._job import JobCore, size_for
 from ._log import log
+from ._pickling import dumps_task
 from ._results import ResultReader
 from ._wire import Item, chunk_message, encode_chunk
 from ._workers import READY, RETIRING, Chunk, WorkerHandle
@@ -30,8 +30,6 @@ CHUNK_BUDGET_SECONDS = 0.02
 PIPELINE_BELOW_SECONDS = 0.002
 """Queue a second chunk behind a running one only for tasks shorter than this."""
 
-_dumps = pickle.dumps
-_PROTOCOL = pickle.HIGHEST_PROTOCOL
 
 
 class Dispatcher(ResultReader):
@@ -146,7 +144,7 @@ class Dispatcher(ResultReader):
         good = []
         for index, task in items:
             try:
-                _dumps(task, _PROTOCOL)
+                dumps_task(task)
             except Exception as exc:
                 error = TypeError(f"task {index} could not be pickled: {exc!r}")
                 error.__cause__ = exc

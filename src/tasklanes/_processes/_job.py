@@ -52,6 +52,7 @@ class JobCore:
         "input_closed",
         "limit",
         "max_size",
+        "on_gone",
         "on_settled",
         "out",
         "put",
@@ -77,6 +78,9 @@ class JobCore:
         self.timeout = timeout
         self.deliver = deliver
         self.on_settled = on_settled
+        #: Called with a task's index when the worker killed for that task's timeout
+        #: is gone (reaped): a killed task's limiters are held until then.
+        self.on_gone: Callable[[int], None] | None = None
         self.queue: deque[Item] = deque()  # shared with the handle, see the module doc
         self.put = 0  # tasks put: written by the putting thread, under the door lock
         self.delivered = 0

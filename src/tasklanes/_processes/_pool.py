@@ -30,7 +30,7 @@ from collections.abc import Callable
 from multiprocessing.context import BaseContext
 
 from ._commands import OpenJob
-from ._context import default_context
+from ._context import default_context, refuse_while_importing_main
 from ._job import JobCore, Outcome, PoolJob
 from ._manager import Manager
 from ._state import STAT_NAMES
@@ -51,9 +51,8 @@ class ProcessPool:
     Nothing starts in the constructor. The first `open_job` starts the manager
     thread, which starts the workers; the caller does not wait for them.
 
-    `mp_context` picks the start method (default: `default_context()`). With the
-    `fork` method, workers inherit the parent's other pipes, so a worker may not notice
-    its parent's death while it runs a long task; prefer forkserver or spawn.
+    `mp_context` picks the start method (default: `default_context()`); fork,
+    forkserver and spawn all work (`_context` says what each needs).
 
     `max_tasks_per_worker` and `max_worker_memory` (bytes of resident memory, checked
     after each chunk of tasks) recycle workers: one that reaches either limit finishes
@@ -92,6 +91,7 @@ class ProcessPool:
         timeout: float | None,
         deliver: Callable[[list[Outcome]], None],
         on_settled: Callable[[], None],
+        on_gone: Callable[[int], None] | None = None,
     ) -> PoolJob:
         """Open a job; starts the pool on first use (without waiting for it).
 
@@ -99,12 +99,17 @@ class ProcessPool:
         batch the pool read from its workers. `on_settled` is called once, from a pool
         thread: after `PoolJob.cancel` once none of the job's tasks runs anymore, or
         after `PoolJob.close_input` once every task put has been delivered.
+        `on_gone(index)` (optional) is called from the manager thread when the worker
+        killed for task `index`'s timeout has been reaped (`limiter=` holds a killed
+        task's limiters until then).
         """
         if limit < 1:
             raise ValueError(f"limit must be >= 1, got {limit}")
         if timeout is not None and timeout <= 0:
             raise ValueError(f"timeout must be > 0, got {timeout}")
+        refuse_while_importing_main()  # a worker re-running an unguarded script: say so
         core = JobCore(limit, timeout, deliver, on_settled)
+        core.on_gone = on_gone
         # The check and the queuing of the job are one step under the lock, which
         # close() takes too: a close() from another thread comes either before (we
         # raise) or after (its shutdown settles this job).

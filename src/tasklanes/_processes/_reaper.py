@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 
 from .._errors import TaskTimeout, WorkerCrashed
+from ._context import worker_exit_error
 from ._dispatch import Dispatcher
 from ._job import JobCore
 from ._log import log
@@ -31,8 +32,8 @@ after this long."""
 SPAWN_RETRY_SECONDS = 0.5
 # After this many worker starts in a row fail (no worker ready in between), the pool
 # stops trying and fails the tasks that wait, rather than leave their callers hanging.
-# The usual cause is a script without ``if __name__ == "__main__":``: the worker side
-# imports the main module, which then tries to start workers itself.
+# (`_context.worker_exit_error` says when the cause is a script without
+# ``if __name__ == "__main__":``.)
 SPAWN_GIVE_UP = 3
 
 
@@ -146,9 +147,7 @@ class Reaper(Dispatcher):
             self.stats["crashed"] += 1
         if crashed and not was_ready and not self.stopping:
             self.spawn_failures += 1
-            self.spawn_error = RuntimeError(
-                f"a worker process exited (code {exitcode}) before it was ready"
-            )
+            self.spawn_error = worker_exit_error(exitcode)
         # The task that was running takes the blame for a crash; every task after it
         # runs again elsewhere. (Outcomes it held were read from its journal above, so
         # the running task is normally the first without an outcome. If none was
@@ -165,6 +164,8 @@ class Reaper(Dispatcher):
                 here = position
                 position += 1
                 if w.timed_out is not None and w.timed_out == (chunk, k):
+                    if job.on_gone is not None:
+                        job.on_gone(index)
                     continue
                 if job.cancelled:
                     continue
@@ -253,10 +254,7 @@ class Reaper(Dispatcher):
                 index, _ = job.queue.popleft()
                 error = RuntimeError(
                     f"task {index} did not run: tasklanes could not start a worker process "
-                    f"({self.spawn_failures} attempts in a row failed; last: {cause!r}). "
-                    "If this runs from a script, put the code that starts the work under "
-                    "'if __name__ == \"__main__\":' -- worker processes import the main "
-                    "module."
+                    f"({self.spawn_failures} attempts in a row failed; last: {cause})"
                 )
                 error.__cause__ = cause
                 job.out.append((index, False, error))

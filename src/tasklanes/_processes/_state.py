@@ -131,6 +131,10 @@ class ManagerState:
         )
         self.spawner: Spawner | None = None
 
+    def parent_fds(self) -> tuple[int, ...]:
+        """The pool's descriptors a forked worker must close (it inherits them all)."""
+        return (self.alive_w, self.wakeup.r, self.wakeup.w)
+
     def alive_reader(self) -> multiprocessing.connection.Connection:
         if self.alive_r is None:
             raise RuntimeError("the pool is closed")

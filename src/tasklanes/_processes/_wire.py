@@ -10,11 +10,11 @@ calls these on its hot path, so they stay small and allocation-light; the tests 
 from __future__ import annotations
 
 import functools
-import pickle
 from collections.abc import Callable, Iterator
 from typing import Any
 
 from .._call import Call
+from ._pickling import dumps_chunk
 from ._protocol import (
     CHUNK_HEADER,
     FRAME_HEADER,
@@ -38,8 +38,6 @@ __all__ = [
 Item = tuple[int, Callable[[], object]]
 """`(index, task)`: one task of a job, as the pool queues it."""
 
-_dumps = pickle.dumps
-_PROTOCOL = pickle.HIGHEST_PROTOCOL
 _partial = functools.partial
 _unpack_len = FRAME_HEADER.unpack_from
 _unpack_long = FRAME_HEADER_LONG.unpack_from
@@ -67,7 +65,7 @@ def encode_chunk(items: list[Item]) -> bytes:
                 break
             append(t.args)
         else:
-            return _dumps((fn, args), _PROTOCOL)
+            return dumps_chunk(fn, args)
     elif type(first) is Call:
         fn = first.fn
         for _, t in items:
@@ -75,8 +73,8 @@ def encode_chunk(items: list[Item]) -> bytes:
                 break
             append(t.args)
         else:
-            return _dumps((fn, args), _PROTOCOL)
-    return _dumps((None, [t for _, t in items]), _PROTOCOL)
+            return dumps_chunk(fn, args)
+    return dumps_chunk(None, [t for _, t in items])
 
 
 def chunk_message(chunk_id: int, budget: float, payload: bytes) -> bytes:

@@ -131,12 +131,16 @@ def main(tasks: Connection, results: Connection, alive: Connection, block: mmap.
                 payload = _OTHER + _other_payload(_with_traceback(("error", seconds), exc))
             else:
                 now = clock()
+                data: bytes | None
                 try:
                     data = dumps(value, _PROTOCOL)
                 except BaseException as exc:
-                    seconds = now - started if k == last else None
-                    payload = _OTHER + _other_payload(("bad_result", seconds, _describe(exc)))
-                else:
+                    # A class of a task sent by value: cloudpickle can send it back.
+                    data = _result_by_value(value)
+                    if data is None:
+                        seconds = now - started if k == last else None
+                        payload = _OTHER + _other_payload(("bad_result", seconds, _describe(exc)))
+                if data is not None:
                     if held.add(data, now):
                         payload = None  # held: goes with the next flush
                     elif k == last:  # too big to hold: goes alone
@@ -261,6 +265,12 @@ def _read_queued(
     return ids, stop
 
 
+def _result_by_value(value: object) -> bytes | None:
+    from ._pickling import result_by_value  # only paid when a result does not pickle
+
+    return result_by_value(value)
+
+
 def _describe(exc: BaseException) -> str:
     try:
         return repr(exc)
@@ -290,6 +300,15 @@ def _with_traceback(head: tuple[object, ...], exc: BaseException) -> tuple[objec
         return (*head, exc, text)
     except BaseException:
         pass
+    try:
+        # An exception class sent by value (defined in a notebook, say) goes back the
+        # same way (_other_payload).
+        data = _result_by_value(exc)
+        if data is not None:
+            _loads(data)
+            return (*head, exc, text)
+    except BaseException:
+        pass
     cls = type(exc)
     try:
         message = str(exc)
@@ -300,7 +319,13 @@ def _with_traceback(head: tuple[object, ...], exc: BaseException) -> tuple[objec
 
 
 def _other_payload(message: tuple[object, ...]) -> bytes:
-    return _dumps(message, _PROTOCOL)
+    try:
+        return _dumps(message, _PROTOCOL)
+    except BaseException:
+        data = _result_by_value(message)  # checked by _with_traceback: it goes by value
+        if data is None:
+            raise
+        return data
 
 
 def _send_other(fd: int, message: tuple[object, ...]) -> None:

@@ -18,6 +18,7 @@ from multiprocessing.context import BaseContext
 from multiprocessing.process import BaseProcess
 
 from . import _worker
+from ._context import WORKER_NAME, start_process, worker_target
 from ._job import JobCore
 from ._protocol import JOURNAL_BYTES
 from ._shared import SLOT_BYTES, SharedBlock
@@ -139,19 +140,30 @@ class WorkerHandle:
         return None
 
 
-def spawn_worker(ctx: BaseContext, alive_r: multiprocessing.connection.Connection) -> WorkerHandle:
-    """Start one worker process (blocks for as long as the start method takes)."""
+def spawn_worker(
+    ctx: BaseContext,
+    alive_r: multiprocessing.connection.Connection,
+    parent_fds: tuple[int, ...] = (),
+) -> WorkerHandle:
+    """Start one worker process (blocks for as long as the start method takes).
+
+    `parent_fds`: the pool's own descriptors that a forked child must close (see
+    `_context.worker_target`).
+    """
     task_r, task_w = ctx.Pipe(duplex=False)
     result_r, result_w = ctx.Pipe(duplex=False)
     block = SharedBlock(SLOT_BYTES + JOURNAL_BYTES)
     try:
-        proc = ctx.Process(  # type: ignore[attr-defined]
-            target=_worker.main,
-            args=(task_r, result_w, alive_r, block),
-            name="tasklanes-worker",
-            daemon=True,
+        target, args = worker_target(
+            ctx,
+            _worker.main,
+            (task_r, result_w, alive_r, block),
+            (*parent_fds, task_w.fileno(), result_r.fileno()),
         )
-        proc.start()
+        proc = ctx.Process(  # type: ignore[attr-defined]
+            target=target, args=args, name=WORKER_NAME, daemon=True
+        )
+        start_process(proc)
     except BaseException:
         for conn in (task_r, task_w, result_r, result_w):
             conn.close()

@@ -33,6 +33,11 @@ COUNTERS: tuple[tuple[str, str, Callable[[LaneSnapshot], float]], ...] = (
         lambda s: s.cancelled,
     ),
     ("tasklanes_tasks_crashed", "Tasks whose worker process died.", lambda s: s.crashed),
+    (
+        "tasklanes_tasks_retried",
+        "Attempts that failed and ran again (retry=).",
+        lambda s: s.retried,
+    ),
     ("tasklanes_workers_killed", "Worker processes the lane killed.", lambda s: s.killed),
     (
         "tasklanes_worker_cpu_seconds",

@@ -9,7 +9,7 @@ start_http_server(9000)    # or serve prometheus_client.make_asgi_app() in your 
 ```
 
 Exported, each with a `lane` label: counters `tasklanes_tasks_completed_total`,
-`_failed_total`, `_timed_out_total`, `_cancelled_total`, `_crashed_total`,
+`_failed_total`, `_timed_out_total`, `_cancelled_total`, `_crashed_total`, `_retried_total`,
 `tasklanes_workers_killed_total`, `tasklanes_worker_cpu_seconds_total`; histograms
 `tasklanes_task_wait_seconds` and `tasklanes_task_run_seconds`; gauges
 `tasklanes_tasks_running`, `_waiting`, `_limited`, `tasklanes_lane_capacity`,

@@ -1,0 +1,563 @@
+"""`limiter=`, `rate=` and `retry=` of one call: a layer between a batch's tasks and its lane.
+
+The lane sees an ordinary source and an ordinary `emit`; this layer sits in both:
+
+* **Admission.** [`ControlledSource`][] pulls a task from the caller's input, takes its
+  limiters (all or nothing) and only then hands it to the lane. A task that must
+  wait for a limiter waits in a small task on the caller's loop: no thread, no worker
+  process, and no lane slot waits for it. It does count against the call's `limit`:
+  at most `limit` tasks of the call are admitted or waiting at once.
+* **Release when really over.** Blocking tasks are wrapped so that their limiters
+  are released when the thread's call returns, whatever the lane reported before (a
+  blocking task that timed out keeps its limiters until its thread returns). io
+  tasks release at their outcome: the io lane reports one only once the coroutine
+  has ended (a timed-out one is cancelled and unwound first). cpu tasks release at
+  their outcome too, except a timed-out one, which releases when the pool reports its
+  worker gone (`task_gone`).
+* **Lane indexes.** A lane numbers the tasks it pulls consecutively (`pull` works out
+  a bulk pull's indexes from `pulled`), but admission completes out of order and a
+  retry hands an old task out again. So the lane sees *lane indexes*, a count of
+  hand-outs, and this layer translates each outcome back to the task's real index
+  (`emit`, `emit_ok`, `emit_ok_many`; the `.index` of a `TaskTimeout` or
+  `WorkerCrashed` the lane made). What an attempt holds is kept by lane index: each
+  attempt has its own, so a cpu worker reaped for an old attempt's timeout
+  (`task_gone`, from the pool's manager thread) never mixes with a newer attempt.
+* **Retry.** A failed outcome that the call's [`Retry`][tasklanes.Retry] wants again
+  never reaches the batch's `emit`: the task waits out its backoff holding nothing,
+  then goes back through admission. The source says `END` only when no task of the
+  batch can come back any more.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import anyio
+
+from ._errors import TaskTimeout, WorkerCrashed
+from ._limits import Limiter, acquire_all, resolve_limiter_arg, try_acquire_all
+from ._retry import Retry, check_retry, check_retryable_task, note_attempts
+from ._stats import Tally
+from ._tasks import END
+
+if TYPE_CHECKING:
+    from ._batch import Batch, Lane
+    from ._tasks import Source
+
+__all__ = ["Controls", "ControlledSource", "make_controls"]
+
+
+class Controls:
+    """The checked `limiter=`, `rate=` and `retry=` of one call."""
+
+    __slots__ = ("call_limiter", "fixed", "limiters_for", "retry")
+
+    def __init__(
+        self,
+        limiters_for: Callable[[Any], tuple[Limiter, ...]] | None,
+        call_limiter: Limiter | None,
+        retry: Retry | None,
+    ) -> None:
+        self.limiters_for = limiters_for
+        self.call_limiter = call_limiter
+        self.retry = retry
+        #: The same limiters for every task (no callable): worked out once.
+        self.fixed: tuple[Limiter, ...] | None = None
+        if limiters_for is None:
+            self.fixed = () if call_limiter is None else (call_limiter,)
+
+    def check(self, lane_check: Callable[[object, int], None]) -> Callable[[object, int], None]:
+        """The lane's task check, plus "can run twice" when retrying."""
+        if self.retry is None:
+            return lane_check
+
+        def check(task: object, index: int) -> None:
+            check_retryable_task(task, index)
+            lane_check(task, index)
+
+        return check
+
+    def limiters(self, task: Any) -> tuple[Limiter, ...]:
+        lims = self.limiters_for(task) if self.limiters_for is not None else ()
+        if self.call_limiter is not None:
+            lims = (*lims, self.call_limiter)
+            if len(lims) > 1:
+                lims = tuple(sorted(set(lims), key=lambda lim: lim._id))
+        return lims
+
+    async def run(self, lane: Lane, batch: Batch) -> None:
+        """Run `batch` on `lane` with this layer in between."""
+        source = ControlledSource(batch.source, self, batch, lane)
+        batch.source = source  # type: ignore[assignment]
+        batch.emit = source.emit
+        batch.emit_ok = source.emit_ok
+        batch.emit_ok_many = source.emit_ok_many
+        try:
+            async with anyio.create_task_group() as tg:
+                source.spawn = tg.start_soon  # type: ignore[assignment]
+                await lane.run(batch)
+                tg.cancel_scope.cancel()
+        finally:
+            if source.tally.retried:
+                lane.stats.merge(source.tally)
+
+
+def make_controls(
+    limiter: object, rate: object, retry: object, per_item: Callable[[Any], Any] | None = None
+) -> Controls | None:
+    """Check `limiter=`, `rate=`, `retry=` up front; None when none is given.
+
+    `per_item` maps a task back to the item a `limiter=` callable is called with
+    (`amap` calls it with the item, the others with the task).
+    """
+    limiters_for = resolve_limiter_arg(limiter)
+    call_limiter = None if rate is None else Limiter(rate=rate)  # type: ignore[arg-type]
+    checked_retry = check_retry(retry)
+    if limiters_for is None and call_limiter is None and checked_retry is None:
+        return None
+    if limiters_for is not None and per_item is not None:
+        by_task = limiters_for
+
+        def limiters_for_item(task: Any) -> tuple[Limiter, ...]:
+            return by_task(per_item(task))
+
+        limiters_for = limiters_for_item
+    controls = Controls(limiters_for, call_limiter, checked_retry)
+    if isinstance(limiter, (Limiter, list, tuple)):
+        controls.fixed = controls.limiters(None)
+    return controls
+
+
+class _Hold:
+    """The limiters one attempt holds; released exactly once, from any thread."""
+
+    __slots__ = ("_box",)
+
+    def __init__(self, limiters: tuple[Limiter, ...]) -> None:
+        self._box = [limiters]
+
+    def release(self) -> None:
+        try:
+            limiters = self._box.pop()  # atomic: a thread and the loop may race here
+        except IndexError:
+            return
+        for limiter in limiters:
+            limiter.release()
+
+
+def _release(held: _Hold | tuple[Limiter, ...]) -> None:
+    if isinstance(held, _Hold):
+        held.release()
+    else:
+        for limiter in held:
+            limiter.release()
+
+
+class _BlockingAttempt:
+    """A blocking task that releases its limiters when its thread's call returns."""
+
+    __slots__ = ("hold", "task")
+
+    def __init__(self, task: Callable[[], Any], hold: _Hold) -> None:
+        self.task = task
+        self.hold = hold
+
+    def __call__(self) -> Any:
+        try:
+            return self.task()
+        finally:
+            self.hold.release()
+
+    def __repr__(self) -> str:
+        return repr(self.task)
+
+    @property
+    def __tasklanes_wrapped__(self) -> Any:
+        # What kind advice measures is the task's function, not this wrapper.
+        return self.task
+
+
+def _renumbered(exc: BaseException, index: int) -> BaseException:
+    """A `TaskTimeout` or `WorkerCrashed` the lane made with its lane index, made
+    again with the task's real index (its message names the index too)."""
+    if isinstance(exc, TaskTimeout):
+        return TaskTimeout(index, exc.timeout)
+    assert isinstance(exc, WorkerCrashed)
+    return WorkerCrashed(index, exc.exitcode)
+
+
+#: An admitted task not handed to the lane yet: (real index, task, limiters taken).
+_Admitted = tuple[int, Any, tuple[Limiter, ...]]
+
+
+class ControlledSource:
+    """What the lane pulls from when a call has controls; see the module docstring.
+
+    It offers what a lane uses of a [Source][tasklanes._tasks.Source] (`take`,
+    `next`, `pulled`, `exhausted`, `blocked`, ...), in lane indexes. Everything here
+    runs on the caller's loop, except `_Hold.release` (any thread) and `task_gone`
+    (the process pool's manager thread).
+    """
+
+    def __init__(self, inner: Source, controls: Controls, batch: Batch, lane: Lane) -> None:
+        self.inner = inner
+        self.controls = controls
+        self.retry = controls.retry
+        self.batch = batch
+        self.kind = lane.kind
+        self.stats = lane.stats
+        self.forward = batch.emit
+        self.forward_ok_many = batch.emit_ok_many
+        self.ready: deque[_Admitted] = deque()
+        self.in_flight = 0  # pulled from the input and without a final outcome yet
+        self.pending = 0  # waiting for a limiter or a backoff
+        # At most `limit` tasks admitted or waiting; without limiters there is no
+        # budget to hoard, and the lane bounds what it pulls itself.
+        self.cap = batch.limit if controls.fixed != () else 1 << 62
+        self.inner_done = False
+        self.reading = False  # a small task awaits the next task of an async input
+        self.error: Exception | None = None  # the input failed while read in the background
+        self.handed = 0  # tasks handed to the lane: the next lane index
+        self.real: dict[int, int] = {}  # lane index -> the task's index in the input
+        #: The limiters of each attempt handed out, by lane index: a `_Hold` for
+        #: blocking tasks (their thread releases it), the limiters themselves else.
+        self.holds: dict[int, Any] = {}
+        self.dying: dict[int, Any] = {}  # cpu: timed out, worker alive (lane index)
+        self.gone_first: set[int] = set()  # reaped before their timeout reached emit
+        self.dying_lock = threading.Lock()
+        self.gone_watched = False  # the lane calls task_gone (tasklanes' own process pool)
+        self.tasks: dict[int, Any] = {}  # retry, lazy input: the task, to run it again
+        self.keep_tasks = controls.retry is not None and not inner.in_memory
+        self.attempt: dict[int, int] = {}  # retry: the attempt now running, once >= 2
+        self.tally = Tally()
+        self.spawn: Callable[..., None] | None = None
+        self._event: anyio.Event | None = None
+        self.size = inner.size
+
+    # -- what a lane reads -------------------------------------------------------------
+
+    @property
+    def pulled(self) -> int:
+        """Tasks handed to the lane so far: the next lane index."""
+        return self.handed
+
+    @property
+    def in_memory(self) -> bool:
+        return False  # pull as the lane has room: each task passes admission
+
+    @property
+    def exhausted(self) -> bool:
+        """Nothing more will ever be handed out."""
+        return self.inner_done and self._ended()
+
+    def _ended(self) -> bool:
+        if self.ready or self.pending or self.reading:
+            return False
+        return self.retry is None or self.in_flight == 0  # (with retry) none can come back
+
+    def take_rest(self) -> None:
+        return None
+
+    def set_gate(self, gate: Callable[[int], bool]) -> None:
+        self.inner.set_gate(gate)
+
+    def release(self) -> None:
+        self.inner.release()
+        self._wake()  # the gate may let more in now
+
+    def blocked(self) -> bool:
+        # Asked once `take` found nothing: whatever comes next (an admission, a retry,
+        # the gate, an async input) wakes the lane (`batch.wake`).
+        return not self.ready and self.error is None
+
+    def close(self) -> None:
+        self.inner.close()
+        self.inner_done = True
+        # The lane has stopped and no work of the batch runs any more: what is still
+        # held belongs to attempts that never started (or to cpu tasks whose workers
+        # the pool has reaped), so give it back.
+        for _, _, limiters in self.ready:
+            _release(limiters)
+        self.ready.clear()
+        for held in self.holds.values():
+            _release(held)
+        self.holds.clear()
+        with self.dying_lock:
+            dying = list(self.dying.values())
+            self.dying.clear()
+        for held in dying:
+            _release(held)
+
+    def take(self, n: int) -> list[Any]:
+        """Up to `n` admitted tasks, without waiting; their lane indexes are
+        consecutive from `pulled` as it was before the call."""
+        if self.error is not None:
+            exc, self.error = self.error, None
+            self.inner_done = True
+            raise exc
+        out: list[Any] = []
+        ready = self.ready
+        while ready and len(out) < n:
+            out.append(self._hand(*ready.popleft()))
+        if len(out) < n and not self.inner_done and not self.reading:
+            self._pull(n, out)
+        return out
+
+    def _pull(self, n: int, out: list[Any]) -> None:
+        """Take tasks from the input and admit them, until `out` has `n`, the input
+        has none without waiting, or `limit` are admitted or waiting."""
+        inner = self.inner
+        # The common case inline (one fixed limiter, no retry, not blocking): no
+        # tuple and no call per task beyond the limiter's own.
+        fixed = self.controls.fixed
+        single = (
+            fixed[0]
+            if fixed is not None and len(fixed) == 1 and not self.keep_tasks
+            and self.kind != "blocking"
+            else None
+        )
+        real = self.real
+        holds = self.holds
+        while len(out) < n and self.in_flight < self.cap:
+            start = inner.pulled
+            got = inner.take(min(n - len(out), self.cap - self.in_flight))
+            if not got:
+                if inner.exhausted:
+                    self.inner_done = True
+                elif inner.is_async:
+                    self._read_later()
+                return  # else a closed gate: `release` wakes the lane
+            self.in_flight += len(got)
+            if fixed == ():
+                # No limiters (retry= alone): hand them all out in bulk.
+                handed = self.handed
+                self.handed = handed + len(got)
+                indexes = range(start, start + len(got))
+                real.update(zip(range(handed, self.handed), indexes, strict=True))
+                if self.keep_tasks:
+                    self.tasks.update(zip(indexes, got, strict=True))
+                out.extend(got)
+                continue
+            for index, task in enumerate(got, start):
+                if single is not None and single.try_acquire():
+                    lane_index = self.handed
+                    self.handed = lane_index + 1
+                    real[lane_index] = index
+                    holds[lane_index] = fixed  # released at its outcome (see emit)
+                    out.append(task)
+                    continue
+                admitted = self._admit(index, task)
+                if admitted is not None:
+                    out.append(self._hand(*admitted))
+
+    def _read_later(self) -> None:
+        """An async input: read its next task in a small task of our own, so that the
+        lane never waits for the input while a task is ready (a retry, an admission)."""
+        assert self.spawn is not None
+        self.reading = True
+        self.spawn(self._read)
+
+    async def _read(self) -> None:
+        try:
+            item = await self.inner.next()
+            if item is END:
+                self.inner_done = True
+            else:
+                self.in_flight += 1
+                admitted = self._admit(*item)
+                if admitted is not None:
+                    self.ready.append(admitted)
+        except Exception as exc:
+            self.error = exc
+        finally:
+            self.reading = False
+            self._wake()
+
+    async def next(self) -> Any:
+        """`(lane index, task)` or `END`, waiting for an admission, a retry or the input."""
+        while True:
+            got = self.take(1)
+            if got:
+                return (self.handed - 1, got[0])
+            if self.exhausted:
+                return END
+            if self._event is None:
+                self._event = anyio.Event()
+            await self._event.wait()
+
+    # -- admission ---------------------------------------------------------------------
+
+    def _admit(self, index: int, task: Any) -> _Admitted | None:
+        """`task` with the limiters it took, or None: a small task waits for them.
+        The hot path of every task."""
+        if self.keep_tasks and index not in self.attempt:
+            self.tasks[index] = task  # a lazy input: keep it to run it again
+        limiters = self.controls.fixed
+        if limiters is None:
+            limiters = self.controls.limiters(task)
+        if not limiters or (
+            limiters[0].try_acquire() if len(limiters) == 1 else try_acquire_all(limiters)
+        ):
+            return (index, task, limiters)
+        assert self.spawn is not None
+        self.pending += 1
+        self.spawn(self._wait_for, index, task, limiters)
+        return None
+
+    async def _wait_for(self, index: int, task: Any, limiters: tuple[Limiter, ...]) -> None:
+        self.stats.adjust(limited=1)
+        try:
+            await acquire_all(limiters)
+        finally:
+            self.stats.adjust(limited=-1)
+        self.pending -= 1
+        self.ready.append((index, task, limiters))
+        self._wake()
+
+    def _hand(self, index: int, task: Any, limiters: tuple[Limiter, ...]) -> Any:
+        """Give an admitted task its lane index; what the lane runs."""
+        lane_index = self.handed
+        self.handed = lane_index + 1
+        self.real[lane_index] = index
+        if limiters:
+            if self.kind == "blocking":
+                hold = _Hold(limiters)
+                self.holds[lane_index] = hold
+                return _BlockingAttempt(task, hold)
+            self.holds[lane_index] = limiters  # released at its outcome (see emit)
+        return task
+
+    def _wake(self) -> None:
+        event = self._event
+        if event is not None:
+            self._event = None
+            event.set()
+        wake = self.batch.wake
+        if wake is not None:
+            wake()
+
+    # -- outcomes (lane indexes in, real indexes out) ------------------------------------
+
+    def emit(self, lane_index: int, ok: bool, value: Any) -> None:
+        index = self.real.pop(lane_index)
+        if self.holds:
+            held = self.holds.pop(lane_index, None)
+            if held is not None and self.kind != "blocking":  # blocking: its thread releases
+                if not ok and self.gone_watched and isinstance(value, TaskTimeout):
+                    held = self._hold_until_gone(lane_index, held)
+                for limiter in held:
+                    limiter.release()
+        if (
+            not ok
+            and index != lane_index
+            and isinstance(value, (TaskTimeout, WorkerCrashed))
+            and value.index == lane_index
+        ):
+            value = _renumbered(value, index)
+        if self.retry is not None:
+            if not ok or self.attempt:
+                attempt = self.attempt.pop(index, 1)
+                if not ok and self._retry(index, value, attempt):
+                    return
+            if self.keep_tasks:
+                del self.tasks[index]
+        self.in_flight -= 1
+        self.forward(index, ok, value)
+        event = self._event
+        if event is not None:  # io workers wait for room or for the end
+            self._event = None
+            event.set()
+
+    def emit_ok(self, lane_index: int, value: Any) -> None:
+        """One success (the io lane's hot path): `emit(lane_index, True, value)`."""
+        if self.attempt or self.kind == "blocking":
+            self.emit(lane_index, True, value)
+            return
+        index = self.real.pop(lane_index)
+        if self.holds:
+            held = self.holds.pop(lane_index, None)
+            if held is not None:
+                for limiter in held:
+                    limiter.release()
+        if self.keep_tasks:
+            del self.tasks[index]
+        self.in_flight -= 1
+        self.forward(index, True, value)
+        event = self._event
+        if event is not None:
+            self._event = None
+            event.set()
+
+    def emit_ok_many(self, lane_indexes: list[int], values: list[Any]) -> None:
+        if self.holds or self.attempt:
+            for lane_index, value in zip(lane_indexes, values, strict=True):
+                self.emit(lane_index, True, value)
+            return
+        pop = self.real.pop
+        indexes = [pop(lane_index) for lane_index in lane_indexes]
+        self.in_flight -= len(indexes)
+        if self.keep_tasks:
+            for index in indexes:
+                del self.tasks[index]
+        self.forward_ok_many(indexes, values)
+        event = self._event
+        if event is not None:
+            self._event = None
+            event.set()
+
+    def _retry(self, index: int, exc: BaseException, attempt: int) -> bool:
+        """Run a failed task again if its Retry says so; else note the attempts."""
+        retry = self.retry
+        assert retry is not None
+        if retry.should_retry(exc, attempt) and not self.batch.stopping:
+            self.tally.retried += 1
+            self.attempt[index] = attempt + 1
+            self.pending += 1
+            assert self.spawn is not None
+            self.spawn(self._retry_later, index, retry.delay(attempt))
+            return True
+        if attempt > 1:
+            note_attempts(exc, attempt)
+        return False
+
+    async def _retry_later(self, index: int, delay: float) -> None:
+        await anyio.sleep(delay)  # holding no limiter
+        self.pending -= 1
+        task = self.tasks[index] if self.keep_tasks else self.inner.task_at(index)
+        admitted = self._admit(index, task)
+        if admitted is not None:
+            self.ready.append(admitted)
+            self._wake()
+
+    # -- cpu: a timed-out task holds its limiters until its worker is gone --------------
+
+    def watch_gone(self) -> Callable[[int], None]:
+        """For a lane that can tell when a killed task's worker is gone: hold a timed-out
+        task's limiters until then (other lanes release them at the outcome)."""
+        self.gone_watched = True
+        return self.task_gone
+
+    def _hold_until_gone(self, lane_index: int, held: tuple[Limiter, ...]) -> tuple[Limiter, ...]:
+        """What to release now of a timed-out cpu task's limiters: nothing while its
+        worker lives (see `task_gone`), everything if the pool reaped it already."""
+        with self.dying_lock:
+            if lane_index in self.gone_first:
+                self.gone_first.discard(lane_index)
+                return held
+            self.dying[lane_index] = held
+            return ()
+
+    def task_gone(self, lane_index: int) -> None:
+        """Any thread: the worker of a timed-out cpu task is gone; release its limiters.
+
+        The pool may reap the worker before or after the timeout reaches `emit` (lane
+        indexes are never reused, so either order is unambiguous)."""
+        with self.dying_lock:
+            held = self.dying.pop(lane_index, None)
+            if held is None:
+                self.gone_first.add(lane_index)
+        if held is not None:
+            _release(held)

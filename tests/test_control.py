@@ -1,0 +1,507 @@
+"""limiter=, rate= and retry= on the batch API, in every lane, on every loop."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+
+from tasklanes import (
+    Limiter,
+    Limiters,
+    Retry,
+    Scheduler,
+    TaskTimeout,
+    amap,
+    as_completed,
+    call,
+    offload,
+    run_all,
+    run_all_sync,
+)
+
+from ._control_tasks import crash_once, fail_until, stamp
+from ._tasks import Gauge
+
+pytestmark = pytest.mark.anyio
+
+
+def overlaps(intervals: list[tuple[float, float]]) -> int:
+    """The most intervals open at one moment."""
+    events = sorted([(s, 1) for s, _ in intervals] + [(e, -1) for _, e in intervals])
+    now = peak = 0
+    for _, step in events:
+        now += step
+        peak = max(peak, now)
+    return peak
+
+
+# -- arguments --------------------------------------------------------------------------
+
+
+async def test_bad_arguments_fail_before_anything_runs() -> None:
+    ran: list[int] = []
+
+    async def task() -> None:
+        ran.append(1)
+
+    with pytest.raises(TypeError, match="limiter must be a Limiter"):
+        await run_all([task], limiter=3)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="rate must be a finite number > 0"):
+        await run_all([task], rate=0)
+    with pytest.raises(TypeError, match="retry must be None, a number of attempts"):
+        await run_all([task], retry="3")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="retry must be a number of attempts >= 1"):
+        as_completed([task], retry=0)
+    with pytest.raises(TypeError, match="limiter must be a Limiter"):
+        run_all_sync([time.time], kind="blocking", limiter=object())  # type: ignore[arg-type]
+    assert ran == []
+
+
+async def test_a_coroutine_with_retry_is_a_type_error_suggesting_call() -> None:
+    async def fetch(url: str) -> str:
+        return url
+
+    coro = fetch("a")
+    with pytest.raises(TypeError, match=r"call\(fetch, url\)"):
+        await run_all([call(fetch, "b"), coro], retry=3)
+    # the coroutine was closed, not left to warn "never awaited"
+    assert coro.cr_frame is None
+
+
+# -- limiters in every lane ----------------------------------------------------------------
+
+
+async def test_io_concurrency_limiter_bounds_tasks() -> None:
+    gauge = Gauge()
+    lim = Limiter(concurrency=3)
+
+    async def task(i: int) -> int:
+        with gauge:
+            await anyio.sleep(0.01)
+        return i
+
+    results = await run_all([call(task, i) for i in range(30)], limiter=lim, limit=10)
+    assert results == list(range(30))
+    assert gauge.peak == 3
+    assert lim.held == 0 and lim.waiting == 0
+
+
+async def test_blocking_concurrency_limiter_bounds_tasks() -> None:
+    gauge = Gauge()
+    lim = Limiter(concurrency=2)
+
+    def task(i: int) -> int:
+        with gauge:
+            time.sleep(0.01)
+        return i
+
+    results = await run_all([call(task, i) for i in range(20)], kind="blocking", limiter=lim)
+    assert results == list(range(20))
+    assert gauge.peak == 2 and lim.held == 0
+
+
+async def test_cpu_concurrency_limiter_bounds_tasks(tmp_path: Path) -> None:
+    lim = Limiter(concurrency=1)
+    with Scheduler(cpu_limit=2) as sched:
+        spans = await sched.run_all(
+            [call(stamp, str(tmp_path), 0.05) for _ in range(6)], kind="cpu", limiter=lim
+        )
+    assert overlaps(spans) == 1  # two worker processes, yet one task at a time
+    assert lim.held == 0
+
+
+async def test_a_limiter_is_shared_by_two_calls() -> None:
+    gauge = Gauge()
+    lim = Limiter(concurrency=2)
+
+    async def task() -> None:
+        with gauge:
+            await anyio.sleep(0.01)
+
+    def blocking_task() -> None:
+        with gauge:
+            time.sleep(0.01)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(lambda: run_all([task] * 10, limiter=lim))
+        tg.start_soon(lambda: run_all([blocking_task] * 10, kind="blocking", limiter=lim))
+    assert gauge.peak == 2 and lim.held == 0
+
+
+async def test_waiting_for_a_limiter_takes_no_thread() -> None:
+    # A blocking batch behind a Limiter(concurrency=1) leaves the other thread free.
+    lim = Limiter(concurrency=1)
+    with Scheduler(blocking_limit=2) as sched:
+        slow_done = anyio.Event()
+
+        async def slow_batch() -> None:
+            await sched.run_all([call(time.sleep, 0.1)] * 5, kind="blocking", limiter=lim)
+            slow_done.set()
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(slow_batch)
+            with anyio.fail_after(5):  # the first slow task has started (a loaded box)
+                while sched.stats()["blocking"].running == 0:
+                    await anyio.sleep(0.005)
+            assert sched.stats()["blocking"].running == 1
+            t0 = time.monotonic()
+            await sched.run_all([call(time.sleep, 0.01)] * 10, kind="blocking")
+            # ten tasks on the one free thread: they never waited for the slow batch
+            assert time.monotonic() - t0 < 0.35
+            assert not slow_done.is_set()
+
+
+async def test_limiter_callable_per_task_and_per_item() -> None:
+    per_key = Limiters(concurrency=1)
+    gauges = {"a": Gauge(), "b": Gauge()}
+
+    async def fetch(key: str) -> str:
+        with gauges[key]:
+            await anyio.sleep(0.01)
+        return key
+
+    keys = ["a", "b"] * 8
+    got = [k async for k in amap(fetch, keys, limiter=lambda key: per_key[key])]
+    assert got == keys
+    assert gauges["a"].peak == 1 and gauges["b"].peak == 1
+    # the others call it with the task
+    results = await run_all(
+        [call(fetch, k) for k in keys], limiter=lambda task: per_key[task.args[0]]
+    )
+    assert results == keys
+
+
+async def test_rate_on_a_call() -> None:
+    t0 = time.monotonic()
+    await run_all([call(time.sleep, 0)] * 11, kind="blocking", rate=50)
+    # ten gaps of 20 ms at least (less the catch-up for late wake-ups: 5 ms, once)
+    assert time.monotonic() - t0 >= 10 / 50 - 0.25 / 50
+
+
+async def test_cancel_while_waiting_holds_nothing() -> None:
+    lim = Limiter(concurrency=1)
+    await lim.acquire()  # held elsewhere: the batch can only wait
+    started: list[int] = []
+
+    def task() -> None:
+        started.append(1)
+
+    with anyio.move_on_after(0.1):
+        await run_all([task] * 5, kind="blocking", limiter=lim)
+    assert started == []
+    assert lim.held == 1 and lim.waiting == 0
+    lim.release()
+    assert lim.try_acquire()
+    lim.release()
+
+
+async def test_a_timed_out_blocking_task_holds_its_limiter_until_its_thread_returns() -> None:
+    lim = Limiter(concurrency=1)
+    spans: list[tuple[float, float]] = []
+
+    def task(seconds: float) -> None:
+        start = time.monotonic()
+        time.sleep(seconds)  # ignores check_cancelled(): runs to the end
+        spans.append((start, time.monotonic()))
+
+    results = await run_all(
+        [call(task, 0.3), call(task, 0.01)],
+        kind="blocking",
+        timeout=0.1,
+        limiter=lim,
+        return_exceptions=True,
+    )
+    assert isinstance(results[0], TaskTimeout) and results[1] is None
+    assert overlaps(spans) == 1  # the second began only after the first thread returned
+    assert lim.held == 0
+
+
+def test_two_event_loops_in_two_threads_share_a_limiter_through_run_all() -> None:
+    import trio
+
+    gauge = Gauge()
+    lim = Limiter(concurrency=1)
+
+    async def task() -> None:
+        with gauge:
+            await anyio.sleep(0.005)
+
+    def blocking_task() -> None:
+        with gauge:
+            time.sleep(0.005)
+
+    async def main() -> None:
+        await run_all([task] * 10, limiter=lim)
+        await run_all([blocking_task] * 10, kind="blocking", limiter=lim)
+
+    errors: list[BaseException] = []
+
+    def runner(which: str) -> None:
+        try:
+            trio.run(main) if which == "trio" else asyncio.run(main())
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=runner, args=(w,)) for w in ("asyncio", "trio")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors
+    assert gauge.started == 40 and gauge.peak == 1
+
+
+# -- retry ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["io", "blocking", "cpu"])
+async def test_retry_until_it_works(kind: str, tmp_path: Path) -> None:
+    retry = Retry(attempts=3, backoff=0.01)
+    with Scheduler(cpu_limit=1) as sched:
+        if kind == "io":
+            counts: dict[int, int] = {}
+
+            async def flaky(i: int) -> int:
+                counts[i] = counts.get(i, 0) + 1
+                if counts[i] < 3:
+                    raise ConnectionResetError("reset")
+                return i
+
+            tasks: list[Any] = [call(flaky, i) for i in range(4)]
+        else:
+            tasks = [call(fail_until, str(tmp_path / f"t{i}"), 2, i) for i in range(4)]
+        results = await sched.run_all(tasks, kind=kind, retry=retry, limit=2)
+        assert results == [0, 1, 2, 3]
+        assert sched.stats()[kind].retried == 8
+
+
+async def test_the_last_error_says_how_many_attempts(tmp_path: Path) -> None:
+    path = str(tmp_path / "count")
+    with pytest.raises(ConnectionResetError) as info:
+        await run_all(
+            [call(fail_until, path, 10, "x")], kind="blocking", retry=Retry(3, backoff=0)
+        )
+    assert "(tasklanes: failed after 3 attempts)" in info.value.__notes__
+    assert len(Path(path).read_text()) == 3
+
+
+async def test_errors_not_in_on_are_not_retried() -> None:
+    calls = 0
+
+    async def bad() -> None:
+        nonlocal calls
+        calls += 1
+        raise ValueError("no")
+
+    results = await run_all([bad], retry=5, return_exceptions=True)
+    assert isinstance(results[0], ValueError) and calls == 1
+    assert not any("attempts" in n for n in results[0].__notes__)
+
+
+async def test_timeouts_are_retried_per_attempt() -> None:
+    calls = 0
+
+    async def slow_then_fast() -> str:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            await anyio.sleep(5)
+        return "ok"
+
+    t0 = time.monotonic()
+    assert await run_all([slow_then_fast], timeout=0.1, retry=Retry(2, backoff=0)) == ["ok"]
+    assert calls == 2 and time.monotonic() - t0 < 4
+
+
+async def test_cpu_worker_crash_is_retried(tmp_path: Path) -> None:
+    with Scheduler(cpu_limit=1) as sched:
+        results = await sched.run_all(
+            [call(crash_once, str(tmp_path / "marker"))], kind="cpu", retry=Retry(2, backoff=0)
+        )
+    assert results == ["ok"]
+
+
+async def test_retry_releases_limiters_during_backoff() -> None:
+    lim = Limiter(concurrency=1)
+    order: list[str] = []
+    failed = False
+
+    async def first() -> None:
+        nonlocal failed
+        order.append("first")
+        if not failed:
+            failed = True
+            raise ConnectionError("once")
+
+    async def second() -> None:
+        order.append("second")
+
+    await run_all([first, second], limiter=lim, retry=Retry(2, backoff=0.2, jitter=False))
+    # while `first` waited out its backoff, `second` took the limiter
+    assert order == ["first", "second", "first"]
+    assert lim.held == 0
+
+
+async def test_as_completed_yields_each_task_once_with_retry() -> None:
+    seen: dict[int, int] = {}
+
+    async def flaky(i: int) -> int:
+        seen[i] = seen.get(i, 0) + 1
+        if seen[i] == 1 and i % 2:
+            raise TimeoutError("first try")
+        return i
+
+    got = [
+        i
+        async for i, _ in as_completed(
+            [call(flaky, i) for i in range(10)], retry=Retry(2, backoff=0.01)
+        )
+    ]
+    assert sorted(got) == list(range(10))
+    ordered = [v async for v in amap(flaky, range(10, 20), retry=Retry(2, backoff=0.01))]
+    assert ordered == list(range(10, 20))
+
+
+async def test_offload_with_limiter_rate_and_retry() -> None:
+    lim = Limiter(concurrency=1)
+    gauge = Gauge()
+    attempts = 0
+
+    @offload(kind="io", limiter=lim, retry=Retry(2, backoff=0), rate=1000)
+    async def fetch(i: int) -> int:
+        nonlocal attempts
+        with gauge:
+            attempts += 1
+            await anyio.sleep(0.005)
+            if attempts == 1:
+                raise ConnectionError("once")
+        return i
+
+    async with anyio.create_task_group() as tg:
+        for i in range(5):
+            tg.start_soon(fetch, i)
+    assert gauge.peak == 1 and attempts == 6
+    assert await fetch.map(range(3)) == [0, 1, 2]
+    with pytest.raises(TypeError, match="retry must be"):
+        offload(kind="io", retry="x")  # type: ignore[call-overload]
+
+
+def test_run_all_sync_with_controls(tmp_path: Path) -> None:
+    results = run_all_sync(
+        [call(fail_until, str(tmp_path / "c"), 1, 7)],
+        kind="blocking",
+        retry=2,
+        limiter=Limiter(concurrency=1),
+        rate=100,
+    )
+    assert results == [7]
+    assert os.path.exists(tmp_path / "c")
+
+
+async def test_waiting_for_a_limiter_takes_no_io_slot() -> None:
+    with Scheduler(io_limit=1) as sched:
+
+        async def quick() -> None:
+            await anyio.sleep(0.001)
+
+        async with anyio.create_task_group() as tg:
+            # two starts a second: after its first task this batch waits ~0.5 s
+            tg.start_soon(lambda: sched.run_all([quick] * 3, rate=2))
+            await anyio.sleep(0.1)
+            t0 = time.monotonic()
+            await sched.run_all([quick] * 5)
+            assert time.monotonic() - t0 < 0.3  # the one io slot was free meanwhile
+
+
+async def test_a_timed_out_cpu_task_holds_its_limiter_until_its_worker_is_gone(
+    tmp_path: Path,
+) -> None:
+    from ._control_tasks import pid_gone
+    from ._tasks import write_pid_and_spin
+
+    lim = Limiter(concurrency=1)
+    path = str(tmp_path / "pid")
+    with Scheduler(cpu_limit=2) as sched:
+        results = await sched.run_all(
+            [call(write_pid_and_spin, path), call(pid_gone, path)],
+            kind="cpu",
+            timeout=0.5,
+            limiter=lim,
+            return_exceptions=True,
+        )
+    assert isinstance(results[0], TaskTimeout)
+    assert results[1] is True  # the spinning worker was reaped before the next task began
+    assert lim.held == 0
+
+
+# -- the lane sees hand-out numbers; outcomes keep the input's indexes ----------------------
+
+
+@pytest.mark.parametrize("kind", ["io", "blocking"])
+async def test_a_retried_attempt_that_times_out_names_its_input_index(kind: str) -> None:
+    """A retry is handed to the lane again (under a new lane index): its timeout, made
+    by the lane, must still name the task's place in the input."""
+    calls: dict[int, int] = {}
+
+    def attempt(i: int) -> int:
+        calls[i] = calls.get(i, 0) + 1
+        if i == 1 and calls[i] == 1:
+            raise ConnectionError("first attempt refused")
+        return i
+
+    def blocking_task(i: int) -> int:
+        if attempt(i) == 1:
+            time.sleep(0.5)  # the second attempt overruns
+        return i
+
+    async def io_task(i: int) -> int:
+        if attempt(i) == 1:
+            await anyio.sleep(5)
+        return i
+
+    task = io_task if kind == "io" else blocking_task
+    results = await run_all(
+        [call(task, i) for i in range(4)],
+        kind=kind,
+        timeout=0.1,
+        retry=Retry(2, on=(ConnectionError,), backoff=0.01),
+        limiter=Limiter(concurrency=2),
+        return_exceptions=True,
+    )
+    assert results[0] == 0 and results[2:] == [2, 3]
+    assert isinstance(results[1], TaskTimeout)
+    assert results[1].index == 1 and "task 1 " in str(results[1])
+    assert calls[1] == 2
+
+
+async def test_async_input_with_a_limiter_and_retry() -> None:
+    """An async input is read in the background: a task admitted or retried meanwhile
+    is handed out without waiting for the input's next item."""
+    lim = Limiter(concurrency=2)
+    fed = anyio.Event()
+    calls: dict[int, int] = {}
+
+    async def task(i: int) -> int:
+        calls[i] = calls.get(i, 0) + 1
+        if i == 0 and calls[i] == 1:
+            raise ConnectionError("once")
+        if i == 0:
+            fed.set()  # the retry ran: let the input end
+        return i
+
+    async def tasks() -> Any:
+        for i in range(3):
+            yield call(task, i)
+        with anyio.fail_after(10):
+            await fed.wait()  # ends only once task 0's retry has run
+
+    results = await run_all(tasks(), limiter=lim, retry=Retry(2, backoff=0.01))
+    assert results == [0, 1, 2] and calls[0] == 2
+    assert lim.held == 0
