@@ -151,3 +151,40 @@ def offloaded_limited_sleep(seconds: float) -> int:
         raise KeyError("fail fast")
     time.sleep(seconds)
     return 1
+
+
+def count_primes(n: int) -> int:
+    """Primes below ``n``, by trial division in pure Python: holds the GIL and computes
+    (n = 300_000 takes about 0.3 s)."""
+    found = 0
+    for i in range(2, n):
+        for j in range(2, int(i**0.5) + 1):
+            if i % j == 0:
+                break
+        else:
+            found += 1
+    return found
+
+
+def compute_politely(seconds: float) -> int:
+    """Computes (pure Python, holding the GIL) for ``seconds``, checking now and then
+    whether tasklanes still wants the result; returns how many rounds it did."""
+    end = time.monotonic() + seconds
+    rounds = 0
+    while time.monotonic() < end:
+        sum(i * i for i in range(2000))
+        rounds += 1
+        check_cancelled()
+    return rounds
+
+
+@offload(kind="auto")
+def offloaded_auto_primes(n: int) -> int:
+    return count_primes(n)
+
+
+def sha256_hex(data: bytes) -> str:
+    """hashlib releases the GIL while it hashes a big buffer: threads compute at once."""
+    import hashlib
+
+    return hashlib.sha256(data).hexdigest()

@@ -19,6 +19,7 @@ logging.getLogger("tasklanes").addHandler(logging.NullHandler())
 __version__ = "0.1.0"
 
 __all__ = [
+    "AutoDecision",
     "BatchIterator",
     "Call",
     "KindWarning",
@@ -51,6 +52,7 @@ _SOURCES = {
     "as_completed": "_api",
     "run_all": "_api",
     "run_all_sync": "_api",
+    "AutoDecision": "_auto",
     "BatchIterator": "_batch",
     "Call": "_call",
     "call": "_call",
@@ -74,6 +76,7 @@ _SOURCES = {
 if TYPE_CHECKING:
     from ._advice import KindWarning
     from ._api import amap, as_completed, run_all, run_all_sync
+    from ._auto import AutoDecision
     from ._batch import BatchIterator
     from ._call import Call, call
     from ._cancel import check_cancelled

@@ -270,6 +270,11 @@ class Advisor:
             logger.debug("KindWarning raised as an error by the warnings filters; ignored")
         return True
 
+    def silence(self, obj: object) -> None:
+        """Never advise `obj` (a function): `kind="auto"` decides its lane itself."""
+        with self._lock:
+            self._advised.add(_key_of(obj))
+
     def advised(self, obj: object) -> bool:
         with self._lock:
             return _key_of(obj) in self._advised

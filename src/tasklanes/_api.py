@@ -128,9 +128,11 @@ async def run_all(
     they run: ``"io"`` (coroutines, awaitables or zero-argument callables returning
     one, on this event loop), ``"blocking"`` (zero-argument sync callables, on the
     shared worker threads), ``"cpu"`` (picklable zero-argument sync callables, on the
-    shared worker processes). ``limit`` bounds how many of this call's tasks run at
-    once (default: the lane's capacity); ``timeout`` bounds each task, in seconds: an
-    overrun fails that task with [TaskTimeout][tasklanes.TaskTimeout].
+    shared worker processes) or ``"auto"`` (tasklanes measures the first tasks and
+    picks one of the three; see "Which kind?" in the docs). ``limit`` bounds how many
+    of this call's tasks run at once (default: the lane's capacity); ``timeout``
+    bounds each task, in seconds: an overrun fails that task with
+    [TaskTimeout][tasklanes.TaskTimeout].
 
     The first failure cancels the rest and is raised as itself, with a note naming
     the task's index; with ``return_exceptions=True`` every task runs and a failed

@@ -129,7 +129,9 @@ class Offloaded(Generic[P, R, W]):
                 limiter = self._loop_limiters[key] = _ProcessLimiter(self.limit)
             return limiter
 
-    def _task(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Call[Any]:
+    def _task(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        if self.kind == "auto":  # measured as the original, sent as in the cpu lane
+            return _AutoCall(self, args, kwargs)
         if self.kind == "cpu":
             # Sent by reference: the module attribute is this object, whose
             # __reduce__ names it, and the worker calls the original.
@@ -190,7 +192,7 @@ class Offloaded(Generic[P, R, W]):
         check_limit(limit)
         seconds = self.timeout if timeout is None else check_timeout(timeout)
         limiter = self._limiter()
-        if limiter is not None and self.kind != "cpu":
+        if limiter is not None and self.kind not in ("cpu", "auto"):
             if not isinstance(items, (AsyncIterable, Iterable)):
                 raise TypeError(
                     f"map() needs an iterable or async iterable, got {type(items).__name__}"
@@ -217,8 +219,8 @@ class Offloaded(Generic[P, R, W]):
                 limiter=self._limiter_arg,
                 retry=self._retry,
             )
-        # cpu with a limit: a worker process cannot give a permit back, so workers here
-        # take one per task around a batch of one.
+        # cpu (or auto, which may choose cpu) with a limit: a worker process cannot
+        # give a permit back, so workers here take one per task around a batch of one.
         return await self._map_with_permits(
             sched, limiter, tasks, self._width(limit), seconds, return_exceptions
         )
@@ -326,6 +328,34 @@ class Offloaded(Generic[P, R, W]):
         return f"<offloaded {self.__qualname__} kind={self.kind!r}>"
 
 
+class _AutoCall:
+    """A call of an `@offload(kind="auto")` function: runs the original and pickles by
+    reference to the decorated function (as a cpu task does). It wears the original's
+    `__code__`, `__qualname__` and `__module__`, so that `kind="auto"` measures and
+    remembers the original, while the cpu lane's check pickles this object, not the
+    original (which is not reachable by its name: the name is the decorated one)."""
+
+    def __init__(
+        self, fn: Offloaded[..., Any, Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> None:
+        self.fn = fn
+        self.args = args
+        self.kwargs = kwargs
+        original = fn.__wrapped__
+        self.__code__ = getattr(original, "__code__", None)
+        self.__qualname__ = fn.__qualname__
+        self.__module__ = getattr(original, "__module__", None)  # type: ignore[assignment]
+
+    def __call__(self) -> Any:
+        return self.fn.__wrapped__(*self.args, **self.kwargs)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_AutoCall, (self.fn, self.args, self.kwargs))
+
+    def __repr__(self) -> str:
+        return f"call({self.fn.__qualname__}, ...)"
+
+
 class _PermitState(enum.Enum):
     HELD = "held"  # taken for a task not started yet
     RUNNING = "running"  # its task runs: the task gives it back
@@ -412,7 +442,7 @@ def offload(fn: Callable[P, R], /) -> Offloaded[P, R, R]: ...
 @overload
 def offload(
     *,
-    kind: Literal["blocking", "cpu"] = "blocking",
+    kind: Literal["blocking", "cpu", "auto"] = "blocking",
     limit: int | None = None,
     timeout: float | None = None,
     scheduler: Scheduler | None = None,
@@ -457,6 +487,9 @@ def offload(
     @offload(kind="io", limit=10)     # an async function, at most 10 calls at once
     async def fetch(url: str) -> bytes: ...
 
+    @offload(kind="auto")             # measured on its first calls (see kind="auto")
+    def crunch(block: bytes) -> int: ...
+
     data = await render(frame)
     many = await render.map(frames, limit=4)
     render.__wrapped__(frame)         # the original, in this thread
@@ -468,6 +501,10 @@ def offload(
     [`run_all`][tasklanes.run_all]; ``rate=`` is one
     [`Limiter`][tasklanes.Limiter] shared by every call of the function.
     A decorated module-level function works in the cpu lane: it pickles by reference.
+    ``kind="auto"``: an ``async def`` function runs on the io lane; a sync one is
+    measured on the blocking lane until [run_all][tasklanes.run_all]'s ``kind="auto"``
+    has decided, per function and Scheduler, then runs on the lane it chose (write
+    ``kind="io"`` for async functions if you want type checkers to follow).
 
     Cancellation: as for [run_all][tasklanes.run_all] with one task: a cancelled caller's io call is
     cancelled, its cpu worker killed, its blocking thread asked to stop and awaited.
@@ -485,6 +522,8 @@ def offload(
         from ._tasks import _is_async_function
 
         is_async = _is_async_function(unwrap_callable(func))
+        if kind == "auto" and is_async:  # async code: auto would choose io every time
+            return Offloaded(func, "io", limit, seconds, scheduler, limiter, rate, retry)
         if kind == "io" and not is_async:
             raise TypeError(
                 f"@offload(kind='io') needs an async def function; {func.__qualname__} is "

@@ -25,6 +25,7 @@ from ._stats import LaneSnapshot
 from ._tasks import KINDS, check_kind, check_limit, check_timeout
 
 if TYPE_CHECKING:
+    from ._auto import AutoRouter
     from ._progress import ProgressArg
 
 __all__ = ["CLOSE_TIMEOUT", "Scheduler", "get_scheduler"]
@@ -145,6 +146,7 @@ class Scheduler:
         self._mp_context = mp_context
         self._cpu_recycling = (cpu_max_tasks_per_worker, cpu_max_worker_memory)
         self._lanes: dict[str, Lane] = {}
+        self._auto: AutoRouter | None = None  # kind="auto": its decisions, on first use
         self._lock = threading.Lock()
         self._closed = False
         # Collected without close(): stop the lanes as the standard library's executors
@@ -206,14 +208,28 @@ class Scheduler:
         kind = check_kind(kind)
         call_limit = check_limit(limit)
         seconds = check_timeout(timeout)
+        if kind == "auto":  # auto: a lane per batch, chosen by _auto
+            auto = self._auto_lane(call_limit)
+            return auto, auto.capacity, seconds
         lane = self._lane(kind)
         if kind == "blocking":
             refuse_nested_blocking(lane)  # would wait for ever once every thread does it
         return lane, lane.capacity if call_limit is None else call_limit, seconds
 
+    def _auto_lane(self, limit: int | None) -> Lane:
+        from ._auto import AutoLane, AutoRouter
+
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("this Scheduler is closed; create a new one")
+            if self._auto is None:
+                self._auto = AutoRouter()
+        return AutoLane(self, self._auto, limit)
+
     def capacity(self, kind: str) -> int:
         """How many tasks of ``kind`` run at once (io: per event loop)."""
-        check_kind(kind)
+        if check_kind(kind) == "auto":
+            raise ValueError("kind='auto' has no capacity of its own: it runs on the lane it picks")
         if kind == "io":
             return self._io_limit
         if kind == "blocking":
@@ -371,7 +387,7 @@ class Scheduler:
         ``running``, ``waiting``, ``completed``, ``failed``, ``timed_out``,
         ``cancelled``, ``crashed``, ``killed``, and ``wait`` (queue lag) and ``run``
         (run time) as ``count``/``mean``/``max`` in seconds. A lane not used yet
-        shows zeros.
+        shows zeros. ``auto`` lists the functions ``kind="auto"`` sent to that lane.
         """
         from ._stats import LaneStats
 
@@ -382,6 +398,8 @@ class Scheduler:
                 out[kind] = lane.stats.snapshot()
             else:
                 out[kind] = LaneStats(kind, self.capacity(kind)).snapshot()
+        if self._auto is not None:  # kind="auto": each lane lists what auto sent it
+            out = self._auto.annotate(out)
         return out
 
     def _histograms(self) -> dict[str, dict[str, tuple[list[int], int, float]]]:

@@ -7,7 +7,10 @@ import threading
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ._auto import AutoDecision
 
 __all__ = [
     "BUCKETS",
@@ -188,7 +191,8 @@ class LaneSnapshot(_ItemAccess):
     worker threads alive (blocking lane), `limited` the tasks admitted but waiting
     for a limiter, `loop_lag` how late the io lane's sampler woke on the event loop
     (seconds; io lane), and `workers` the cpu workers' resident memory and CPU time.
-    A figure that does not apply to a lane is zero.
+    A figure that does not apply to a lane is zero. `auto` lists the functions that
+    `kind="auto"` sent to this lane, with its measure and reason.
     """
 
     kind: str
@@ -212,6 +216,9 @@ class LaneSnapshot(_ItemAccess):
     limited: int = 0
     loop_lag: TimingSummary = TimingSummary(0, 0.0, 0.0)
     workers: WorkerResources = WorkerResources()
+    #: The functions ``kind="auto"`` sends to this lane, one
+    #: [AutoDecision][tasklanes.AutoDecision] each, by name.
+    auto: tuple[AutoDecision, ...] = ()
 
 
 @dataclass

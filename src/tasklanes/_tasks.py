@@ -53,11 +53,12 @@ WAIT: Final = _Marker("WAIT")
 
 
 def check_kind(kind: object) -> str:
-    if kind not in KINDS:
+    """A valid ``kind=``: one of `KINDS` (the lanes) or ``"auto"`` (see `_auto`)."""
+    if kind not in KINDS and kind != "auto":
         raise ValueError(
             f"unknown kind {kind!r}: use one of 'io' (coroutines on the event loop), "
-            "'blocking' (sync code that waits, on threads) or 'cpu' (sync code that "
-            "computes, on processes)"
+            "'blocking' (sync code that waits, on threads), 'cpu' (sync code that "
+            "computes, on processes) or 'auto' (tasklanes measures and picks one)"
         )
     return str(kind)
 
