@@ -579,6 +579,8 @@ def _stop_lanes(lanes: dict[str, Lane], timeout: float | None) -> None:
     after ``timeout`` is left to finish when its threads do.
     """
     closers: dict[str, threading.Thread] = {}
+    inline: dict[str, Lane] = {}
+    deadline = None if timeout is None else time.monotonic() + timeout
     for name, lane in list(lanes.items()):
         # A task closing its own scheduler: its lane stops once the task returns, so
         # waiting for that here would be waiting for ourselves. (Asked before the
@@ -588,16 +590,26 @@ def _stop_lanes(lanes: dict[str, Lane], timeout: float | None) -> None:
         closer = threading.Thread(
             target=_close_lane, args=(lane,), name=f"tasklanes-close-{name}", daemon=True
         )
-        closer.start()
+        try:
+            closer.start()
+        except RuntimeError:
+            # Python 3.12+ starts no thread at interpreter shutdown (our atexit hook):
+            # close it here, its joins bounded by the same deadline.
+            inline[name] = lane
+            continue
         if not ours:
             closers[name] = closer
     lanes.clear()
+    for lane in inline.values():
+        if hasattr(lane, "close_deadline"):
+            lane.close_deadline = deadline if timeout != 0.0 else time.monotonic()
+        _close_lane(lane)
     if timeout == 0.0:
         return  # collected without close(): stop, but do not wait
-    deadline = None if timeout is None else time.monotonic() + timeout
     for closer in closers.values():
         closer.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
     stuck = [name for name, closer in closers.items() if closer.is_alive()]
+    stuck += [name for name, lane in inline.items() if _threads_alive(lane)]
     if stuck:
         _log.warning(
             "Scheduler.close(): lanes %s still running tasks after %s s were abandoned "
@@ -607,6 +619,12 @@ def _stop_lanes(lanes: dict[str, Lane], timeout: float | None) -> None:
             timeout,
             ", ".join(_busy_threads()) or "none",
         )
+
+
+def _threads_alive(lane: Lane) -> bool:
+    """A lane closed inline still has threads running tasks (see `_stop_lanes`)."""
+    pool = getattr(lane, "closed_pool", None)
+    return pool is not None and any(t.is_alive() for t in list(pool._threads))
 
 
 def _close_lane(lane: Lane) -> None:

@@ -162,8 +162,10 @@ class ThreadPool:
             jobs.append(job)
             self._cond.notify()
 
-    def close(self) -> None:
-        """Stop the threads once they are idle, and wait for them."""
+    def close(self, deadline: float | None = None) -> None:
+        """Stop the threads once they are idle, and wait for them (until `deadline`, a
+        `time.monotonic()` value, if given: a thread still running a task then is left
+        to end with it, as a daemon thread)."""
         with self._cond:
             self._closed = True
             self._jobs.clear()
@@ -171,7 +173,7 @@ class ThreadPool:
             threads = list(self._threads)
         for thread in threads:
             if thread is not threading.current_thread():
-                thread.join()
+                thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
 
     @property
     def threads(self) -> int:
@@ -181,6 +183,10 @@ class ThreadPool:
 class ThreadLane(LaneBase):
     kind = "blocking"
     advisor: Advisor | None = None  # set by the Scheduler (kind advice)
+    #: How long `close()` waits for the threads (a `time.monotonic()` deadline; None:
+    #: until they return). Set by a close that has no thread to wait on it with.
+    close_deadline: float | None = None
+    closed_pool: ThreadPool | None = None
 
     def __init__(self, capacity: int) -> None:
         super().__init__()
@@ -233,7 +239,8 @@ class ThreadLane(LaneBase):
             for ticket, _, _ in dropped:
                 job.inbox.put((ticket, False, closed_error(ticket.index), 0.0, 0.0))
         if resource is not None:
-            resource.close()
+            self.closed_pool = resource  # threads a bounded close may leave running
+            resource.close(self.close_deadline)
 
     async def run(self, batch: Batch) -> None:
         runner = _ThreadBatch(self, batch)
