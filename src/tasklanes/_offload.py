@@ -8,7 +8,13 @@ import threading
 import types
 import weakref
 from collections import deque
-from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterable,
+    Awaitable,
+    Callable,
+    Iterable,
+)
 from typing import Any, Generic, Literal, TypeVar, overload
 
 import anyio
@@ -210,15 +216,20 @@ class Offloaded(Generic[P, R, W]):
         else:
             tasks = [self._task((item,), {}) for item in items]
         if limiter is None:
-            return await sched.run_all(
-                tasks,
-                self.kind,
-                limit,
-                seconds,
-                return_exceptions,
-                limiter=self._limiter_arg,
-                retry=self._retry,
-            )
+            try:
+                return await sched.run_all(
+                    tasks,
+                    self.kind,
+                    limit,
+                    seconds,
+                    return_exceptions,
+                    limiter=self._limiter_arg,
+                    retry=self._retry,
+                )
+            finally:
+                if not isinstance(tasks, list):  # our generator: close it, finished or not
+                    with anyio.CancelScope(shield=True):
+                        await tasks.aclose()
         # cpu (or auto, which may choose cpu) with a limit: a worker process cannot
         # give a permit back, so workers here take one per task around a batch of one.
         return await self._map_with_permits(
@@ -245,9 +256,10 @@ class Offloaded(Generic[P, R, W]):
         they end, like single calls. Taking the batch's permits up front would let two
         maps each hold part of them and wait for the rest for ever."""
         held: set[_Permit] = set()
+        tasks = _permitted(items, self.__wrapped__, self.kind, limiter, held)
         try:
             return await sched.run_all(
-                _permitted(items, self.__wrapped__, self.kind, limiter, held),
+                tasks,
                 self.kind,
                 self._width(limit),
                 seconds,
@@ -256,6 +268,10 @@ class Offloaded(Generic[P, R, W]):
                 retry=self._retry,
             )
         finally:
+            # A batch that failed or was cancelled leaves the generator unfinished:
+            # close it here (trio warns about one left to the garbage collector).
+            with anyio.CancelScope(shield=True):
+                await tasks.aclose()
             for permit in list(held):
                 permit.unused()  # taken for a task the batch never started
 
@@ -416,7 +432,7 @@ async def _permitted(
     kind: str,
     limiter: _ProcessLimiter,
     held: set[_Permit],
-) -> AsyncIterator[Call[Any]]:
+) -> AsyncGenerator[Call[Any], None]:
     """The tasks of a limited ``map``: each one yielded only once it holds a permit, so
     waiting for a permit takes no thread and no lane slot."""
     run = _run_io_with_permit if kind == "io" else _run_blocking_with_permit
