@@ -141,22 +141,8 @@ class _ExecutorBatch:
         self.tally = Tally()
 
     async def run(self) -> None:
-        batch = self.batch
         try:
-            async with anyio.create_task_group() as tg:
-                if batch.timeout is not None:
-                    tg.start_soon(
-                        watch, self.deadlines, self._expired, time.monotonic, batch.timeout
-                    )
-                await self._fill()
-                while self.futures:
-                    self._deliver(await self.inbox.get())
-                    if batch.stopping:
-                        break
-                    await self._fill()
-                tg.cancel_scope.cancel()
-            if batch.stopping:
-                await anyio.lowlevel.checkpoint()
+            await _pump(self)
         except BaseException:
             for future in self.futures:
                 if future.cancel():
@@ -284,22 +270,8 @@ class _DaskBatch:
         self._as_completed: Any = as_completed
 
     async def run(self) -> None:
-        batch = self.batch
         try:
-            async with anyio.create_task_group() as tg:
-                if batch.timeout is not None:
-                    tg.start_soon(
-                        watch, self.deadlines, self._expired, time.monotonic, batch.timeout
-                    )
-                await self._fill()
-                while self.futures:
-                    self._deliver(await self.inbox.get())
-                    if batch.stopping:
-                        break
-                    await self._fill()
-                tg.cancel_scope.cancel()
-            if batch.stopping:
-                await anyio.lowlevel.checkpoint()
+            await _pump(self)
         except BaseException:
             # Unstarted tasks are dropped by the cluster; running ones finish there
             # and their results are released unread. Nothing waits for them.
@@ -494,3 +466,23 @@ async def _cancel_on_loop(client: Any, futures: list[Any]) -> None:
         await client.cancel(futures, asynchronous=True)
     except Exception:
         log.warning("cancelling %d Dask futures failed", len(futures), exc_info=True)
+
+
+async def _pump(runner: _ExecutorBatch | _DaskBatch) -> None:
+    """Both executor batches' main loop: fill the window, deliver what comes back,
+    refill, until nothing is in flight; the watchdog (with a timeout) beside it."""
+    batch = runner.batch
+    async with anyio.create_task_group() as tg:
+        if batch.timeout is not None:
+            # (Each batch's deadlines are keyed its own way: the watchdog does not care.)
+            deadlines: Any = runner.deadlines
+            tg.start_soon(watch, deadlines, runner._expired, time.monotonic, batch.timeout)
+        await runner._fill()
+        while runner.futures:
+            runner._deliver(await runner.inbox.get())
+            if batch.stopping:
+                break
+            await runner._fill()
+        tg.cancel_scope.cancel()
+    if batch.stopping:
+        await anyio.lowlevel.checkpoint()  # fail-fast: run the caller's cleanup
