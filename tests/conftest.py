@@ -19,6 +19,11 @@ _BACKENDS = [pytest.param(("asyncio", {}), id="asyncio")]
 if importlib.util.find_spec("uvloop") is not None and sys.platform != "win32":
     _BACKENDS.append(pytest.param(("asyncio", {"use_uvloop": True}), id="uvloop"))
 _BACKENDS.append(pytest.param(("trio", {}), id="trio"))
+# CI's extra Python versions run on asyncio and trio only (TASKLANES_TEST_BACKENDS=
+# asyncio,trio in .ci/run): uvloop is a third-party loop, covered on the main version.
+if os.environ.get("TASKLANES_TEST_BACKENDS"):
+    _wanted = set(os.environ["TASKLANES_TEST_BACKENDS"].split(","))
+    _BACKENDS = [param for param in _BACKENDS if param.id in _wanted]
 
 
 @pytest.fixture(params=_BACKENDS)
