@@ -420,20 +420,12 @@ class _IoBatch:
                     completed += 1
                     emit_ok(index, value)
                     if completed >= _FLUSH_EVERY:
-                        tally.completed += completed
-                        tally.run_count += completed
-                        tally.run_total += run_total
-                        tally.run_max = max(tally.run_max, run_max)
-                        record_all(tally.run_hist, times)
+                        _add_figures(tally, completed, completed, run_total, run_max, times)
                         completed = 0
                         run_total = run_max = 0.0
                         self.lane.stats.merge(tally)
         finally:
-            tally.completed += completed
-            tally.run_count += completed
-            tally.run_total += run_total
-            tally.run_max = max(tally.run_max, run_max)
-            record_all(tally.run_hist, times)
+            _add_figures(tally, completed, completed, run_total, run_max, times)
 
     async def _work(self, worker: _Worker) -> None:
         """Run tasks until the input ends.
@@ -516,11 +508,9 @@ class _IoBatch:
                             completed += 1
                             emit_ok(index, value)
                             if completed >= _FLUSH_EVERY:
-                                tally.completed += completed
-                                tally.run_count += run_count
-                                tally.run_total += run_total
-                                tally.run_max = max(tally.run_max, run_max)
-                                record_all(tally.run_hist, times)
+                                _add_figures(
+                                    tally, completed, run_count, run_total, run_max, times
+                                )
                                 completed = run_count = 0
                                 run_total = run_max = 0.0
                                 self.lane.stats.merge(tally)
@@ -530,11 +520,7 @@ class _IoBatch:
                     count(tally, Outcome.TIMED_OUT)
                     self.batch.emit(index, False, TaskTimeout(index, timeout))
         finally:
-            tally.completed += completed
-            tally.run_count += run_count
-            tally.run_total += run_total
-            tally.run_max = max(tally.run_max, run_max)
-            record_all(tally.run_hist, times)
+            _add_figures(tally, completed, run_count, run_total, run_max, times)
 
     def _expired(self, worker: _Worker) -> None:
         """The watchdog's verdict: cancel the overrunning worker's scope, and only it."""
@@ -555,6 +541,23 @@ def _awaitable(index: int, task: Any) -> Any:
             "for sync code"
         )
     return awaitable
+
+
+def _add_figures(
+    tally: Tally,
+    completed: int,
+    run_count: int,
+    run_total: float,
+    run_max: float,
+    times: list[float],
+) -> None:
+    """Add a worker's locally summed figures to its batch's tally (and empty `times`):
+    the hot loops keep them in locals and hand them over every `_FLUSH_EVERY` tasks."""
+    tally.completed += completed
+    tally.run_count += run_count
+    tally.run_total += run_total
+    tally.run_max = max(tally.run_max, run_max)
+    record_all(tally.run_hist, times)
 
 
 # The frames that await a task: the advice watchdog looks just inside them.
