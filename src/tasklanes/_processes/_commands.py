@@ -10,12 +10,21 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Protocol
 
 from ._job import JobCore
+from ._stream import BigFrameReader
 from ._workers import WorkerHandle
 
 if TYPE_CHECKING:
     from ._manager import Manager
 
-__all__ = ["CancelJob", "CloseInput", "Command", "OpenJob", "SpawnFailed", "WorkerStarted"]
+__all__ = [
+    "CancelJob",
+    "CloseInput",
+    "Command",
+    "OpenJob",
+    "SpawnFailed",
+    "StreamDone",
+    "WorkerStarted",
+]
 
 
 class Command(Protocol):
@@ -79,3 +88,15 @@ class SpawnFailed:
         if self.error is not None:
             m._spawn_failed(self.error, now)
         m._update_counts()
+
+
+class StreamDone:
+    """A big frame's reader ended (see `_stream`): settle its outcome."""
+
+    __slots__ = ("reader",)
+
+    def __init__(self, reader: BigFrameReader) -> None:
+        self.reader = reader
+
+    def run(self, m: Manager, now: float) -> None:
+        m._stream_done(self.reader, now)

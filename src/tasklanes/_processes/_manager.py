@@ -21,9 +21,11 @@ from time import monotonic
 from ._commands import Command
 from ._delivery import Delivery
 from ._log import log
+from ._protocol import TAG_OTHER
 from ._reaper import KILL_GRACE_SECONDS
 from ._spawner import Spawner
-from ._workers import DEAD, WorkerHandle
+from ._stream import BigFrameReader, StreamEnd
+from ._workers import DEAD, DOOMED, WorkerHandle
 
 __all__ = ["Manager"]
 
@@ -109,6 +111,64 @@ class Manager(Delivery):
         w.reading = True
         self._update_counts()
 
+    def _stream_done(self, reader: BigFrameReader, now: float) -> None:
+        """A big frame's reader ended (see `_stream`): settle what it read, take the
+        worker's pipe back, and handle the worker's exit if it died meanwhile."""
+        w = reader.worker
+        if w.stream is not reader:
+            return  # settled already (by the shutdown)
+        reader.thread.join()  # it has nothing left to do but return
+        w.stream = None
+        end = reader.end
+        if end is StreamEnd.WHOLE:
+            error = None if reader.ok else f"could not be unpickled: {reader.value!r}"
+            if reader.tag != TAG_OTHER:
+                value = reader.value if reader.ok else None
+                self._outcome(w, reader.ok, value, reader.seconds, now, error)
+            elif reader.ok:
+                self._other(w, reader.value, now)  # type: ignore[arg-type]
+            else:
+                self._outcome(w, False, None, None, now, error)
+            # In step again: read on (also after a death: frames may follow this one).
+            self.selector.register(w.rfd, selectors.EVENT_READ, (self._read, w))
+            w.reading = True
+        elif end is StreamEnd.FAILED:
+            log.error(
+                "could not read a big result from worker process %d; killing it",
+                w.pid,
+                exc_info=reader.value,  # type: ignore[arg-type]
+                extra={"lane": "cpu", "pid": w.pid},
+            )
+            if w.inflight:
+                self._outcome(w, False, None, None, now, f"could not be read: {reader.value!r}")
+            if w.state is not DOOMED and not reader.exited:
+                self._kill(w, now)  # its pipe is out of step: it cannot go on
+        # CUT: the worker is gone (or going) mid-frame: its exit settles its tasks.
+        reader.value = None
+        if reader.exited:
+            # Its exit was put off until now (`_on_exit`): the sentinel fires again.
+            self.selector.register(w.sentinel, selectors.EVENT_READ, (self._on_exit, w))
+
+    def _finish_streams(self, now: float) -> None:
+        """At shutdown, once the workers are dead: wait for the readers of big frames
+        (they end as soon as they see the death) and settle them."""
+        for w in self.workers:
+            reader = w.stream
+            if reader is None:
+                continue
+            reader.thread.join(KILL_GRACE_SECONDS + 5.0)
+            if reader.thread.is_alive():
+                reader.abandon()
+                reader.thread.join(5.0)
+            if reader.thread.is_alive():
+                log.error(
+                    "the reader of a big result from worker process %d did not end; abandoned",
+                    w.pid,
+                    extra={"lane": "cpu", "pid": w.pid},
+                )
+                continue
+            self._stream_done(reader, now)
+
     def _shutdown(self) -> None:
         """On the manager thread, as it exits: no worker survives this, and every job
         settles."""
@@ -143,6 +203,7 @@ class Manager(Delivery):
                 w.proc.join(5.0)
         # Outcomes that reached the pipes or the journals before the end still count.
         now = monotonic()
+        self._finish_streams(now)
         for w in self.workers:
             if w.inflight:
                 try:

@@ -134,6 +134,14 @@ class Reaper(Dispatcher):
         """A worker's sentinel fired: it is dead. Settle the tasks it held."""
         if w.state is DEAD:
             return
+        if w.stream is not None:
+            # A big frame is still being read from its pipe: what the worker wrote
+            # before it died decides which of its tasks has an outcome. The reader
+            # sees the death too and ends at once; `Manager._stream_done` brings us
+            # back here then.
+            w.stream.exited = True
+            self.selector.unregister(w.sentinel)
+            return
         crashed = w.state is not DOOMED
         was_ready = w.state is not STARTING
         w.state = DEAD

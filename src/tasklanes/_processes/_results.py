@@ -12,9 +12,11 @@ import pickle
 from typing import Any
 
 from .._stats import record
+from ._commands import StreamDone
 from ._log import log
 from ._protocol import RECORD_LEN, SECONDS, TAG_OK, TAG_OK_LIST, TAG_OK_MANY, TAG_OTHER
 from ._state import ManagerState
+from ._stream import STREAM_ABOVE, STREAMED_TAGS, BigFrameReader
 from ._wire import decode_many, read_journal
 from ._workers import DEAD, READY, RETIRING, STARTING, Chunk, WorkerHandle, rss_bytes
 
@@ -42,6 +44,9 @@ class ResultReader(ManagerState):
             self._stop_reading(w)
             return
         self._parse(w, data, now)
+        big = w.frames.take_big(STREAM_ABOVE, STREAMED_TAGS)
+        if big is not None:
+            self._start_stream(w, *big)
 
     def _drain(self, w: WorkerHandle, now: float) -> None:
         """Read everything a dead worker left in its pipe."""
@@ -54,6 +59,19 @@ class ResultReader(ManagerState):
                 self._stop_reading(w)
                 return
             self._parse(w, data, now)
+
+    def _start_stream(self, w: WorkerHandle, prefix: memoryview, size: int) -> None:
+        """A big frame has begun: a reader thread unpickles the rest of it straight
+        from the pipe (`_stream`), which we leave alone until it is done
+        (`Manager._stream_done`)."""
+        self._stop_reading(w)
+        w.stream = BigFrameReader(w, w.rfd, w.sentinel, prefix, size, self._stream_ended)
+        w.stream.start()
+
+    def _stream_ended(self, reader: BigFrameReader) -> None:
+        # On the reader's thread. If the manager no longer takes commands (it is
+        # shutting down), its shutdown settles the reader itself.
+        self.submit(StreamDone(reader))
 
     def _stop_reading(self, w: WorkerHandle) -> None:
         if w.reading:

@@ -135,6 +135,11 @@ class ManagerState:
         """The pool's descriptors a forked worker must close (it inherits them all)."""
         return (self.alive_w, self.wakeup.r, self.wakeup.w)
 
+    def submit(self, command: Command) -> bool:
+        """Queue `command` for the manager thread, from any thread (the last layer,
+        `_manager.Manager`, defines it)."""
+        raise NotImplementedError
+
     def alive_reader(self) -> multiprocessing.connection.Connection:
         if self.alive_r is None:
             raise RuntimeError("the pool is closed")

@@ -10,7 +10,7 @@ calls these on its hot path, so they stay small and allocation-light; the tests 
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Container, Iterator
 from typing import Any
 
 from .._call import Call
@@ -134,6 +134,23 @@ class FrameSplitter:
                 elif rest >= 12:
                     self._need = 12 + _unpack_long(data, pos + 4)[0]
         return data, spans
+
+    def take_big(self, threshold: int, tags: Container[int]) -> tuple[memoryview, int] | None:
+        """Hand over the incomplete message kept, if its payload is `threshold` bytes or
+        more and its first byte (the tag, one of `tags`) has arrived: `(the payload's
+        bytes so far, the payload's size)`. The caller reads the rest of it from the
+        pipe itself (see `_stream`); this splitter starts afresh after it. None
+        otherwise (nothing changes)."""
+        need = self._need
+        if need - 4 < threshold:  # also when no length is known yet (0)
+            return None
+        pending = self._pending
+        head = 4 if _unpack_len(pending, 0)[0] >= 0 else 12
+        if len(pending) <= head or pending[head] not in tags:
+            return None
+        self._pending = bytearray()
+        self._need = 0
+        return memoryview(pending)[head:], need - head
 
     @property
     def pending(self) -> int:

@@ -33,6 +33,7 @@ from typing import Any
 from ._protocol import (
     CHUNK_HEADER,
     FRAME_HEADER,
+    FRAME_HEADER_LONG,
     JOURNAL_HEADER,
     MANY_HEADER,
     RECORD_LEN,
@@ -108,6 +109,7 @@ def main(tasks: Connection, results: Connection, alive: Connection, block: mmap.
     cpu_clock = thread_time
     begun = 0  # tasks started in this process's life, published in ``slot[0]``
     forked = _forked
+    big: bytes | None = None  # a value's pickle too big to hold, sent after `payload`
 
     _send_other(out, ("ready", pid))
     while True:
@@ -156,10 +158,9 @@ def main(tasks: Connection, results: Connection, alive: Connection, block: mmap.
                 if data is not None:
                     if held.add(data, now, value):
                         payload = None  # held: goes with the next flush
-                    elif k == last:  # too big to hold: goes alone
-                        payload = _OK_LAST + pack_seconds(now - started) + data
-                    else:
-                        payload = _OK + data
+                    else:  # too big to hold: goes alone, not copied (`_write_big`)
+                        payload = _OK_LAST + pack_seconds(now - started) if k == last else _OK
+                        big = data
                     data = b""
                 value = None
             task = None
@@ -186,6 +187,9 @@ def main(tasks: Connection, results: Connection, alive: Connection, block: mmap.
             if held.count:
                 # Held successes go first: outcomes travel in the order tasks ran.
                 held.flush(now - started if payload is None and k == last else _NAN)
+            if big is not None:
+                _write_big(out, payload or b"", big)
+                payload = big = None
             if payload is not None:
                 n = len(payload)
                 if n < 0x10000:
@@ -383,6 +387,28 @@ def _other_payload(message: tuple[object, ...]) -> bytes:
 
 def _send_other(fd: int, message: tuple[object, ...]) -> None:
     _write_all(fd, memoryview(frame(_OTHER + _other_payload(message))))
+
+
+def _write_big(fd: int, head: bytes, data: bytes) -> None:
+    """Send one frame of `head` (the tag, and the chunk's run time) then `data` (a
+    large pickle) with gathered writes: no copy of `data` is made to frame it, so a
+    worker sending a big result holds it (and its pickle) no more than once."""
+    n = len(head) + len(data)
+    if n > 0x7FFFFFFF:
+        header = FRAME_HEADER.pack(-1) + FRAME_HEADER_LONG.pack(n)
+    else:
+        header = FRAME_HEADER.pack(n)
+    parts = [memoryview(header + head), memoryview(data)]
+    try:
+        while parts:
+            written = os.writev(fd, parts)
+            while parts and written >= len(parts[0]):
+                written -= len(parts[0])
+                del parts[0]
+            if parts and written:
+                parts[0] = parts[0][written:]
+    except OSError:
+        os._exit(1)  # the parent is gone (see `_write_all`)
 
 
 def _write_all(fd: int, data: memoryview) -> None:

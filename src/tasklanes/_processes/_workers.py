@@ -16,6 +16,7 @@ import os
 from collections import deque
 from multiprocessing.context import BaseContext
 from multiprocessing.process import BaseProcess
+from typing import TYPE_CHECKING
 
 from . import _worker
 from ._context import WORKER_NAME, start_process, worker_target
@@ -23,6 +24,9 @@ from ._job import JobCore
 from ._protocol import JOURNAL_BYTES
 from ._shared import SLOT_BYTES, SharedBlock
 from ._wire import FrameSplitter, Item
+
+if TYPE_CHECKING:
+    from ._stream import BigFrameReader
 
 __all__ = ["Chunk", "WorkerHandle", "WorkerState", "cpu_seconds", "rss_bytes", "spawn_worker"]
 
@@ -79,6 +83,7 @@ class WorkerHandle:
         "sentinel",
         "slot",
         "state",
+        "stream",
         "task_start",
         "timed_out",
         "wconn",
@@ -119,6 +124,8 @@ class WorkerHandle:
         self.task_start = 0.0
         self.kill_at: float | None = None  # when SIGKILL follows (DOOMED only)
         self.timed_out: tuple[Chunk, int] | None = None  # (chunk, position) already failed
+        # The reader of a big frame that owns `rfd` meanwhile (see `_stream`), or None.
+        self.stream: BigFrameReader | None = None
 
     @property
     def alive(self) -> bool:
