@@ -65,6 +65,7 @@ class ResultReader(ManagerState):
         from the pipe (`_stream`), which we leave alone until it is done
         (`Manager._stream_done`)."""
         self._stop_reading(w)
+        self.stats["streamed"] += 1
         w.stream = BigFrameReader(w, w.rfd, w.sentinel, prefix, size, self._stream_ended)
         w.stream.start()
 

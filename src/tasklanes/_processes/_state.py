@@ -40,6 +40,7 @@ STAT_NAMES = (
     "returned",
     "jobs",
     "spawn_errors",
+    "streamed",  # big frames unpickled straight from the pipe (see `_stream`)
 )
 
 
