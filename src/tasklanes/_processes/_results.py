@@ -64,10 +64,13 @@ class ResultReader(ManagerState):
         """A big frame has begun: a reader thread unpickles the rest of it straight
         from the pipe (`_stream`), which we leave alone until it is done
         (`Manager._stream_done`)."""
+        reader = BigFrameReader(w, w.rfd, w.sentinel, prefix, size, self._stream_ended)
+        # If no thread can be started, this raises out of the manager's loop, whose
+        # shutdown then fails every unfinished task: an error, not a hang.
+        reader.start()
         self._stop_reading(w)
         self.stats["streamed"] += 1
-        w.stream = BigFrameReader(w, w.rfd, w.sentinel, prefix, size, self._stream_ended)
-        w.stream.start()
+        w.stream = reader
 
     def _stream_ended(self, reader: BigFrameReader) -> None:
         # On the reader's thread. If the manager no longer takes commands (it is
