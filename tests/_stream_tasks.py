@@ -11,6 +11,7 @@ import random
 import sys
 import time
 from multiprocessing.connection import Connection
+from types import FrameType
 from typing import Any
 
 from tasklanes._processes._protocol import FRAME_HEADER, TAG_OK
@@ -69,7 +70,7 @@ def big_failing_before_data(n: int) -> object:
 
 def _result_fd() -> int:
     """This worker's result pipe: the write-only connection of the worker's loop."""
-    frame = sys._getframe(1)
+    frame: FrameType | None = sys._getframe(1)
     while frame is not None:
         for value in list(frame.f_locals.values()):
             if isinstance(value, Connection) and value.writable and not value.readable:

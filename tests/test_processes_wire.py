@@ -187,3 +187,29 @@ def test_a_chunk_hands_back_only_when_its_tasks_are_really_long() -> None:
     assert _really_over(0.05, 0.03, 0.001, budget)
     assert _really_over(0.05, 0.0001, 0.025, budget)
     assert _really_over(0.25, 0.0001, 0.001, budget)
+
+
+def test_frame_splitter_hands_over_a_big_pending_frame() -> None:
+    from tasklanes._processes._protocol import FRAME_HEADER, FRAME_HEADER_LONG
+
+    payload = bytes([7]) + b"p" * 5000
+    splitter = FrameSplitter()
+    small = frame(b"\x01hello")
+    data, spans = splitter.feed(small + frame(payload)[:100])
+    assert [bytes(data[a:b]) for a, b in spans] == [b"\x01hello"]
+    assert splitter.take_big(10_000, {7}) is None  # under the threshold: kept
+    assert splitter.take_big(1000, {8}) is None  # not a tag that may be streamed
+    assert splitter.pending == 100
+    prefix, size = splitter.take_big(1000, {7})  # type: ignore[misc]
+    assert bytes(prefix) == payload[:96] and size == len(payload)
+    assert splitter.pending == 0  # forgotten: the caller reads the rest
+    data, spans = splitter.feed(small)  # the next frame is read afresh
+    assert [bytes(data[a:b]) for a, b in spans] == [b"\x01hello"]
+    # The length alone, no tag yet: not yet.
+    splitter.feed(frame(payload)[:4])
+    assert splitter.take_big(1000, {7}) is None
+    # The long header (-1, then 8 bytes).
+    splitter = FrameSplitter()
+    splitter.feed(FRAME_HEADER.pack(-1) + FRAME_HEADER_LONG.pack(len(payload)) + payload[:10])
+    prefix, size = splitter.take_big(1000, {7})  # type: ignore[misc]
+    assert bytes(prefix) == payload[:10] and size == len(payload)
