@@ -390,9 +390,9 @@ def _send_other(fd: int, message: tuple[object, ...]) -> None:
 
 
 def _write_big(fd: int, head: bytes, data: bytes) -> None:
-    """Send one frame of `head` (the tag, and the chunk's run time) then `data` (a
-    large pickle) with gathered writes: no copy of `data` is made to frame it, so a
-    worker sending a big result holds it (and its pickle) no more than once."""
+    """Send one frame: `head` (the tag, and the chunk's run time) then `data` (a large
+    pickle), with gathered writes: `data` is not copied to frame it (a concatenation
+    would hold two more copies of a big result in the worker while it is sent)."""
     n = len(head) + len(data)
     if n > 0x7FFFFFFF:
         header = FRAME_HEADER.pack(-1) + FRAME_HEADER_LONG.pack(n)
@@ -401,7 +401,8 @@ def _write_big(fd: int, head: bytes, data: bytes) -> None:
     parts = [memoryview(header + head), memoryview(data)]
     try:
         while parts:
-            written = os.writev(fd, parts)
+            # At most 1 GiB a call: macOS fails a write of more than 2 GiB at once.
+            written = os.writev(fd, [part[:0x40000000] for part in parts])
             while parts and written >= len(parts[0]):
                 written -= len(parts[0])
                 del parts[0]
