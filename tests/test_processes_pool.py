@@ -548,6 +548,19 @@ def test_crash_behind_held_outcomes_blames_only_the_running_task(pool: ProcessPo
     assert pool.stats()["crashed"] == 1
 
 
+@pytest.mark.parametrize("form", ["int", "float", "str", "list"])
+def test_held_outcomes_of_every_form_survive_a_crash(pool: ProcessPool, form: str) -> None:
+    # The journal holds ints and floats as array items, plain values and others as
+    # pickled records: whichever it holds when the worker dies is read back, once.
+    n, bad = 3000, 2500
+    c = run(pool, [P(T.exit_if_as, i, bad, form) for i in range(n)])
+    assert [i for i in range(n) if not c.outcomes[i][0]] == [bad]
+    for i in range(n):
+        if i != bad:
+            assert c.outcomes[i] == (True, T.exit_if_as(i, -1, form)), i
+    assert pool.stats()["crashed"] == 1
+
+
 # Python 3.12+ warns about fork() in a process with threads (the pool's own threads).
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")
 @pytest.mark.skipif(sys.platform != "linux", reason="the fork start method: Linux here")

@@ -13,9 +13,17 @@ from typing import Any
 
 from .._stats import record
 from ._log import log
-from ._protocol import RECORD_LEN, SECONDS, TAG_OK, TAG_OK_LIST, TAG_OK_MANY, TAG_OTHER
+from ._protocol import (
+    RECORD_LEN,
+    SECONDS,
+    TAG_OK,
+    TAG_OK_ARRAY,
+    TAG_OK_LIST,
+    TAG_OK_MANY,
+    TAG_OTHER,
+)
 from ._state import ManagerState
-from ._wire import decode_many, read_journal
+from ._wire import decode_array, decode_many, read_journal
 from ._workers import DEAD, READY, RETIRING, STARTING, Chunk, WorkerHandle, rss_bytes
 
 __all__ = ["ResultReader"]
@@ -88,6 +96,11 @@ class ResultReader(ManagerState):
                 seconds_or_none, count, epoch, pickled = decode_many(mv[start + 1 : end])
                 w.last_epoch = epoch
                 self._take_list(w, loads(pickled), count, seconds_or_none, now)
+                continue
+            if tag == TAG_OK_ARRAY:
+                seconds_or_none, count, epoch, body = decode_many(mv[start + 1 : end])
+                w.last_epoch = epoch
+                self._take_list(w, decode_array(body, count), count, seconds_or_none, now)
                 continue
             # The hot path: the outcome of the current task of this worker.
             seconds = None
@@ -198,7 +211,7 @@ class ResultReader(ManagerState):
         found = read_journal(w.journal, w.last_epoch)
         if found is None:
             return  # nothing held, that batch arrived by the pipe, or a torn header
-        count, records = found
+        count, held = found
         remaining = len(w.inflight[0].items) - w.inflight[0].done
         if count > remaining:
             log.error(
@@ -207,7 +220,10 @@ class ResultReader(ManagerState):
                 extra={"lane": "cpu", "pid": w.pid, "count": count, "remaining": remaining},
             )
             return
-        self._take_held(w, records, count, None, now)
+        if isinstance(held, list):
+            self._take_list(w, held, count, None, now)
+        else:
+            self._take_held(w, held, count, None, now)
 
     def _other(self, w: WorkerHandle, msg: tuple[Any, ...], now: float) -> None:
         kind = msg[0]

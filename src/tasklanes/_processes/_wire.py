@@ -19,7 +19,9 @@ from ._protocol import (
     CHUNK_HEADER,
     FRAME_HEADER,
     FRAME_HEADER_LONG,
+    JOURNAL_ARRAY_CODES,
     JOURNAL_HEADER,
+    JOURNAL_RECORDS,
     MANY_HEADER,
     RECORD_LEN,
     frame,
@@ -29,6 +31,7 @@ __all__ = [
     "FrameSplitter",
     "Item",
     "chunk_message",
+    "decode_array",
     "decode_many",
     "encode_chunk",
     "iter_records",
@@ -158,16 +161,34 @@ def iter_records(records: memoryview, count: int) -> Iterator[memoryview]:
         yield records[start:pos]
 
 
-def read_journal(journal: memoryview, last_epoch: int) -> tuple[int, memoryview] | None:
-    """The outcomes a dead worker held and never sent: `(count, records)`, or None.
+def decode_array(body: memoryview, count: int) -> list[Any]:
+    """The values of a `TAG_OK_ARRAY` message (its body after `MANY_HEADER`): one form
+    byte, then `count` native 64-bit ints or doubles."""
+    code = JOURNAL_ARRAY_CODES.get(body[0])
+    if code is None or len(body) - 1 != 8 * count:
+        raise ValueError(f"a malformed array of {count} outcomes (form {body[0]})")
+    return body[1:].cast(code).tolist()
+
+
+def read_journal(
+    journal: memoryview, last_epoch: int
+) -> tuple[int, memoryview | list[Any]] | None:
+    """The outcomes a dead worker held and never sent: `(count, records)` -- or
+    `(count, values)`, a list, when the journal held them as an array of numbers -- or
+    None.
 
     None when nothing is held, when that epoch's message already arrived
     (`epoch <= last_epoch`), or when the header is torn (those tasks then run again
     rather than take a garbled result).
     """
-    epoch, used, count = JOURNAL_HEADER.unpack_from(journal, 0)
+    epoch, used, count, form = JOURNAL_HEADER.unpack_from(journal, 0)
     if not count or epoch <= last_epoch:
         return None
+    if form != JOURNAL_RECORDS:
+        code = JOURNAL_ARRAY_CODES.get(form)
+        if code is None or 8 * count > len(journal) - _HEAD:
+            return None
+        return count, journal[_HEAD : _HEAD + 8 * count].cast("B").cast(code).tolist()
     if used > len(journal) - _HEAD or count * _REC > used:
         return None
     return count, journal[_HEAD : _HEAD + used]
