@@ -111,7 +111,7 @@ def start(
 ) -> tuple[PoolJob, Collector]:
     c = Collector()
     job = pool.open_job(limit=limit, timeout=timeout, deliver=c.deliver, on_settled=c.settled.set)
-    job.put(list(enumerate(tasks)))
+    job.put(0, list(tasks))
     if close:
         job.close_input()
     return job, c
@@ -214,7 +214,7 @@ def test_put_in_pieces(pool: ProcessPool) -> None:
     c = Collector()
     job = pool.open_job(limit=2, timeout=None, deliver=c.deliver, on_settled=c.settled.set)
     for base in range(0, 1000, 100):
-        job.put([(i, P(T.inc, i)) for i in range(base, base + 100)])
+        job.put(base, [P(T.inc, i) for i in range(base, base + 100)])
         time.sleep(0.002)
     assert not c.settled.is_set()
     job.close_input()
@@ -394,7 +394,7 @@ def test_cancel_kills_its_tasks_only(tmp_path: Path) -> None:
         heal(pool, 3)
         assert pool.stats()["killed"] == 2
         # Puts after cancel are ignored.
-        job.put([(500, P(T.inc, 1))])
+        job.put(500, [P(T.inc, 1)])
         assert run(pool, [P(T.inc, 1)]).values() == [2]
     finally:
         pool.close()
@@ -511,7 +511,7 @@ def test_close_before_start_and_lazy_start() -> None:
     c = Collector()
     job = pool.open_job(limit=1, timeout=None, deliver=c.deliver, on_settled=c.settled.set)
     assert time.monotonic() - t0 < 0.05  # open_job does not wait for processes
-    job.put([(0, P(T.inc, 1))])
+    job.put(0, [P(T.inc, 1)])
     job.close_input()
     assert c.settled.wait(20)
     pool.close()
@@ -639,7 +639,7 @@ def test_open_job_racing_close_settles(pool: ProcessPool) -> None:
     if refused is not None:
         assert "closed" in str(refused)
     else:
-        job.put([(0, P(T.inc, 1))])
+        job.put(0, [P(T.inc, 1)])
         job.close_input()
         assert c.settled.wait(10), "a job opened while the pool closed never settled"
         ok, value = c.outcomes[0]
@@ -672,7 +672,7 @@ def test_put_racing_close_gets_an_outcome(pool: ProcessPool) -> None:
     core = getattr(job, "_core", None)  # the manager-owned half, where there is one
     if core is not None:
         core.queue = racy
-    job.put([(0, P(T.inc, 1))])
+    job.put(0, [P(T.inc, 1)])
     assert wait_for(lambda: 0 in c.outcomes, 10), "a task put while the pool closed got no outcome"
     ok, value = c.outcomes[0]
     assert (ok and value == 2) or "closed" in str(value)
@@ -769,7 +769,7 @@ def test_puts_and_jobs_racing_close_all_settle() -> None:
                     put: list[int] = []
                     out.append((job, c, put))
                     for i in range(0, 40, 4):
-                        job.put([(j, P(T.inc, j)) for j in range(i, i + 4)])
+                        job.put(i, [P(T.inc, j) for j in range(i, i + 4)])
                         put.extend(range(i, i + 4))
                     job.close_input()
 

@@ -38,29 +38,29 @@ P = functools.partial
 
 
 def test_encode_chunk_sends_a_shared_function_once() -> None:
-    fn, seq = pickle.loads(encode_chunk([(0, P(T.inc, 1)), (1, P(T.inc, 2))]))
+    fn, seq = pickle.loads(encode_chunk([P(T.inc, 1), P(T.inc, 2)]))
     assert fn is T.inc and seq == [(1,), (2,)]
-    fn, seq = pickle.loads(encode_chunk([(0, call(T.inc, 1)), (5, call(T.inc, 7))]))
+    fn, seq = pickle.loads(encode_chunk([call(T.inc, 1), call(T.inc, 7)]))
     assert fn is T.inc and seq == [(1,), (7,)]
 
 
 def test_encode_chunk_mixed_tasks_travel_whole() -> None:
-    items = [(0, P(T.inc, 1)), (1, P(T.identity, 2)), (2, P(T.inc, x=3))]
-    fn, seq = pickle.loads(encode_chunk(items))  # type: ignore[arg-type]
+    tasks = [P(T.inc, 1), P(T.identity, 2), P(T.inc, x=3)]
+    fn, seq = pickle.loads(encode_chunk(tasks))
     assert fn is None
     assert [task.func for task in seq] == [T.inc, T.identity, T.inc]
 
 
 def test_encode_chunk_sends_a_lambda_by_value() -> None:
     # Not importable by name: it travels by value (cloudpickle, extra "interactive").
-    [task] = pickle.loads(encode_chunk([(0, lambda: 41 + 1)]))[1]  # type: ignore[arg-type]
+    [task] = pickle.loads(encode_chunk([lambda: 41 + 1]))[1]
     assert task() == 42
 
 
 def test_encode_chunk_raises_on_what_does_not_pickle_at_all() -> None:
     lock = threading.Lock()
     with pytest.raises(TypeError):
-        encode_chunk([(0, P(T.identity, lock))])
+        encode_chunk([P(T.identity, lock)])
 
 
 def test_chunk_message_is_a_frame_with_its_header() -> None:

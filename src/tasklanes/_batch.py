@@ -17,7 +17,7 @@ for a cancelled caller, and the failure is raised once the lane has cleaned up.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import AsyncIterable, Callable, Iterable
+from collections.abc import AsyncIterable, Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
 import anyio
@@ -87,7 +87,7 @@ class Batch:
         emit: Callable[[int, bool, Any], None],
         loop: LoopHandle,
         progress: Progress | None = None,
-        emit_ok_many: Callable[[list[int], list[Any]], None] | None = None,
+        emit_ok_many: Callable[[Sequence[int], list[Any]], None] | None = None,
         emit_ok: Callable[[int, Any], None] | None = None,
         controls: Controls | None = None,
     ) -> None:
@@ -96,7 +96,9 @@ class Batch:
         self.timeout = timeout
         self.emit = emit
         #: Many successes at once, ``(indexes, values)``: what ``emit(i, True, v)`` does
-        #: for each pair, in one step. Lanes that deliver outcomes in bulk use it.
+        #: for each pair, in one step. Lanes that deliver outcomes in bulk use it;
+        #: ``indexes`` may be a ``range`` (consecutive tasks: ``run_all`` then stores
+        #: ``values`` as one block), and the consumer may keep ``values``.
         self.emit_ok_many = emit_ok_many or self._emit_ok_each
         #: One success, ``(index, value)``: what ``emit(index, True, value)`` does, as
         #: cheaply as the consumer can (for ``run_all``, a bare dict store).
@@ -116,7 +118,7 @@ class Batch:
     def _emit_ok_one(self, index: int, value: Any) -> None:
         self.emit(index, True, value)
 
-    def _emit_ok_each(self, indexes: list[int], values: list[Any]) -> None:
+    def _emit_ok_each(self, indexes: Sequence[int], values: list[Any]) -> None:
         emit = self.emit
         for index, value in zip(indexes, values, strict=True):
             emit(index, True, value)
@@ -192,12 +194,19 @@ async def collect(
         if progress is not None:
             progress.advance(ok)
 
-    def emit_ok_many(indexes: list[int], values: list[Any]) -> None:
+    # Consecutive successes handed over as one block (`emit_ok_many` with a `range`),
+    # kept as they came and copied into the result with one slice assignment each.
+    runs: list[tuple[int, list[Any]]] = []
+
+    def emit_ok_many(indexes: Sequence[int], values: list[Any]) -> None:
         # The bulk path (the cpu lane hands over thousands of tiny results at once):
         # the stores run in C, not one Python call per result.
         if progress is not None:
             for index, value in zip(indexes, values, strict=True):
                 emit(index, True, value)
+            return
+        if type(indexes) is range and indexes.step == 1 and len(indexes) == len(values):
+            runs.append((indexes.start, values))
             return
         store.update(zip(indexes, values, strict=True))
 
@@ -208,9 +217,17 @@ async def collect(
     )
     await run_batch(lane, batch)
     pulled = source.pulled
-    if len(store) != pulled:  # pragma: no cover - a bug in a lane, never silent
-        raise RuntimeError(f"tasklanes lost results: {pulled} tasks started, {len(store)} outcomes")
-    return list(map(store.__getitem__, range(pulled)))
+    got = len(store) + sum(len(values) for _, values in runs)
+    if got != pulled:  # pragma: no cover - a bug in a lane, never silent
+        raise RuntimeError(f"tasklanes lost results: {pulled} tasks started, {got} outcomes")
+    if not runs:
+        return list(map(store.__getitem__, range(pulled)))
+    results: list[Any] = [None] * pulled
+    for first, values in runs:
+        results[first : first + len(values)] = values
+    for index, value in store.items():
+        results[index] = value
+    return results
 
 
 class _Stream:

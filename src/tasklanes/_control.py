@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import threading
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -491,7 +491,7 @@ class ControlledSource:
             self._event = None
             event.set()
 
-    def emit_ok_many(self, lane_indexes: list[int], values: list[Any]) -> None:
+    def emit_ok_many(self, lane_indexes: Sequence[int], values: list[Any]) -> None:
         if self.holds or self.attempt:
             for lane_index, value in zip(lane_indexes, values, strict=True):
                 self.emit(lane_index, True, value)

@@ -429,13 +429,14 @@ class Source:
         assert self._sequence is not None
         return self._sequence[index]
 
-    def take_rest(self) -> list[tuple[int, Any]] | None:
-        """Every remaining ``(index, task)`` of a list input at once (checked already),
-        or ``None`` when the input is lazy or gated: then pull one by one."""
+    def take_rest(self) -> list[Any] | None:
+        """Every remaining task of a list input at once (checked already; the first
+        one's index is `pulled` as it was before the call), or ``None`` when the input
+        is lazy or gated: then pull in steps."""
         if self._sequence is None or self._gate is not None or self._ended:
             return None
         start = self._index
-        rest = list(enumerate(self._sequence[start:], start))
+        rest = list(self._sequence[start:]) if start else list(self._sequence)
         self._index = start + len(rest)
         self._ended = True
         self._iterator = None

@@ -12,6 +12,7 @@ import pickle
 from typing import Any
 
 from .._stats import record
+from ._job import Run
 from ._log import log
 from ._protocol import (
     RECORD_LEN,
@@ -120,13 +121,13 @@ class ResultReader(ManagerState):
             w.parsed += 1
             job = chunk.job
             if not ok:
-                index = chunk.items[k][0]
+                index = chunk.first + k
                 value = TypeError(f"result of task {index} could not be unpickled: {value!r}")
             if w.timed_out is not None and w.timed_out == (chunk, k):
                 pass  # already failed with TaskTimeout
             elif not job.cancelled:
-                job.out.append((chunk.items[k][0], ok, value))
-            if k + 1 == len(chunk.items):
+                job.out.append((chunk.first + k, ok, value))
+            if k + 1 == len(chunk.tasks):
                 self._chunk_done(w, chunk, seconds, k + 1)
             w.task_start = now
         mv.release()
@@ -139,12 +140,12 @@ class ResultReader(ManagerState):
         chunk = w.inflight[0]
         k = chunk.done
         end = k + count
-        if end > len(chunk.items):
+        if end > len(chunk.tasks):
             raise RuntimeError(
                 f"worker {w.pid} sent {count} held outcomes for a chunk with "
-                f"{len(chunk.items) - k} tasks left"
+                f"{len(chunk.tasks) - k} tasks left"
             )
-        items = chunk.items
+        first = chunk.first
         job = chunk.job
         timed_out = w.timed_out
         skip = timed_out[1] if timed_out is not None and timed_out[0] is chunk else -1
@@ -161,46 +162,53 @@ class ResultReader(ManagerState):
             if not keep or j == skip:
                 continue  # nobody wants it, or it failed with TaskTimeout already
             try:
-                out.append((items[j][0], True, loads(records[start:pos])))
+                out.append((first + j, True, loads(records[start:pos])))
             except BaseException as exc:
                 # It pickled in the worker but does not unpickle here (a class that
                 # only the worker can import, say): that task fails, alone.
-                index = items[j][0]
+                index = first + j
                 error = TypeError(f"result of task {index} could not be unpickled: {exc!r}")
                 out.append((index, False, error))
         chunk.done = end
         w.parsed += count
-        if end == len(items):
+        if end == len(chunk.tasks):
             self._chunk_done(w, chunk, seconds, end)
         w.task_start = now
 
     def _take_list(
         self, w: WorkerHandle, values: list[Any], count: int, seconds: float | None, now: float
     ) -> None:
-        """`_take_held` for a `TAG_OK_LIST` message: the values came as one list."""
+        """`_take_held` for a `TAG_OK_LIST` or `TAG_OK_ARRAY` message: the values came
+        as one list. They go out as one `Run` (two around a task that timed out
+        already) for a job that takes runs, else as one outcome each."""
         chunk = w.inflight[0]
         k = chunk.done
         end = k + count
-        if end > len(chunk.items) or len(values) != count:
+        if end > len(chunk.tasks) or len(values) != count:
             raise RuntimeError(
                 f"worker {w.pid} sent {len(values)} held outcomes (count {count}) for a "
-                f"chunk with {len(chunk.items) - k} tasks left"
+                f"chunk with {len(chunk.tasks) - k} tasks left"
             )
-        items = chunk.items
         job = chunk.job
         if not job.cancelled:
+            first = chunk.first + k
             timed_out = w.timed_out
-            skip = timed_out[1] if timed_out is not None and timed_out[0] is chunk else -1
-            pairs = zip(items[k:end], values, strict=True)
-            if k <= skip < end:  # that one failed with TaskTimeout already
-                job.out.extend(
-                    [(item[0], True, v) for j, (item, v) in enumerate(pairs, k) if j != skip]
-                )
+            skip = timed_out[1] - k if timed_out is not None and timed_out[0] is chunk else -1
+            if 0 <= skip < count:  # that one failed with TaskTimeout already
+                runs = [Run(first, values[:skip]), Run(first + skip + 1, values[skip + 1 :])]
             else:
-                job.out.extend([(item[0], True, v) for item, v in pairs])
+                runs = [Run(first, values)]
+            out = job.out
+            for run in runs:
+                if not run.values:
+                    continue
+                if job.runs:
+                    out.append(run)
+                else:
+                    out.extend(run.outcomes())
         chunk.done = end
         w.parsed += count
-        if end == len(items):
+        if end == len(chunk.tasks):
             self._chunk_done(w, chunk, seconds, end)
         w.task_start = now
 
@@ -212,7 +220,7 @@ class ResultReader(ManagerState):
         if found is None:
             return  # nothing held, that batch arrived by the pipe, or a torn header
         count, held = found
-        remaining = len(w.inflight[0].items) - w.inflight[0].done
+        remaining = len(w.inflight[0].tasks) - w.inflight[0].done
         if count > remaining:
             log.error(
                 "a dead worker's journal holds more outcomes than its chunk had tasks; "
@@ -258,7 +266,7 @@ class ResultReader(ManagerState):
         k = chunk.done
         chunk.done = k + 1
         w.parsed += 1
-        index = chunk.items[k][0]
+        index = chunk.first + k
         job = chunk.job
         if bad_result is not None:
             value = TypeError(f"result of task {index} {bad_result}")
@@ -266,7 +274,7 @@ class ResultReader(ManagerState):
             pass  # already failed with TaskTimeout
         elif not job.cancelled:
             job.out.append((index, ok, value))
-        if k + 1 == len(chunk.items):
+        if k + 1 == len(chunk.tasks):
             self._chunk_done(w, chunk, seconds, k + 1)
         w.task_start = now
 
@@ -314,11 +322,11 @@ class ResultReader(ManagerState):
             raise RuntimeError(f"worker {w.pid} returned chunk {chunk_id}, not {chunk.id}")
         self.stats["returned"] += 1
         # They will be sent again: count each task once in `tasks`.
-        self.stats["tasks"] -= len(chunk.items) - position
+        self.stats["tasks"] -= len(chunk.tasks) - position
         job = chunk.job
         if not job.cancelled:
-            job.requeue.extend(chunk.items[position:])
-        chunk.items = chunk.items[:position]
+            job.put_back(chunk.first + position, chunk.tasks[position:])
+        chunk.tasks = chunk.tasks[:position]
         self._chunk_done(w, chunk, seconds if position else None, position)
         w.task_start = now
 
@@ -330,13 +338,13 @@ class ResultReader(ManagerState):
             raise RuntimeError(f"worker {w.pid} could not load chunk {chunk_id}, not {chunk.id}")
         job = chunk.job
         if not job.cancelled:
-            if len(chunk.items) == 1:
-                job.out.append((chunk.items[0][0], False, exc))
+            if len(chunk.tasks) == 1:
+                job.out.append((chunk.first, False, exc))
             else:
                 # Which task does not unpickle? Send them one by one to find out.
-                self.stats["tasks"] -= len(chunk.items)
-                job.requeue.extend(chunk.items)
-                job.singles += len(chunk.items)
-        chunk.items = []
+                self.stats["tasks"] -= len(chunk.tasks)
+                job.put_back(chunk.first, chunk.tasks)
+                job.singles += len(chunk.tasks)
+        chunk.tasks = []
         self._chunk_done(w, chunk, None, 0)
         w.task_start = now

@@ -29,7 +29,6 @@ from ._protocol import (
 
 __all__ = [
     "FrameSplitter",
-    "Item",
     "chunk_message",
     "decode_array",
     "decode_many",
@@ -37,9 +36,6 @@ __all__ = [
     "iter_records",
     "read_journal",
 ]
-
-Item = tuple[int, Callable[[], object]]
-"""`(index, task)`: one task of a job, as the pool queues it."""
 
 _partial = functools.partial
 _unpack_len = FRAME_HEADER.unpack_from
@@ -51,19 +47,19 @@ _REC = RECORD_LEN.size
 _HEAD = JOURNAL_HEADER.size
 
 
-def encode_chunk(items: list[Item]) -> bytes:
+def encode_chunk(tasks: list[Callable[[], object]]) -> bytes:
     """Pickle a chunk's tasks as `(fn, seq)` (see `_protocol`).
 
     When every task calls the same function with positional arguments only, `fn` is
     that function (pickled once) and `seq` the argument tuples; otherwise `fn` is
     None and `seq` the tasks. Raises whatever pickling raises.
     """
-    first = items[0][1]
+    first = tasks[0]
     args: list[tuple[Any, ...]] = []
     append = args.append
     if type(first) is _partial:
         fn = first.func
-        for _, t in items:
+        for t in tasks:
             if type(t) is not _partial or t.func is not fn or t.keywords:
                 break
             append(t.args)
@@ -71,13 +67,13 @@ def encode_chunk(items: list[Item]) -> bytes:
             return dumps_chunk(fn, args)
     elif type(first) is Call:
         fn = first.fn
-        for _, t in items:
+        for t in tasks:
             if type(t) is not Call or t.fn is not fn or t.kwargs:
                 break
             append(t.args)
         else:
             return dumps_chunk(fn, args)
-    return dumps_chunk(None, [t for _, t in items])
+    return dumps_chunk(None, tasks)
 
 
 def chunk_message(chunk_id: int, budget: float, payload: bytes) -> bytes:
