@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 from tasklanes._errors import TaskTimeout, WorkerCrashed
-from tasklanes._processes._pool import Outcome, PoolJob, ProcessPool, default_context
+from tasklanes._processes._pool import Delivered, PoolJob, ProcessPool, Run, default_context
 from tasklanes._processes._protocol import RemoteError
 
 from . import _pool_tasks as T
@@ -84,17 +84,24 @@ class Collector:
         self.outcomes: dict[int, tuple[bool, object]] = {}
         self.arrival: dict[int, float] = {}
         self.deliveries = 0
+        self.runs = 0  # `Run` blocks received (a job opened with runs=True)
         self.settled = threading.Event()
         self.first = threading.Event()
 
-    def deliver(self, batch: list[Outcome]) -> None:
+    def deliver(self, batch: list[Delivered]) -> None:
         now = time.monotonic()
         with self.lock:
             self.deliveries += 1
-            for index, ok, value in batch:
-                assert index not in self.outcomes, f"index {index} delivered twice"
-                self.outcomes[index] = (ok, value)
-                self.arrival[index] = now
+            for item in batch:
+                if isinstance(item, Run):
+                    self.runs += 1
+                    outcomes = item.outcomes()
+                else:
+                    outcomes = [item]
+                for index, ok, value in outcomes:
+                    assert index not in self.outcomes, f"index {index} delivered twice"
+                    self.outcomes[index] = (ok, value)
+                    self.arrival[index] = now
         self.first.set()
 
     def values(self) -> list[object]:
@@ -108,9 +115,12 @@ def start(
     limit: int = 2,
     timeout: float | None = None,
     close: bool = True,
+    runs: bool = False,
 ) -> tuple[PoolJob, Collector]:
     c = Collector()
-    job = pool.open_job(limit=limit, timeout=timeout, deliver=c.deliver, on_settled=c.settled.set)
+    job = pool.open_job(
+        limit=limit, timeout=timeout, deliver=c.deliver, on_settled=c.settled.set, runs=runs
+    )
     job.put(0, list(tasks))
     if close:
         job.close_input()
@@ -452,6 +462,19 @@ def test_unpicklable_tasks_fail_alone(pool: ProcessPool) -> None:
     assert "lock" in str(c.outcomes[3][1])
 
 
+def test_unpicklable_tasks_inside_big_chunks_fail_alone(pool: ProcessPool) -> None:
+    # Late in a batch, where chunks hold many tasks: the culprits fail, the rest of
+    # their chunk goes back to the queue and runs, each task once.
+    n, bad = 3000, {2000, 2001, 2500}
+    tasks: list[Callable[[], object]] = [P(T.identity, i) for i in range(n)]
+    for i in bad:
+        tasks[i] = P(T.identity, threading.Lock())
+    c = run(pool, tasks)
+    assert sorted(i for i in range(n) if not c.outcomes[i][0]) == sorted(bad)
+    assert all(c.outcomes[i] == (True, i) for i in range(n) if i not in bad)
+    assert pool.stats()["tasks"] == n - len(bad)  # each sent once
+
+
 def test_without_cloudpickle_a_lambda_argument_fails_alone_naming_the_extra(
     pool: ProcessPool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -546,6 +569,40 @@ def test_crash_behind_held_outcomes_blames_only_the_running_task(pool: ProcessPo
         else:
             assert (ok, value) == (True, i), i
     assert pool.stats()["crashed"] == 1
+
+
+def test_a_job_with_runs_gets_bulk_successes_as_blocks(pool: ProcessPool) -> None:
+    n = 5000
+    c = run(pool, [P(T.inc, i) for i in range(n)], runs=True)
+    assert c.runs > 0  # trivial tasks: their outcomes came in bulk
+    assert c.outcomes == {i: (True, i + 1) for i in range(n)}
+
+
+def test_runs_around_a_crash_and_a_timeout(pool: ProcessPool) -> None:
+    # The blocks split around a task that crashed its worker and one that timed out;
+    # every other task's value arrives exactly once, and the job settles.
+    n, bad, slow = 4000, 1500, 3000
+    tasks: list[Callable[[], object]] = [P(T.exit_if, i, bad) for i in range(n)]
+    tasks[slow] = P(T.sleep_then, 30.0, "never")
+    c = run(pool, tasks, runs=True, timeout=1.0)
+    assert len(c.outcomes) == n
+    assert isinstance(c.outcomes[bad][1], WorkerCrashed)
+    assert isinstance(c.outcomes[slow][1], TaskTimeout)
+    assert all(c.outcomes[i] == (True, i) for i in range(n) if i not in (bad, slow))
+
+
+def test_queue_segments_put_in_parts_are_joined_into_chunks(pool: ProcessPool) -> None:
+    # A lazy input arrives in small parts with consecutive indexes: the pool joins
+    # them into bigger chunks rather than send one chunk per part.
+    c = Collector()
+    job = pool.open_job(limit=2, timeout=None, deliver=c.deliver, on_settled=c.settled.set)
+    chunks_before = pool.stats()["chunks"]
+    for first in range(0, 6000, 3):
+        job.put(first, [P(T.inc, i) for i in range(first, first + 3)])
+    job.close_input()
+    assert c.settled.wait(30)
+    assert c.outcomes == {i: (True, i + 1) for i in range(6000)}
+    assert pool.stats()["chunks"] - chunks_before < 1000  # far fewer than the 2000 parts
 
 
 @pytest.mark.parametrize("form", ["int", "float", "str", "list"])
