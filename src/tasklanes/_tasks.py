@@ -210,6 +210,17 @@ class CachedCheck:
                 self(task, index)
             return
         passed = self._passed
+        first = fns[0]
+        try:
+            # The common case, one function for the whole batch: a C-level count
+            # (identity first) instead of the id of every task's function.
+            alone = fns.count(first) == len(fns)
+        except Exception:  # a callable object whose `==` raises: the long way
+            alone = False
+        if alone:
+            if passed.get(id(first)) is not first:
+                self(tasks[0], start)
+            return
         for key in dict.fromkeys(map(id, fns)):  # in order of first appearance
             if key not in passed:
                 i = next(i for i, fn in enumerate(fns) if id(fn) == key)
@@ -257,7 +268,7 @@ class Source:
         #: nothing else skips the per-task check.
         self.trusted: frozenset[type] = getattr(check, "trusted", frozenset())
         if isinstance(tasks, (list, tuple)):
-            if not set(map(type, tasks)) <= self.trusted:
+            if not self.trusted or not set(map(type, tasks)) <= self.trusted:
                 self._check_all(tasks, check)
             self._sequence = tasks
             self.size = len(tasks)
