@@ -65,6 +65,26 @@ async def test_every_start_method_runs_tasks(each_start_method: Scheduler) -> No
     assert os.getpid() not in pids
 
 
+async def test_a_functions_task_time_sizes_the_first_chunks_of_its_next_batch(
+    scheduler: Scheduler,
+) -> None:
+    tasks = [call(T.double, i) for i in range(500)]
+    assert await run_all(tasks, kind="cpu", scheduler=scheduler) == [2 * i for i in range(500)]
+    lane = scheduler._lanes["cpu"]
+    seconds = lane.expected_seconds(T.double)  # type: ignore[attr-defined]
+    assert seconds is not None and 0 < seconds < 1
+    chunks = lane.pool_stats()["chunks"]  # type: ignore[attr-defined]
+    # The next batch of it starts with full chunks (no ramp from one task): few
+    # chunks for 4000 tasks, every result in order; a generator input too.
+    assert await run_all(
+        [call(T.double, i) for i in range(4000)], kind="cpu", scheduler=scheduler
+    ) == [2 * i for i in range(4000)]
+    assert await run_all(
+        (call(T.double, i) for i in range(4000)), kind="cpu", scheduler=scheduler
+    ) == [2 * i for i in range(4000)]
+    assert lane.pool_stats()["chunks"] - chunks < 200  # type: ignore[attr-defined]
+
+
 async def test_results_in_order(scheduler: Scheduler) -> None:
     results = await run_all(
         [call(T.double, i) for i in range(200)], kind="cpu", scheduler=scheduler

@@ -605,6 +605,20 @@ def test_queue_segments_put_in_parts_are_joined_into_chunks(pool: ProcessPool) -
     assert pool.stats()["chunks"] - chunks_before < 1000  # far fewer than the 2000 parts
 
 
+def test_expect_sizes_the_first_chunks_of_a_job(pool: ProcessPool) -> None:
+    run(pool, [P(T.inc, i) for i in range(100)])  # both workers up and warm
+    assert wait_for(lambda: pool.stats()["workers"] == 2)
+    c = Collector()
+    job = pool.open_job(limit=2, timeout=None, deliver=c.deliver, on_settled=c.settled.set)
+    job.expect(1e-6)  # a measured duration from an earlier job: trivial tasks
+    job.put(0, [P(T.getpid_after, 0.0) for _ in range(4000)])
+    job.close_input()
+    assert c.settled.wait(30)
+    pids = [c.outcomes[i][1] for i in range(4000)]
+    # Without the hint the first chunk holds one task, the next goes elsewhere.
+    assert len(set(pids[:1000])) == 1
+
+
 @pytest.mark.parametrize("form", ["int", "float", "str", "list"])
 def test_held_outcomes_of_every_form_survive_a_crash(pool: ProcessPool, form: str) -> None:
     # The journal holds ints and floats as array items, plain values and others as

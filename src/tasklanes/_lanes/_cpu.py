@@ -13,6 +13,7 @@ until the pool reports the job settled, so no process of the batch outlives the 
 
 from __future__ import annotations
 
+import functools
 import time
 from bisect import bisect_right
 from multiprocessing.context import BaseContext
@@ -21,6 +22,7 @@ from typing import Any
 import anyio
 
 from .._batch import Batch
+from .._call import Call
 from .._inbox import Inbox
 from .._processes._pickling import check_task_function
 from .._processes._pool import PoolJob, ProcessPool, Run
@@ -35,6 +37,9 @@ _SETTLED = object()
 #: that a worker finishing a chunk never waits for the event loop to refill.
 _MIN_QUEUED = 256
 _MAX_QUEUED = 8192
+#: Functions whose run time per task the lane remembers (to size the first chunks of
+#: their next batch); forgotten all at once past this many.
+_MAX_REMEMBERED = 256
 
 
 class ProcessLane(LaneBase):
@@ -53,6 +58,8 @@ class ProcessLane(LaneBase):
         self._context = mp_context
         self._recycling = (max_tasks_per_worker, max_worker_memory)
         self.check_task = CachedCheck(self._check)
+        # id(fn) -> (fn, seconds per task in its last batch); fn kept so its id stays.
+        self.task_seconds: dict[int, tuple[object, float]] = {}
         self.stats = LaneStats(
             "cpu",
             self.capacity,
@@ -130,6 +137,19 @@ class ProcessLane(LaneBase):
             self.close_run(runner)
             if runner.job is not None:
                 self.stats.merge(runner.figures(runner.job))
+                self._remember(runner.fn, runner.job)
+
+    def expected_seconds(self, fn: object) -> float | None:
+        """How long a task of `fn` took in its last batch here (per task), if known."""
+        known = self.task_seconds.get(id(fn))
+        return known[1] if known is not None and known[0] is fn else None
+
+    def _remember(self, fn: object, job: PoolJob) -> None:
+        if fn is None or not job.run_count:
+            return
+        if len(self.task_seconds) >= _MAX_REMEMBERED:
+            self.task_seconds.clear()
+        self.task_seconds[id(fn)] = (fn, job.run_total / job.run_count)
 
 
 class _CpuBatch:
@@ -141,6 +161,7 @@ class _CpuBatch:
         self.outstanding = 0
         self.settled = False
         self.tally = Tally()
+        self.fn: object = None  # the function of the batch's first task, if any
         self.put_times = _PutTimes()  # a lazy input: when each part went to the pool
         self.put_all_at: float | None = None  # a list input: all handed over at once
         self.turnarounds = 0
@@ -207,6 +228,7 @@ class _CpuBatch:
             rest = source.take_rest()
             if rest is not None:
                 if rest:
+                    self._first_put(job, rest[0])
                     self.outstanding += len(rest)
                     self.put_all_at = time.monotonic()
                     job.put(first, rest)
@@ -219,9 +241,26 @@ class _CpuBatch:
         # (With limiter=, the tasks pulled hold their limiters already: no worker
         # process waits for one; see `_control`.)
         if tasks:
+            if not start:
+                self._first_put(job, tasks[0])
             self.outstanding += len(tasks)
             self.put_times.add(start, len(tasks), time.monotonic())
             job.put(start, tasks)
+
+    def _first_put(self, job: PoolJob, task: object) -> None:
+        """Before the batch's first tasks go to the pool: if the lane has run this
+        function before, tell the pool how long its tasks took (a warm start: full
+        chunks at once instead of growing from one task)."""
+        kind = type(task)
+        if kind is Call:
+            self.fn = task.fn  # type: ignore[attr-defined]
+        elif kind is functools.partial:
+            self.fn = task.func  # type: ignore[attr-defined]
+        else:
+            return
+        seconds = self.lane.expected_seconds(self.fn)
+        if seconds is not None:
+            job.expect(seconds)
 
     def _waited(self, first: int, n: int, now: float) -> tuple[float, float]:
         """Tasks `first` to `first + n - 1`, back at `now`: their summed turnaround,

@@ -83,12 +83,14 @@ class Dispatcher(ResultReader):
         ewma = job.ewma
         if ewma is None:
             return 1  # nothing measured yet: a long task must not hold others back
-        size = min(size_for(ewma), job.max_size * 4)
+        full = size_for(ewma)
+        size = min(full, job.max_size * 4)
         # Leave some for the other workers the job may use, so that the tail of a
-        # batch spreads out instead of landing on one worker.
+        # batch spreads out instead of landing on one worker -- but not in pieces
+        # worth less than a sixteenth of a chunk's time: each is a round trip.
         slots = min(job.limit, self.max_workers)
         share = -(-job.queued // slots)
-        size = max(1, min(size, share))
+        size = max(1, min(size, max(share, full // 16)))
         if size > job.max_size:
             job.max_size = size
         return size

@@ -269,6 +269,17 @@ class PoolJob:
         core.delivered += n
         core.deliver([(index, False, closed_error(index)) for index in range(first, first + n)])
 
+    def expect(self, seconds: float) -> None:
+        """A hint, before the first [put][tasklanes._processes._job.PoolJob.put]: this
+        job's tasks should take about `seconds` each (as measured on an earlier job of
+        the same function). Its first chunks are then sized from it, rather than
+        starting at one task and growing as durations come back. A chunk that turns
+        out long still hands its unstarted tasks back after its time budget."""
+        core = self._core
+        if core.ewma is None and seconds > 0:
+            core.ewma = seconds
+            core.max_size = size_for(seconds)
+
     def close_input(self) -> None:
         """Promise that no more [put][tasklanes._processes._job.PoolJob.put] calls will
         come; `on_settled` then runs once every task put has been delivered."""
