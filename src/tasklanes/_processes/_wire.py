@@ -163,7 +163,14 @@ def decode_array(body: memoryview, count: int) -> list[Any]:
     code = JOURNAL_ARRAY_CODES.get(body[0])
     if code is None or len(body) - 1 != 8 * count:
         raise ValueError(f"a malformed array of {count} outcomes (form {body[0]})")
-    return body[1:].cast(code).tolist()
+    return _numbers(body[1:], code)
+
+
+def _numbers(raw: memoryview, code: str) -> list[Any]:
+    """`raw` (bytes) read as native items of format `code`, as a list of numbers."""
+    view: Any = raw.cast("B")  # (`code` comes from a table; mypy wants a literal)
+    values: list[Any] = view.cast(code).tolist()
+    return values
 
 
 def read_journal(
@@ -184,7 +191,7 @@ def read_journal(
         code = JOURNAL_ARRAY_CODES.get(form)
         if code is None or 8 * count > len(journal) - _HEAD:
             return None
-        return count, journal[_HEAD : _HEAD + 8 * count].cast("B").cast(code).tolist()
+        return count, _numbers(journal[_HEAD : _HEAD + 8 * count], code)
     if used > len(journal) - _HEAD or count * _REC > used:
         return None
     return count, journal[_HEAD : _HEAD + used]
