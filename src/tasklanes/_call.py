@@ -12,13 +12,19 @@ __all__ = ["Call", "call", "unwrap_callable"]
 T = TypeVar("T")
 P = ParamSpec("P")
 
+_new = object.__new__
+#: The keyword arguments of every `Call` made without any: shared, never mutated.
+_NO_KWARGS: dict[str, Any] = {}
+
 
 class Call(Generic[T]):
     """A function bound to its arguments, run later by a lane: ``call(fn, *args, **kwargs)``.
 
     Calling it runs ``fn(*args, **kwargs)``. It pickles when ``fn`` and the arguments
     do, so it is the usual way to build cpu tasks; for an ``async def`` function it
-    makes an io task, and nothing runs until the lane starts it.
+    makes an io task, and nothing runs until the lane starts it. Its ``fn``, ``args``
+    and ``kwargs`` are read-only by convention (calls without keyword arguments share
+    one empty ``kwargs`` dict).
     """
 
     __slots__ = ("args", "fn", "kwargs")
@@ -55,7 +61,13 @@ def call(fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> Call[T]:
     """
     if not callable(fn):
         raise TypeError(f"call() needs a callable first, got {type(fn).__name__}")
-    return Call(fn, args, kwargs)
+    # Built field by field rather than through `Call(...)`: a batch builds thousands
+    # of these inside the caller's timed code, and this is about a third cheaper.
+    task: Call[T] = _new(Call)
+    task.fn = fn
+    task.args = args
+    task.kwargs = kwargs or _NO_KWARGS
+    return task
 
 
 def unwrap_callable(obj: object) -> object:
