@@ -181,7 +181,14 @@ def main(tasks: Connection, results: Connection, alive: Connection, block: mmap.
                 and (k < last or poll(0))
                 and _really_over(now - started, now - slot[1], cpu_clock() - cpu_started, budget)
             )
-            if payload is None and k < last and not give_back and not held.due(now):
+            if (
+                payload is None
+                and k < last
+                and not give_back
+                # `held.due(now)`, inlined: this runs once per task.
+                and now - held.since < FLUSH_SECONDS
+                and held.count < FLUSH_COUNT
+            ):
                 continue  # a quick success: keep it with the others for now
             queued: list[int] = []
             stop = False
