@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import AsyncIterable, Callable, Iterable, Sequence
+from itertools import repeat
 from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
 import anyio
@@ -77,6 +78,7 @@ class Batch:
         "stopping",
         "timeout",
         "wake",
+        "widen",
     )
 
     def __init__(
@@ -111,6 +113,10 @@ class Batch:
         self.scope: anyio.CancelScope | None = None
         #: ``limiter=``/``rate=``/``retry=`` of the call (see ``_control``), or None.
         self.controls = controls
+        #: The lane asks for `n` tasks in flight at once: an iterator batch widens its
+        #: window (its bound on tasks pulled ahead of the consumer) up to `n`, capped.
+        #: The cpu lane asks it of a pool that wants thousands of tiny tasks queued.
+        self.widen: Callable[[int], None] = _no_widen
         #: Set by a lane that waits on something other than the source (an inbox):
         #: the controls call it when a task becomes ready to pull.
         self.wake: Callable[[], None] | None = None
@@ -133,6 +139,15 @@ class Batch:
         self.stopping = True
         if self.scope is not None:
             self.scope.cancel()
+
+
+def _no_widen(n: int) -> None:
+    """`run_all` has no window to widen: a lane pulls what it has room for."""
+
+
+#: The most an iterator batch lets its window grow to when the lane asks (`widen`):
+#: tasks pulled ahead of the consumer, and outcomes buffered for it.
+MAX_WINDOW = 8192
 
 
 async def run_batch(lane: Lane, batch: Batch) -> None:
@@ -272,24 +287,49 @@ class _Stream:
         self.event = anyio.Event()
         self.finished = anyio.Event()
         source = self.source
-        window = self.window
         if self.ordered:
             # Bound both the reorder buffer and the distance from the oldest result the
             # loop still waits for: a slow first task must not let the rest run away.
             source.set_gate(
                 lambda index: (
-                    len(self.ready) + len(self.reorder) < window
-                    and index < self.next_index + window
+                    len(self.ready) + len(self.reorder) < self.window
+                    and index < self.next_index + self.window
                 )
             )
         else:
-            source.set_gate(lambda index: len(self.ready) < window)
+            source.set_gate(lambda index: len(self.ready) < self.window)
         if self.progress is not None:
             self.progress.start(source.size)
         self.batch = Batch(
-            source, self.limit, self.timeout, self.emit, loop, self.progress, controls=self.controls
-        )
+            source, self.limit, self.timeout, self.emit, loop, self.progress,
+            self.emit_ok_many, controls=self.controls,
+        )  # fmt: skip
+        self.batch.widen = self.widen
         loop.spawn_background(self.run)
+
+    def widen(self, n: int) -> None:
+        """The lane wants `n` tasks in flight (see `Batch.widen`): let the window grow
+        to that, at most `MAX_WINDOW`. It never shrinks back during the batch."""
+        if n > self.window and self.window < MAX_WINDOW:
+            self.window = min(n, MAX_WINDOW)
+            self.release()
+
+    def emit_ok_many(self, indexes: Sequence[int], values: list[Any]) -> None:
+        """Many successes at once: straight into the ready buffer when nothing is
+        waiting to be reordered before them."""
+        if self.progress is None and (
+            not self.ordered
+            or (type(indexes) is range and indexes.start == self.next_index and not self.reorder)
+        ):
+            if len(indexes) != len(values):
+                raise ValueError(f"{len(indexes)} indexes for {len(values)} values")
+            self.ready.extend(zip(indexes, repeat(True), values))
+            if self.ordered:
+                self.next_index += len(values)
+            self.wake()
+            return
+        for index, value in zip(indexes, values, strict=True):
+            self.emit(index, True, value)
 
     async def run(self) -> None:
         assert self.batch is not None and self.finished is not None

@@ -236,7 +236,12 @@ class _CpuBatch:
         if source.in_memory and source.size is not None:
             want = source.size
         else:
-            want = min(max(job.demand + self.outstanding, _MIN_QUEUED), _MAX_QUEUED)
+            asked = job.demand + self.outstanding
+            # An iterator batch (`amap`, `as_completed`) bounds what is pulled ahead of
+            # its consumer by a window sized from `limit`: tiny tasks need the pool's
+            # own demand in flight (thousands), or every chunk is a round trip.
+            batch.widen(asked)
+            want = min(max(asked, _MIN_QUEUED), _MAX_QUEUED)
         start, tasks = await pull(batch, want - self.outstanding, owed=self.outstanding > 0)
         # (With limiter=, the tasks pulled hold their limiters already: no worker
         # process waits for one; see `_control`.)
