@@ -148,6 +148,10 @@ def _no_widen(n: int) -> None:
 #: The most an iterator batch lets its window grow to when the lane asks (`widen`):
 #: tasks pulled ahead of the consumer, and outcomes buffered for it.
 MAX_WINDOW = 8192
+_ANY = 1 << 62  # as many as asked for
+#: In `_Stream.reorder`, in place of `ok`: the value is a list, the outcomes of
+#: consecutive successful tasks from that index on.
+_BLOCK: Any = object()
 
 
 async def run_batch(lane: Lane, batch: Batch) -> None:
@@ -273,7 +277,7 @@ class _Stream:
         self.ordered = ordered
         self.progress = progress
         self.ready: deque[tuple[int, bool, Any]] = deque()
-        self.reorder: dict[int, tuple[bool, Any]] = {}
+        self.reorder: dict[int, tuple[Any, Any]] = {}  # index -> (ok or _BLOCK, value)
         self.next_index = 0  # ordered: the next index to hand out
         self.window = max(2 * limit, 16)
         self.event: anyio.Event | None = None
@@ -294,10 +298,18 @@ class _Stream:
                 lambda index: (
                     len(self.ready) + len(self.reorder) < self.window
                     and index < self.next_index + self.window
-                )
+                ),
+                lambda index: (
+                    self.next_index + self.window - index
+                    if len(self.ready) + len(self.reorder) < self.window
+                    else 0
+                ),
             )
         else:
-            source.set_gate(lambda index: len(self.ready) < self.window)
+            source.set_gate(
+                lambda index: len(self.ready) < self.window,
+                lambda index: _ANY if len(self.ready) < self.window else 0,
+            )
         if self.progress is not None:
             self.progress.start(source.size)
         self.batch = Batch(
@@ -315,21 +327,37 @@ class _Stream:
             self.release()
 
     def emit_ok_many(self, indexes: Sequence[int], values: list[Any]) -> None:
-        """Many successes at once: straight into the ready buffer when nothing is
-        waiting to be reordered before them."""
-        if self.progress is None and (
-            not self.ordered
-            or (type(indexes) is range and indexes.start == self.next_index and not self.reorder)
-        ):
-            if len(indexes) != len(values):
-                raise ValueError(f"{len(indexes)} indexes for {len(values)} values")
-            self.ready.extend(zip(indexes, repeat(True), values))
-            if self.ordered:
+        """Many successes at once. Consecutive ones (a `range`) go into the ready
+        buffer in one step when they are next in order, else wait in the reorder
+        buffer as one block."""
+        if self.progress is None and type(indexes) is range and len(indexes) == len(values):
+            first = indexes.start
+            if not self.ordered:
+                self.ready.extend(zip(indexes, repeat(True), values))
+            elif first == self.next_index:
+                self.ready.extend(zip(indexes, repeat(True), values))
                 self.next_index += len(values)
+                self._drain()
+            else:
+                self.reorder[first] = (_BLOCK, values)
+                return  # nothing new for the consumer yet
             self.wake()
             return
         for index, value in zip(indexes, values, strict=True):
             self.emit(index, True, value)
+
+    def _drain(self) -> None:
+        """Ordered: move what is next in order from the reorder buffer to `ready`."""
+        reorder = self.reorder
+        while self.next_index in reorder:
+            first = self.next_index
+            ok, value = reorder.pop(first)
+            if ok is _BLOCK:
+                self.ready.extend(zip(range(first, first + len(value)), repeat(True), value))
+                self.next_index = first + len(value)
+            else:
+                self.ready.append((first, ok, value))
+                self.next_index = first + 1
 
     async def run(self) -> None:
         assert self.batch is not None and self.finished is not None
@@ -356,10 +384,7 @@ class _Stream:
             self.progress.advance(ok)
         if self.ordered:
             self.reorder[index] = (ok, value)
-            while self.next_index in self.reorder:
-                ok2, value2 = self.reorder.pop(self.next_index)
-                self.ready.append((self.next_index, ok2, value2))
-                self.next_index += 1
+            self._drain()
         else:
             self.ready.append((index, ok, value))
         self.wake()

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Generic, TypeVar
 
 from typing_extensions import ParamSpec
 
-__all__ = ["Call", "call", "unwrap_callable"]
+__all__ = ["Call", "call", "call_each", "unwrap_callable"]
 
 T = TypeVar("T")
 P = ParamSpec("P")
@@ -68,6 +68,19 @@ def call(fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> Call[T]:
     task.args = args
     task.kwargs = kwargs or _NO_KWARGS
     return task
+
+
+def call_each(fn: Callable[[Any], T], items: Iterable[Any]) -> Iterator[Call[T]]:
+    """`call(fn, item)` for each of `items`, lazily: the tasks of `amap`, built as
+    cheaply as `call` builds one (`fn` checked by the caller)."""
+    new = _new
+    no_kwargs = _NO_KWARGS
+    for item in items:
+        task: Call[T] = new(Call)
+        task.fn = fn
+        task.args = (item,)
+        task.kwargs = no_kwargs
+        yield task
 
 
 def unwrap_callable(obj: object) -> object:

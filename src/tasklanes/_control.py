@@ -261,8 +261,10 @@ class ControlledSource:
     def take_rest(self) -> None:
         return None
 
-    def set_gate(self, gate: Callable[[int], bool]) -> None:
-        self.inner.set_gate(gate)
+    def set_gate(
+        self, gate: Callable[[int], bool], room: Callable[[int], int] | None = None
+    ) -> None:
+        self.inner.set_gate(gate, room)
 
     def release(self) -> None:
         self.inner.release()

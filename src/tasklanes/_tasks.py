@@ -260,6 +260,7 @@ class Source:
         self._aiterator: AsyncIterator[Any] | None = None
         self._alock: anyio.Lock | None = None
         self._gate: Callable[[int], bool] | None = None
+        self._gate_room: Callable[[int], int] | None = None
         self._gate_event: anyio.Event | None = None
         #: An input error met by a bulk ``take`` after some tasks: raised next time.
         self._pending_error: Exception | None = None
@@ -320,8 +321,14 @@ class Source:
         """The input is an async iterable: ``take`` gives nothing, ``await next()`` does."""
         return self._aiterator is not None
 
-    def set_gate(self, gate: Callable[[int], bool]) -> None:
+    def set_gate(
+        self, gate: Callable[[int], bool], room: Callable[[int], int] | None = None
+    ) -> None:
+        """Pull task `index` only while `gate(index)` says yes. `room(index)`, if
+        given, says in one call how many tasks from `index` on the gate lets through
+        now (its answers must agree): `take` then pulls them in bulk."""
         self._gate = gate
+        self._gate_room = room
 
     def blocked(self) -> bool:
         """The gate holds the next task back (the consumer must catch up first)."""
@@ -371,13 +378,18 @@ class Source:
         if self._ended or it is None or n <= 0:
             return []
         if self._gate is not None:
-            out: list[Any] = []
-            while len(out) < n:
-                item = self.next_nowait()
-                if item is END or item is WAIT:
-                    break
-                out.append(item[1])
-            return out
+            room = self._gate_room
+            if room is None:
+                out: list[Any] = []
+                while len(out) < n:
+                    item = self.next_nowait()
+                    if item is END or item is WAIT:
+                        break
+                    out.append(item[1])
+                return out
+            n = min(n, room(self._index))
+            if n <= 0:
+                return []
         start = self._index
         tasks: list[Any] = []
         try:
