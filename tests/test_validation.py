@@ -122,6 +122,12 @@ class _TouchyCallable:
     __hash__ = object.__hash__
 
 
+@pytest.mark.parametrize("kind", ["blocking", "cpu"])
+async def test_an_empty_batch_passes_the_bulk_check(kind: str) -> None:
+    assert await run_all([], kind=kind) == []
+    assert await run_all(iter([]), kind=kind) == []
+
+
 async def test_bulk_check_of_callables_that_refuse_comparison() -> None:
     one, two = _TouchyCallable(), _TouchyCallable()
     tasks = [call(one if i % 2 else two, i) for i in range(50)]

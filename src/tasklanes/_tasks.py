@@ -200,10 +200,12 @@ class CachedCheck:
         """Check `tasks` (indexes from `start`) as calling `self` on each would, in
         bulk when they are all `Call`s (or all partials): the functions are gathered
         in C, and only a function not passed yet is checked, at its first task."""
-        kinds = set(map(type, tasks))
-        if kinds == {Call}:
+        if not tasks:
+            return
+        kinds = list(map(type, tasks))  # counted below: cheaper than a set of them
+        if kinds.count(Call) == len(kinds):
             fns = list(map(_call_fn, tasks))
-        elif kinds == {functools.partial}:
+        elif kinds.count(functools.partial) == len(kinds):
             fns = list(map(_partial_func, tasks))
         else:
             for index, task in enumerate(tasks, start):
