@@ -47,7 +47,7 @@ def run(pool: ProcessPool, tasks: list[Callable[[], object]], limit: int = 2) ->
             out[index] = value
 
     job = pool.open_job(limit=limit, timeout=None, deliver=deliver, on_settled=done.set)
-    job.put(list(enumerate(tasks)))
+    job.put(0, list(tasks))
     job.close_input()
     done.wait()
     return [out[i] for i in range(len(tasks))]

@@ -54,6 +54,14 @@ def exit_if(x: int, bad: int) -> int:
     return x
 
 
+def exit_if_as(x: int, bad: int, form: str) -> object:
+    """`exit_if`, returning `x` as an int, a float, a str or a list: each travels (and
+    is journaled) in its own form."""
+    if x == bad:
+        os._exit(1)
+    return {"int": x, "float": x + 0.5, "str": str(x), "list": [x]}[form]
+
+
 def segfault() -> None:
     import ctypes
 

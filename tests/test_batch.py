@@ -195,3 +195,48 @@ async def test_without_the_block_break_alone_keeps_the_work_going() -> None:
     assert journal.snapshot()[0] == {1, 2, 3}
     await results.aclose()
     assert wait_for(lambda: journal.snapshot()[0] == journal.snapshot()[1], 5)
+
+
+# ---------------------------------------------------------------- bulk outcomes and pulls
+
+
+def _stream(ordered: bool) -> Any:
+    from tasklanes._batch import _Stream
+    from tasklanes._tasks import Source
+
+    return _Stream(None, Source([], lambda task, index: None), 2, None, False, ordered, None)  # type: ignore[arg-type]
+
+
+def test_ordered_stream_holds_a_block_that_comes_early_until_its_turn() -> None:
+    s = _stream(ordered=True)
+    s.emit_ok_many(range(5, 8), [5, 6, 7])  # ahead of the others: held as one block
+    assert not s.ready
+    s.emit_ok_many(range(0, 3), [0, 1, 2])
+    assert [i for i, _, _ in s.ready] == [0, 1, 2]
+    s.emit(4, True, 4)
+    s.emit(3, True, 3)  # fills the gap: 3, 4 and the held block follow
+    s.emit_ok_many([8, 9], [8, 9])  # not a range: one by one
+    assert [(i, ok, v) for i, ok, v in s.ready] == [(i, True, i) for i in range(10)]
+    assert s.next_index == 10 and not s.reorder
+
+
+def test_unordered_stream_takes_blocks_as_they_come() -> None:
+    s = _stream(ordered=False)
+    s.emit_ok_many(range(5, 7), ["a", "b"])
+    s.emit(0, True, "c")
+    assert list(s.ready) == [(5, True, "a"), (6, True, "b"), (0, True, "c")]
+
+
+def test_a_gate_that_tells_its_room_is_pulled_in_bulk() -> None:
+    from tasklanes._tasks import Source
+
+    checked: list[int] = []
+    source = Source(iter(range(100)), lambda task, index: checked.append(index))
+    asked: list[int] = []
+    source.set_gate(lambda index: index < 30, lambda index: asked.append(index) or 30 - index)
+    assert source.take(20) == list(range(20))
+    assert source.take(20) == list(range(20, 30))  # the gate's room, not 20
+    assert source.take(20) == []
+    assert asked == [0, 20, 30]  # one question per pull, not one per task
+    assert checked == list(range(30))  # every task pulled was checked
+    assert not source.exhausted

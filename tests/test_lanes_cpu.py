@@ -65,6 +65,60 @@ async def test_every_start_method_runs_tasks(each_start_method: Scheduler) -> No
     assert os.getpid() not in pids
 
 
+async def test_a_functions_task_time_sizes_the_first_chunks_of_its_next_batch(
+    scheduler: Scheduler,
+) -> None:
+    tasks = [call(T.double, i) for i in range(500)]
+    assert await run_all(tasks, kind="cpu", scheduler=scheduler) == [2 * i for i in range(500)]
+    lane = scheduler._lanes["cpu"]
+    seconds = lane.expected_seconds(T.double)  # type: ignore[attr-defined]
+    assert seconds is not None and 0 < seconds < 1
+    chunks = lane.pool_stats()["chunks"]  # type: ignore[attr-defined]
+    # The next batch of it starts with full chunks (no ramp from one task): few
+    # chunks for 4000 tasks, every result in order; a generator input too.
+    assert await run_all(
+        [call(T.double, i) for i in range(4000)], kind="cpu", scheduler=scheduler
+    ) == [2 * i for i in range(4000)]
+    assert await run_all(
+        (call(T.double, i) for i in range(4000)), kind="cpu", scheduler=scheduler
+    ) == [2 * i for i in range(4000)]
+    assert lane.pool_stats()["chunks"] - chunks < 200  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("ordered", [True, False])
+async def test_amap_of_tiny_tasks_keeps_the_pool_fed(scheduler: Scheduler, ordered: bool) -> None:
+    # The iterator's window grows to what the pool asks for (thousands of tiny
+    # tasks), rather than 2 x limit: chunks stay big instead of 2-3 tasks each.
+    lane = scheduler._lanes.get("cpu")
+    before = lane.pool_stats()["chunks"] if lane is not None else 0  # type: ignore[attr-defined]
+    got = [x async for x in scheduler.amap(T.double, range(6000), kind="cpu", ordered=ordered)]
+    assert sorted(got) == [2 * i for i in range(6000)]
+    if ordered:
+        assert got == [2 * i for i in range(6000)]
+    chunks = scheduler._lanes["cpu"].pool_stats()["chunks"] - before  # type: ignore[attr-defined]
+    assert chunks < 600  # a 16-task window made about 2000
+
+
+async def test_amap_window_stays_bounded_for_a_slow_consumer(scheduler: Scheduler) -> None:
+    from tasklanes._batch import MAX_WINDOW
+
+    pulled = 0
+
+    def items() -> Iterator[int]:
+        nonlocal pulled
+        for i in range(10 * MAX_WINDOW):
+            pulled += 1
+            yield i
+
+    async with scheduler.amap(T.double, items(), kind="cpu") as it:
+        assert await it.__anext__() == 0
+        await anyio.sleep(1.0)  # the lane pulls as far as the window lets it
+        # At most a window of outcomes buffered and a window in flight, however
+        # long the input: never the whole generator.
+        assert pulled <= 2 * MAX_WINDOW + 256
+        assert await it.__anext__() == 2
+
+
 async def test_results_in_order(scheduler: Scheduler) -> None:
     results = await run_all(
         [call(T.double, i) for i in range(200)], kind="cpu", scheduler=scheduler

@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 from tasklanes._errors import TaskTimeout, WorkerCrashed
-from tasklanes._processes._pool import Outcome, PoolJob, ProcessPool, default_context
+from tasklanes._processes._pool import Delivered, PoolJob, ProcessPool, Run, default_context
 from tasklanes._processes._protocol import RemoteError
 
 from . import _pool_tasks as T
@@ -84,17 +84,24 @@ class Collector:
         self.outcomes: dict[int, tuple[bool, object]] = {}
         self.arrival: dict[int, float] = {}
         self.deliveries = 0
+        self.runs = 0  # `Run` blocks received (a job opened with runs=True)
         self.settled = threading.Event()
         self.first = threading.Event()
 
-    def deliver(self, batch: list[Outcome]) -> None:
+    def deliver(self, batch: list[Delivered]) -> None:
         now = time.monotonic()
         with self.lock:
             self.deliveries += 1
-            for index, ok, value in batch:
-                assert index not in self.outcomes, f"index {index} delivered twice"
-                self.outcomes[index] = (ok, value)
-                self.arrival[index] = now
+            for item in batch:
+                if isinstance(item, Run):
+                    self.runs += 1
+                    outcomes = item.outcomes()
+                else:
+                    outcomes = [item]
+                for index, ok, value in outcomes:
+                    assert index not in self.outcomes, f"index {index} delivered twice"
+                    self.outcomes[index] = (ok, value)
+                    self.arrival[index] = now
         self.first.set()
 
     def values(self) -> list[object]:
@@ -108,10 +115,13 @@ def start(
     limit: int = 2,
     timeout: float | None = None,
     close: bool = True,
+    runs: bool = False,
 ) -> tuple[PoolJob, Collector]:
     c = Collector()
-    job = pool.open_job(limit=limit, timeout=timeout, deliver=c.deliver, on_settled=c.settled.set)
-    job.put(list(enumerate(tasks)))
+    job = pool.open_job(
+        limit=limit, timeout=timeout, deliver=c.deliver, on_settled=c.settled.set, runs=runs
+    )
+    job.put(0, list(tasks))
     if close:
         job.close_input()
     return job, c
@@ -214,7 +224,7 @@ def test_put_in_pieces(pool: ProcessPool) -> None:
     c = Collector()
     job = pool.open_job(limit=2, timeout=None, deliver=c.deliver, on_settled=c.settled.set)
     for base in range(0, 1000, 100):
-        job.put([(i, P(T.inc, i)) for i in range(base, base + 100)])
+        job.put(base, [P(T.inc, i) for i in range(base, base + 100)])
         time.sleep(0.002)
     assert not c.settled.is_set()
     job.close_input()
@@ -394,7 +404,7 @@ def test_cancel_kills_its_tasks_only(tmp_path: Path) -> None:
         heal(pool, 3)
         assert pool.stats()["killed"] == 2
         # Puts after cancel are ignored.
-        job.put([(500, P(T.inc, 1))])
+        job.put(500, [P(T.inc, 1)])
         assert run(pool, [P(T.inc, 1)]).values() == [2]
     finally:
         pool.close()
@@ -450,6 +460,19 @@ def test_unpicklable_tasks_fail_alone(pool: ProcessPool) -> None:
         else:
             assert (ok, value) == (True, i)
     assert "lock" in str(c.outcomes[3][1])
+
+
+def test_unpicklable_tasks_inside_big_chunks_fail_alone(pool: ProcessPool) -> None:
+    # Late in a batch, where chunks hold many tasks: the culprits fail, the rest of
+    # their chunk goes back to the queue and runs, each task once.
+    n, bad = 3000, {2000, 2001, 2500}
+    tasks: list[Callable[[], object]] = [P(T.identity, i) for i in range(n)]
+    for i in bad:
+        tasks[i] = P(T.identity, threading.Lock())
+    c = run(pool, tasks)
+    assert sorted(i for i in range(n) if not c.outcomes[i][0]) == sorted(bad)
+    assert all(c.outcomes[i] == (True, i) for i in range(n) if i not in bad)
+    assert pool.stats()["tasks"] == n - len(bad)  # each sent once
 
 
 def test_without_cloudpickle_a_lambda_argument_fails_alone_naming_the_extra(
@@ -511,7 +534,7 @@ def test_close_before_start_and_lazy_start() -> None:
     c = Collector()
     job = pool.open_job(limit=1, timeout=None, deliver=c.deliver, on_settled=c.settled.set)
     assert time.monotonic() - t0 < 0.05  # open_job does not wait for processes
-    job.put([(0, P(T.inc, 1))])
+    job.put(0, [P(T.inc, 1)])
     job.close_input()
     assert c.settled.wait(20)
     pool.close()
@@ -545,6 +568,67 @@ def test_crash_behind_held_outcomes_blames_only_the_running_task(pool: ProcessPo
             assert value.index == bad
         else:
             assert (ok, value) == (True, i), i
+    assert pool.stats()["crashed"] == 1
+
+
+def test_a_job_with_runs_gets_bulk_successes_as_blocks(pool: ProcessPool) -> None:
+    n = 5000
+    c = run(pool, [P(T.inc, i) for i in range(n)], runs=True)
+    assert c.runs > 0  # trivial tasks: their outcomes came in bulk
+    assert c.outcomes == {i: (True, i + 1) for i in range(n)}
+
+
+def test_runs_around_a_crash_and_a_timeout(pool: ProcessPool) -> None:
+    # The blocks split around a task that crashed its worker and one that timed out;
+    # every other task's value arrives exactly once, and the job settles.
+    n, bad, slow = 4000, 1500, 3000
+    tasks: list[Callable[[], object]] = [P(T.exit_if, i, bad) for i in range(n)]
+    tasks[slow] = P(T.sleep_then, 30.0, "never")
+    c = run(pool, tasks, runs=True, timeout=1.0)
+    assert len(c.outcomes) == n
+    assert isinstance(c.outcomes[bad][1], WorkerCrashed)
+    assert isinstance(c.outcomes[slow][1], TaskTimeout)
+    assert all(c.outcomes[i] == (True, i) for i in range(n) if i not in (bad, slow))
+
+
+def test_queue_segments_put_in_parts_are_joined_into_chunks(pool: ProcessPool) -> None:
+    # A lazy input arrives in small parts with consecutive indexes: the pool joins
+    # them into bigger chunks rather than send one chunk per part.
+    c = Collector()
+    job = pool.open_job(limit=2, timeout=None, deliver=c.deliver, on_settled=c.settled.set)
+    chunks_before = pool.stats()["chunks"]
+    for first in range(0, 6000, 3):
+        job.put(first, [P(T.inc, i) for i in range(first, first + 3)])
+    job.close_input()
+    assert c.settled.wait(30)
+    assert c.outcomes == {i: (True, i + 1) for i in range(6000)}
+    assert pool.stats()["chunks"] - chunks_before < 1000  # far fewer than the 2000 parts
+
+
+def test_expect_sizes_the_first_chunks_of_a_job(pool: ProcessPool) -> None:
+    run(pool, [P(T.inc, i) for i in range(100)])  # both workers up and warm
+    assert wait_for(lambda: pool.stats()["workers"] == 2)
+    c = Collector()
+    job = pool.open_job(limit=2, timeout=None, deliver=c.deliver, on_settled=c.settled.set)
+    job.expect(1e-6)  # a measured duration from an earlier job: trivial tasks
+    job.put(0, [P(T.getpid_after, 0.0) for _ in range(4000)])
+    job.close_input()
+    assert c.settled.wait(30)
+    pids = [c.outcomes[i][1] for i in range(4000)]
+    # Without the hint the first chunk holds one task, the next goes elsewhere.
+    assert len(set(pids[:1000])) == 1
+
+
+@pytest.mark.parametrize("form", ["int", "float", "str", "list"])
+def test_held_outcomes_of_every_form_survive_a_crash(pool: ProcessPool, form: str) -> None:
+    # The journal holds ints and floats as array items, plain values and others as
+    # pickled records: whichever it holds when the worker dies is read back, once.
+    n, bad = 3000, 2500
+    c = run(pool, [P(T.exit_if_as, i, bad, form) for i in range(n)])
+    assert [i for i in range(n) if not c.outcomes[i][0]] == [bad]
+    for i in range(n):
+        if i != bad:
+            assert c.outcomes[i] == (True, T.exit_if_as(i, -1, form)), i
     assert pool.stats()["crashed"] == 1
 
 
@@ -626,7 +710,7 @@ def test_open_job_racing_close_settles(pool: ProcessPool) -> None:
     if refused is not None:
         assert "closed" in str(refused)
     else:
-        job.put([(0, P(T.inc, 1))])
+        job.put(0, [P(T.inc, 1)])
         job.close_input()
         assert c.settled.wait(10), "a job opened while the pool closed never settled"
         ok, value = c.outcomes[0]
@@ -659,7 +743,7 @@ def test_put_racing_close_gets_an_outcome(pool: ProcessPool) -> None:
     core = getattr(job, "_core", None)  # the manager-owned half, where there is one
     if core is not None:
         core.queue = racy
-    job.put([(0, P(T.inc, 1))])
+    job.put(0, [P(T.inc, 1)])
     assert wait_for(lambda: 0 in c.outcomes, 10), "a task put while the pool closed got no outcome"
     ok, value = c.outcomes[0]
     assert (ok and value == 2) or "closed" in str(value)
@@ -756,7 +840,7 @@ def test_puts_and_jobs_racing_close_all_settle() -> None:
                     put: list[int] = []
                     out.append((job, c, put))
                     for i in range(0, 40, 4):
-                        job.put([(j, P(T.inc, j)) for j in range(i, i + 4)])
+                        job.put(i, [P(T.inc, j) for j in range(i, i + 4)])
                         put.extend(range(i, i + 4))
                     job.close_input()
 

@@ -16,6 +16,7 @@ from tasklanes._processes._protocol import (
     JOURNAL_HEADER,
     MANY_HEADER,
     RECORD_LEN,
+    TAG_OK_ARRAY,
     TAG_OK_LIST,
     TAG_OK_MANY,
     frame,
@@ -23,6 +24,7 @@ from tasklanes._processes._protocol import (
 from tasklanes._processes._wire import (
     FrameSplitter,
     chunk_message,
+    decode_array,
     decode_many,
     encode_chunk,
     iter_records,
@@ -36,29 +38,29 @@ P = functools.partial
 
 
 def test_encode_chunk_sends_a_shared_function_once() -> None:
-    fn, seq = pickle.loads(encode_chunk([(0, P(T.inc, 1)), (1, P(T.inc, 2))]))
+    fn, seq = pickle.loads(encode_chunk([P(T.inc, 1), P(T.inc, 2)]))
     assert fn is T.inc and seq == [(1,), (2,)]
-    fn, seq = pickle.loads(encode_chunk([(0, call(T.inc, 1)), (5, call(T.inc, 7))]))
+    fn, seq = pickle.loads(encode_chunk([call(T.inc, 1), call(T.inc, 7)]))
     assert fn is T.inc and seq == [(1,), (7,)]
 
 
 def test_encode_chunk_mixed_tasks_travel_whole() -> None:
-    items = [(0, P(T.inc, 1)), (1, P(T.identity, 2)), (2, P(T.inc, x=3))]
-    fn, seq = pickle.loads(encode_chunk(items))  # type: ignore[arg-type]
+    tasks = [P(T.inc, 1), P(T.identity, 2), P(T.inc, x=3)]
+    fn, seq = pickle.loads(encode_chunk(tasks))
     assert fn is None
     assert [task.func for task in seq] == [T.inc, T.identity, T.inc]
 
 
 def test_encode_chunk_sends_a_lambda_by_value() -> None:
     # Not importable by name: it travels by value (cloudpickle, extra "interactive").
-    [task] = pickle.loads(encode_chunk([(0, lambda: 41 + 1)]))[1]  # type: ignore[arg-type]
+    [task] = pickle.loads(encode_chunk([lambda: 41 + 1]))[1]
     assert task() == 42
 
 
 def test_encode_chunk_raises_on_what_does_not_pickle_at_all() -> None:
     lock = threading.Lock()
     with pytest.raises(TypeError):
-        encode_chunk([(0, P(T.identity, lock))])
+        encode_chunk([P(T.identity, lock)])
 
 
 def test_chunk_message_is_a_frame_with_its_header() -> None:
@@ -133,27 +135,31 @@ def test_journal_written_by_a_worker_is_read_back() -> None:
 def test_empty_and_torn_journals() -> None:
     block = bytearray(JOURNAL_HEADER.size + 64)
     assert read_journal(memoryview(block), -1) is None  # nothing held
-    JOURNAL_HEADER.pack_into(block, 0, 1, 10_000, 2)  # more bytes than the block has
+    JOURNAL_HEADER.pack_into(block, 0, 1, 10_000, 2, 0)  # more bytes than the block has
     assert read_journal(memoryview(block), -1) is None
-    JOURNAL_HEADER.pack_into(block, 0, 1, 4, 2)  # two records cannot fit in 4 bytes
+    JOURNAL_HEADER.pack_into(block, 0, 1, 4, 2, 0)  # two records cannot fit in 4 bytes
     assert read_journal(memoryview(block), -1) is None
 
 
 def test_ok_many_tag_is_distinct() -> None:
     assert TAG_OK_MANY not in (0, 1, 2)
     assert TAG_OK_LIST not in (0, 1, 2, TAG_OK_MANY)
+    assert TAG_OK_ARRAY not in (0, 1, 2, TAG_OK_MANY, TAG_OK_LIST)
 
 
-def _flushed(values: list[object]) -> tuple[int, float | None, int, int, memoryview]:
-    """Hold `values` in a journal, flush it into a pipe: the message's tag and header
-    and its body."""
+def _flushed(
+    values: list[object], numbers: bool = False
+) -> tuple[int, float | None, int, int, memoryview]:
+    """Hold `values` in a journal (as the worker does: numbers as array items when
+    `numbers`), flush it into a pipe: the message's tag and header and its body."""
     import os
 
     r, w = os.pipe()
     try:
         journal = _Journal(bytearray(JOURNAL_HEADER.size + 4096), out=w)
         for value in values:
-            assert journal.add(pickle.dumps(value), 0.0, value)
+            if not (numbers and journal.add_number(value, 0.0)):
+                assert journal.add(pickle.dumps(value), 0.0, value)
         journal.flush(0.5)
         data, spans = FrameSplitter().feed(os.read(r, 65536))
     finally:
@@ -175,6 +181,95 @@ def test_other_values_are_flushed_as_records() -> None:
     tag, _, count, _, body = _flushed([1, [2], 3])
     assert (tag, count) == (TAG_OK_MANY, 3)
     assert [pickle.loads(r) for r in iter_records(body, count)] == [1, [2], 3]
+
+
+def test_ints_and_floats_are_held_and_flushed_as_native_arrays() -> None:
+    for values in ([1, -2, 2**63 - 1, -(2**63)], [0.5, -1e300, math.inf]):
+        tag, seconds, count, epoch, body = _flushed(values, numbers=True)
+        assert (tag, seconds, count, epoch) == (TAG_OK_ARRAY, 0.5, len(values), 0)
+        got = decode_array(body, count)
+        assert got == values
+        assert [type(v) for v in got] == [type(v) for v in values]
+
+
+def test_numbers_that_do_not_fit_an_array_go_pickled() -> None:
+    # An int past 64 bits, a bool (an int subclass), an int after a float: one form
+    # per epoch, and every value comes back with its exact type.
+    for values in ([1, 2**64, 3], [1, True, 2], [0.5, 1, 2.5], [1, "x", 2, 3.5]):
+        got: list[object] = []
+        for tag, count, body in _messages(values):
+            if tag == TAG_OK_ARRAY:
+                got += decode_array(body, count)
+            elif tag == TAG_OK_LIST:
+                got += pickle.loads(body)
+            else:
+                got += [pickle.loads(r) for r in iter_records(body, count)]
+        assert got == values
+        assert [type(v) for v in got] == [type(v) for v in values]
+
+
+def _messages(values: list[object]) -> list[tuple[int, int, memoryview]]:
+    """Every message a journal sends for `values` held as the worker holds them, then
+    flushed: `(tag, count, body)` each."""
+    import os
+
+    r, w = os.pipe()
+    try:
+        journal = _Journal(bytearray(JOURNAL_HEADER.size + 4096), out=w)
+        for value in values:
+            if not journal.add_number(value, 0.0):
+                assert journal.add(pickle.dumps(value), 0.0, value)
+        journal.flush(0.5)
+        data, spans = FrameSplitter().feed(os.read(r, 65536))
+    finally:
+        os.close(r)
+        os.close(w)
+    out = []
+    for start, end in spans:
+        _, count, _, body = decode_many(memoryview(data)[start + 1 : end])
+        out.append((data[start], count, body))
+    return out
+
+
+def _journal_after(values: list[object]) -> tuple[bytearray, list[int]]:
+    """A journal that held `values` as the worker holds them (flushing into a pipe
+    when the form changes), and the tags of the messages it sent."""
+    import os
+
+    block = bytearray(JOURNAL_HEADER.size + 4096)
+    r, w = os.pipe()
+    try:
+        journal = _Journal(block, out=w)
+        for value in values:
+            if not journal.add_number(value, 0.0):
+                assert journal.add(pickle.dumps(value), 0.0, value)
+        os.set_blocking(r, False)
+        try:
+            data, spans = FrameSplitter().feed(os.read(r, 65536))
+        except BlockingIOError:
+            data, spans = b"", []
+    finally:
+        os.close(r)
+        os.close(w)
+    return block, [data[start] for start, _ in spans]
+
+
+def test_a_dead_workers_array_journal_is_read_back() -> None:
+    block, sent = _journal_after([7, 8, 9])
+    assert sent == []  # all held
+    found = read_journal(memoryview(block), last_epoch=-1)
+    assert found == (3, [7, 8, 9])
+    assert read_journal(memoryview(block), last_epoch=0) is None
+    # A string after the ints: the ints are sent, the string is held as a record.
+    block, sent = _journal_after([7, 8, "x"])
+    assert sent == [TAG_OK_ARRAY]
+    found = read_journal(memoryview(block), last_epoch=0)
+    assert found is not None and not isinstance(found[1], list)
+    count, records = found
+    assert [pickle.loads(r) for r in iter_records(records, count)] == ["x"]
+    # A torn array header (more items than the block holds): nothing is taken.
+    JOURNAL_HEADER.pack_into(block, 0, 5, 0, 10_000, 1)
+    assert read_journal(memoryview(block), last_epoch=0) is None
 
 
 def test_a_chunk_hands_back_only_when_its_tasks_are_really_long() -> None:

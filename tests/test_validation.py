@@ -110,6 +110,39 @@ async def test_a_bad_function_among_many_calls_is_named_by_its_first_task(
         await run_all(iter(tasks) if lazy else tasks, kind="cpu")
 
 
+class _TouchyCallable:
+    """A callable whose `==` raises: the bulk check must not trip over it."""
+
+    def __call__(self, x: int) -> int:
+        return x
+
+    def __eq__(self, other: object) -> bool:
+        raise RuntimeError("do not compare me")
+
+    __hash__ = object.__hash__
+
+
+@pytest.mark.parametrize("kind", ["blocking", "cpu"])
+async def test_an_empty_batch_passes_the_bulk_check(kind: str) -> None:
+    assert await run_all([], kind=kind) == []
+    assert await run_all(iter([]), kind=kind) == []
+
+
+async def test_bulk_check_of_callables_that_refuse_comparison() -> None:
+    one, two = _TouchyCallable(), _TouchyCallable()
+    tasks = [call(one if i % 2 else two, i) for i in range(50)]
+    assert await run_all(tasks, kind="blocking") == list(range(50))
+
+
+async def test_bulk_check_of_one_function_checks_it_once_and_still_catches_the_bad_one() -> None:
+    # Many calls of one function and one odd task at the end: the odd one is checked.
+    tasks: list[Any] = [call(record, i) for i in range(200)]
+    tasks.append(call(coro_record, 1))  # an async function on a sync lane
+    with pytest.raises(TypeError, match="task 200"):
+        await run_all(tasks, kind="blocking")
+    assert ran == []  # nothing started
+
+
 async def test_not_a_task_at_all() -> None:
     with pytest.raises(TypeError, match="task 0"):
         await run_all([42], kind="blocking")

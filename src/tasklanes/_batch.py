@@ -17,7 +17,8 @@ for a cancelled caller, and the failure is raised once the lane has cleaned up.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import AsyncIterable, Callable, Iterable
+from collections.abc import AsyncIterable, Callable, Iterable, Sequence
+from itertools import repeat
 from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
 import anyio
@@ -77,6 +78,7 @@ class Batch:
         "stopping",
         "timeout",
         "wake",
+        "widen",
     )
 
     def __init__(
@@ -87,7 +89,7 @@ class Batch:
         emit: Callable[[int, bool, Any], None],
         loop: LoopHandle,
         progress: Progress | None = None,
-        emit_ok_many: Callable[[list[int], list[Any]], None] | None = None,
+        emit_ok_many: Callable[[Sequence[int], list[Any]], None] | None = None,
         emit_ok: Callable[[int, Any], None] | None = None,
         controls: Controls | None = None,
     ) -> None:
@@ -96,7 +98,9 @@ class Batch:
         self.timeout = timeout
         self.emit = emit
         #: Many successes at once, ``(indexes, values)``: what ``emit(i, True, v)`` does
-        #: for each pair, in one step. Lanes that deliver outcomes in bulk use it.
+        #: for each pair, in one step. Lanes that deliver outcomes in bulk use it;
+        #: ``indexes`` may be a ``range`` (consecutive tasks: ``run_all`` then stores
+        #: ``values`` as one block), and the consumer may keep ``values``.
         self.emit_ok_many = emit_ok_many or self._emit_ok_each
         #: One success, ``(index, value)``: what ``emit(index, True, value)`` does, as
         #: cheaply as the consumer can (for ``run_all``, a bare dict store).
@@ -109,6 +113,10 @@ class Batch:
         self.scope: anyio.CancelScope | None = None
         #: ``limiter=``/``rate=``/``retry=`` of the call (see ``_control``), or None.
         self.controls = controls
+        #: The lane asks for `n` tasks in flight at once: an iterator batch widens its
+        #: window (its bound on tasks pulled ahead of the consumer) up to `n`, capped.
+        #: The cpu lane asks it of a pool that wants thousands of tiny tasks queued.
+        self.widen: Callable[[int], None] = _no_widen
         #: Set by a lane that waits on something other than the source (an inbox):
         #: the controls call it when a task becomes ready to pull.
         self.wake: Callable[[], None] | None = None
@@ -116,7 +124,7 @@ class Batch:
     def _emit_ok_one(self, index: int, value: Any) -> None:
         self.emit(index, True, value)
 
-    def _emit_ok_each(self, indexes: list[int], values: list[Any]) -> None:
+    def _emit_ok_each(self, indexes: Sequence[int], values: list[Any]) -> None:
         emit = self.emit
         for index, value in zip(indexes, values, strict=True):
             emit(index, True, value)
@@ -131,6 +139,19 @@ class Batch:
         self.stopping = True
         if self.scope is not None:
             self.scope.cancel()
+
+
+def _no_widen(n: int) -> None:
+    """`run_all` has no window to widen: a lane pulls what it has room for."""
+
+
+#: The most an iterator batch lets its window grow to when the lane asks (`widen`):
+#: tasks pulled ahead of the consumer, and outcomes buffered for it.
+MAX_WINDOW = 8192
+_ANY = 1 << 62  # as many as asked for
+#: In `_Stream.reorder`, in place of `ok`: the value is a list, the outcomes of
+#: consecutive successful tasks from that index on.
+_BLOCK: Any = object()
 
 
 async def run_batch(lane: Lane, batch: Batch) -> None:
@@ -192,12 +213,19 @@ async def collect(
         if progress is not None:
             progress.advance(ok)
 
-    def emit_ok_many(indexes: list[int], values: list[Any]) -> None:
+    # Consecutive successes handed over as one block (`emit_ok_many` with a `range`),
+    # kept as they came and copied into the result with one slice assignment each.
+    runs: list[tuple[int, list[Any]]] = []
+
+    def emit_ok_many(indexes: Sequence[int], values: list[Any]) -> None:
         # The bulk path (the cpu lane hands over thousands of tiny results at once):
         # the stores run in C, not one Python call per result.
         if progress is not None:
             for index, value in zip(indexes, values, strict=True):
                 emit(index, True, value)
+            return
+        if type(indexes) is range and indexes.step == 1 and len(indexes) == len(values):
+            runs.append((indexes.start, values))
             return
         store.update(zip(indexes, values, strict=True))
 
@@ -208,9 +236,17 @@ async def collect(
     )
     await run_batch(lane, batch)
     pulled = source.pulled
-    if len(store) != pulled:  # pragma: no cover - a bug in a lane, never silent
-        raise RuntimeError(f"tasklanes lost results: {pulled} tasks started, {len(store)} outcomes")
-    return list(map(store.__getitem__, range(pulled)))
+    got = len(store) + sum(len(values) for _, values in runs)
+    if got != pulled:  # pragma: no cover - a bug in a lane, never silent
+        raise RuntimeError(f"tasklanes lost results: {pulled} tasks started, {got} outcomes")
+    if not runs:
+        return list(map(store.__getitem__, range(pulled)))
+    results: list[Any] = [None] * pulled
+    for first, values in runs:
+        results[first : first + len(values)] = values
+    for index, value in store.items():
+        results[index] = value
+    return results
 
 
 class _Stream:
@@ -241,7 +277,7 @@ class _Stream:
         self.ordered = ordered
         self.progress = progress
         self.ready: deque[tuple[int, bool, Any]] = deque()
-        self.reorder: dict[int, tuple[bool, Any]] = {}
+        self.reorder: dict[int, tuple[Any, Any]] = {}  # index -> (ok or _BLOCK, value)
         self.next_index = 0  # ordered: the next index to hand out
         self.window = max(2 * limit, 16)
         self.event: anyio.Event | None = None
@@ -255,24 +291,73 @@ class _Stream:
         self.event = anyio.Event()
         self.finished = anyio.Event()
         source = self.source
-        window = self.window
         if self.ordered:
             # Bound both the reorder buffer and the distance from the oldest result the
             # loop still waits for: a slow first task must not let the rest run away.
             source.set_gate(
                 lambda index: (
-                    len(self.ready) + len(self.reorder) < window
-                    and index < self.next_index + window
-                )
+                    len(self.ready) + len(self.reorder) < self.window
+                    and index < self.next_index + self.window
+                ),
+                lambda index: (
+                    self.next_index + self.window - index
+                    if len(self.ready) + len(self.reorder) < self.window
+                    else 0
+                ),
             )
         else:
-            source.set_gate(lambda index: len(self.ready) < window)
+            source.set_gate(
+                lambda index: len(self.ready) < self.window,
+                lambda index: _ANY if len(self.ready) < self.window else 0,
+            )
         if self.progress is not None:
             self.progress.start(source.size)
         self.batch = Batch(
-            source, self.limit, self.timeout, self.emit, loop, self.progress, controls=self.controls
-        )
+            source, self.limit, self.timeout, self.emit, loop, self.progress,
+            self.emit_ok_many, controls=self.controls,
+        )  # fmt: skip
+        self.batch.widen = self.widen
         loop.spawn_background(self.run)
+
+    def widen(self, n: int) -> None:
+        """The lane wants `n` tasks in flight (see `Batch.widen`): let the window grow
+        to that, at most `MAX_WINDOW`. It never shrinks back during the batch."""
+        if n > self.window and self.window < MAX_WINDOW:
+            self.window = min(n, MAX_WINDOW)
+            self.release()
+
+    def emit_ok_many(self, indexes: Sequence[int], values: list[Any]) -> None:
+        """Many successes at once. Consecutive ones (a `range`) go into the ready
+        buffer in one step when they are next in order, else wait in the reorder
+        buffer as one block."""
+        if self.progress is None and type(indexes) is range and len(indexes) == len(values):
+            first = indexes.start
+            if not self.ordered:
+                self.ready.extend(zip(indexes, repeat(True), values))
+            elif first == self.next_index:
+                self.ready.extend(zip(indexes, repeat(True), values))
+                self.next_index += len(values)
+                self._drain()
+            else:
+                self.reorder[first] = (_BLOCK, values)
+                return  # nothing new for the consumer yet
+            self.wake()
+            return
+        for index, value in zip(indexes, values, strict=True):
+            self.emit(index, True, value)
+
+    def _drain(self) -> None:
+        """Ordered: move what is next in order from the reorder buffer to `ready`."""
+        reorder = self.reorder
+        while self.next_index in reorder:
+            first = self.next_index
+            ok, value = reorder.pop(first)
+            if ok is _BLOCK:
+                self.ready.extend(zip(range(first, first + len(value)), repeat(True), value))
+                self.next_index = first + len(value)
+            else:
+                self.ready.append((first, ok, value))
+                self.next_index = first + 1
 
     async def run(self) -> None:
         assert self.batch is not None and self.finished is not None
@@ -299,10 +384,7 @@ class _Stream:
             self.progress.advance(ok)
         if self.ordered:
             self.reorder[index] = (ok, value)
-            while self.next_index in self.reorder:
-                ok2, value2 = self.reorder.pop(self.next_index)
-                self.ready.append((self.next_index, ok2, value2))
-                self.next_index += 1
+            self._drain()
         else:
             self.ready.append((index, ok, value))
         self.wake()

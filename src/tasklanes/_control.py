@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import threading
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -261,8 +261,10 @@ class ControlledSource:
     def take_rest(self) -> None:
         return None
 
-    def set_gate(self, gate: Callable[[int], bool]) -> None:
-        self.inner.set_gate(gate)
+    def set_gate(
+        self, gate: Callable[[int], bool], room: Callable[[int], int] | None = None
+    ) -> None:
+        self.inner.set_gate(gate, room)
 
     def release(self) -> None:
         self.inner.release()
@@ -491,7 +493,7 @@ class ControlledSource:
             self._event = None
             event.set()
 
-    def emit_ok_many(self, lane_indexes: list[int], values: list[Any]) -> None:
+    def emit_ok_many(self, lane_indexes: Sequence[int], values: list[Any]) -> None:
         if self.holds or self.attempt:
             for lane_index, value in zip(lane_indexes, values, strict=True):
                 self.emit(lane_index, True, value)

@@ -485,7 +485,7 @@ def _probe_task(fn: Callable[[Any], Any]) -> object:
 def _map_tasks(
     fn: Callable[[Any], Any], items: Iterable[Any] | AsyncIterable[Any]
 ) -> Iterable[Any] | AsyncIterable[Any]:
-    from ._call import Call
+    from ._call import Call, call_each
 
     if isinstance(items, AsyncIterable):
 
@@ -498,7 +498,7 @@ def _map_tasks(
         raise TypeError(
             f"amap() needs an iterable or async iterable of items, got {type(items).__name__}"
         )
-    return (Call(fn, (item,), {}) for item in items)
+    return call_each(fn, items)
 
 
 _default: Scheduler | None = None

@@ -200,16 +200,29 @@ class CachedCheck:
         """Check `tasks` (indexes from `start`) as calling `self` on each would, in
         bulk when they are all `Call`s (or all partials): the functions are gathered
         in C, and only a function not passed yet is checked, at its first task."""
-        kinds = set(map(type, tasks))
-        if kinds == {Call}:
+        if not tasks:
+            return
+        kinds = list(map(type, tasks))  # counted below: cheaper than a set of them
+        if kinds.count(Call) == len(kinds):
             fns = list(map(_call_fn, tasks))
-        elif kinds == {functools.partial}:
+        elif kinds.count(functools.partial) == len(kinds):
             fns = list(map(_partial_func, tasks))
         else:
             for index, task in enumerate(tasks, start):
                 self(task, index)
             return
         passed = self._passed
+        first = fns[0]
+        try:
+            # The common case, one function for the whole batch: a C-level count
+            # (identity first) instead of the id of every task's function.
+            alone = fns.count(first) == len(fns)
+        except Exception:  # a callable object whose `==` raises: the long way
+            alone = False
+        if alone:
+            if passed.get(id(first)) is not first:
+                self(tasks[0], start)
+            return
         for key in dict.fromkeys(map(id, fns)):  # in order of first appearance
             if key not in passed:
                 i = next(i for i, fn in enumerate(fns) if id(fn) == key)
@@ -249,6 +262,7 @@ class Source:
         self._aiterator: AsyncIterator[Any] | None = None
         self._alock: anyio.Lock | None = None
         self._gate: Callable[[int], bool] | None = None
+        self._gate_room: Callable[[int], int] | None = None
         self._gate_event: anyio.Event | None = None
         #: An input error met by a bulk ``take`` after some tasks: raised next time.
         self._pending_error: Exception | None = None
@@ -257,7 +271,7 @@ class Source:
         #: nothing else skips the per-task check.
         self.trusted: frozenset[type] = getattr(check, "trusted", frozenset())
         if isinstance(tasks, (list, tuple)):
-            if not set(map(type, tasks)) <= self.trusted:
+            if not self.trusted or not set(map(type, tasks)) <= self.trusted:
                 self._check_all(tasks, check)
             self._sequence = tasks
             self.size = len(tasks)
@@ -309,8 +323,14 @@ class Source:
         """The input is an async iterable: ``take`` gives nothing, ``await next()`` does."""
         return self._aiterator is not None
 
-    def set_gate(self, gate: Callable[[int], bool]) -> None:
+    def set_gate(
+        self, gate: Callable[[int], bool], room: Callable[[int], int] | None = None
+    ) -> None:
+        """Pull task `index` only while `gate(index)` says yes. `room(index)`, if
+        given, says in one call how many tasks from `index` on the gate lets through
+        now (its answers must agree): `take` then pulls them in bulk."""
         self._gate = gate
+        self._gate_room = room
 
     def blocked(self) -> bool:
         """The gate holds the next task back (the consumer must catch up first)."""
@@ -360,13 +380,18 @@ class Source:
         if self._ended or it is None or n <= 0:
             return []
         if self._gate is not None:
-            out: list[Any] = []
-            while len(out) < n:
-                item = self.next_nowait()
-                if item is END or item is WAIT:
-                    break
-                out.append(item[1])
-            return out
+            room = self._gate_room
+            if room is None:
+                out: list[Any] = []
+                while len(out) < n:
+                    item = self.next_nowait()
+                    if item is END or item is WAIT:
+                        break
+                    out.append(item[1])
+                return out
+            n = min(n, room(self._index))
+            if n <= 0:
+                return []
         start = self._index
         tasks: list[Any] = []
         try:
@@ -429,13 +454,14 @@ class Source:
         assert self._sequence is not None
         return self._sequence[index]
 
-    def take_rest(self) -> list[tuple[int, Any]] | None:
-        """Every remaining ``(index, task)`` of a list input at once (checked already),
-        or ``None`` when the input is lazy or gated: then pull one by one."""
+    def take_rest(self) -> list[Any] | None:
+        """Every remaining task of a list input at once (checked already; the first
+        one's index is `pulled` as it was before the call), or ``None`` when the input
+        is lazy or gated: then pull in steps."""
         if self._sequence is None or self._gate is not None or self._ended:
             return None
         start = self._index
-        rest = list(enumerate(self._sequence[start:], start))
+        rest = list(self._sequence[start:]) if start else list(self._sequence)
         self._index = start + len(rest)
         self._ended = True
         self._iterator = None

@@ -13,16 +13,19 @@ until the pool reports the job settled, so no process of the batch outlives the 
 
 from __future__ import annotations
 
+import functools
 import time
+from bisect import bisect_right
 from multiprocessing.context import BaseContext
 from typing import Any
 
 import anyio
 
 from .._batch import Batch
+from .._call import Call
 from .._inbox import Inbox
 from .._processes._pickling import check_task_function
-from .._processes._pool import PoolJob, ProcessPool
+from .._processes._pool import PoolJob, ProcessPool, Run
 from .._stats import LaneStats, Tally, WorkerResources, record, shifted
 from .._tasks import CachedCheck, check_cpu_task
 from ._base import LaneBase, Outcome, classify, count, pull
@@ -34,6 +37,9 @@ _SETTLED = object()
 #: that a worker finishing a chunk never waits for the event loop to refill.
 _MIN_QUEUED = 256
 _MAX_QUEUED = 8192
+#: Functions whose run time per task the lane remembers (to size the first chunks of
+#: their next batch); forgotten all at once past this many.
+_MAX_REMEMBERED = 256
 
 
 class ProcessLane(LaneBase):
@@ -52,6 +58,8 @@ class ProcessLane(LaneBase):
         self._context = mp_context
         self._recycling = (max_tasks_per_worker, max_worker_memory)
         self.check_task = CachedCheck(self._check)
+        # id(fn) -> (fn, seconds per task in its last batch); fn kept so its id stays.
+        self.task_seconds: dict[int, tuple[object, float]] = {}
         self.stats = LaneStats(
             "cpu",
             self.capacity,
@@ -122,12 +130,26 @@ class ProcessLane(LaneBase):
                 # The job settles once no worker works on it any more.
                 on_settled=lambda: inbox.put(_SETTLED),
                 on_gone=None if watch_gone is None else watch_gone(),
+                runs=True,
             )
             await runner.run()
         finally:
             self.close_run(runner)
             if runner.job is not None:
                 self.stats.merge(runner.figures(runner.job))
+                self._remember(runner.fn, runner.job)
+
+    def expected_seconds(self, fn: object) -> float | None:
+        """How long a task of `fn` took in its last batch here (per task), if known."""
+        known = self.task_seconds.get(id(fn))
+        return known[1] if known is not None and known[0] is fn else None
+
+    def _remember(self, fn: object, job: PoolJob) -> None:
+        if fn is None or not job.run_count:
+            return
+        if len(self.task_seconds) >= _MAX_REMEMBERED:
+            self.task_seconds.clear()
+        self.task_seconds[id(fn)] = (fn, job.run_total / job.run_count)
 
 
 class _CpuBatch:
@@ -139,7 +161,8 @@ class _CpuBatch:
         self.outstanding = 0
         self.settled = False
         self.tally = Tally()
-        self.put_at: dict[int, float] = {}  # index -> when handed to the pool
+        self.fn: object = None  # the function of the batch's first task, if any
+        self.put_times = _PutTimes()  # a lazy input: when each part went to the pool
         self.put_all_at: float | None = None  # a list input: all handed over at once
         self.turnarounds = 0
         self.turnaround_total = 0.0
@@ -201,72 +224,117 @@ class _CpuBatch:
         if source.in_memory and not batch.stopping:
             # A list: hand it all over at once, the pool paces it. One timestamp
             # serves every task for the queue-lag figures.
+            first = source.pulled
             rest = source.take_rest()
             if rest is not None:
                 if rest:
+                    self._first_put(job, rest[0])
                     self.outstanding += len(rest)
                     self.put_all_at = time.monotonic()
-                    job.put(rest)
+                    job.put(first, rest)
                 return
         if source.in_memory and source.size is not None:
             want = source.size
         else:
-            want = min(max(job.demand + self.outstanding, _MIN_QUEUED), _MAX_QUEUED)
+            asked = job.demand + self.outstanding
+            # An iterator batch (`amap`, `as_completed`) bounds what is pulled ahead of
+            # its consumer by a window sized from `limit`: tiny tasks need the pool's
+            # own demand in flight (thousands), or every chunk is a round trip.
+            batch.widen(asked)
+            want = min(max(asked, _MIN_QUEUED), _MAX_QUEUED)
         start, tasks = await pull(batch, want - self.outstanding, owed=self.outstanding > 0)
-        added = list(enumerate(tasks, start))
         # (With limiter=, the tasks pulled hold their limiters already: no worker
         # process waits for one; see `_control`.)
-        if added:
-            self.outstanding += len(added)
-            now = time.monotonic()
-            self.put_at.update(dict.fromkeys([index for index, _ in added], now))
-            job.put(added)
+        if tasks:
+            if not start:
+                self._first_put(job, tasks[0])
+            self.outstanding += len(tasks)
+            self.put_times.add(start, len(tasks), time.monotonic())
+            job.put(start, tasks)
 
-    def _deliver_ok(self, items: list[Any]) -> None:
-        """The common case, in bulk: every outcome a success. The turnaround figures
-        are taken per delivery (its tasks' mean, and the oldest for the maximum), not
-        per task."""
-        n = len(items)
-        self.outstanding -= n
-        now = time.monotonic()
-        indexes = [item[0] for item in items]
+    def _first_put(self, job: PoolJob, task: object) -> None:
+        """Before the batch's first tasks go to the pool: if the lane has run this
+        function before, tell the pool how long its tasks took (a warm start: full
+        chunks at once instead of growing from one task)."""
+        kind = type(task)
+        if kind is Call:
+            self.fn = task.fn  # type: ignore[attr-defined]
+        elif kind is functools.partial:
+            self.fn = task.func  # type: ignore[attr-defined]
+        else:
+            return
+        seconds = self.lane.expected_seconds(self.fn)
+        if seconds is not None:
+            job.expect(seconds)
+
+    def _waited(self, first: int, n: int, now: float) -> tuple[float, float]:
+        """Tasks `first` to `first + n - 1`, back at `now`: their summed turnaround,
+        and the longest."""
         put_all_at = self.put_all_at
         if put_all_at is not None:
-            total = (now - put_all_at) * n
-            longest = now - put_all_at
-        else:
-            pop = self.put_at.pop
-            put = [pop(index, now) for index in indexes]
-            total = now * n - sum(put)
-            longest = now - min(put)
-        self.turnarounds += n
+            return (now - put_all_at) * n, now - put_all_at
+        return self.put_times.take(first, n, now)
+
+    def _deliver_runs(self, runs: list[Run]) -> None:
+        """The common case, in bulk: blocks of successes of consecutive tasks, each
+        handed to the batch as one (`emit_ok_many` with a `range`). The turnaround
+        figures are taken per block (its tasks' mean, and the oldest for the
+        maximum), not per task."""
+        now = time.monotonic()
+        emit_ok_many = self.batch.emit_ok_many
+        done = 0
+        total = 0.0
+        longest = 0.0
+        for run in runs:
+            first = run.first
+            values = run.values
+            n = len(values)
+            waited, oldest = self._waited(first, n, now)
+            done += n
+            total += waited
+            if oldest > longest:
+                longest = oldest
+            emit_ok_many(range(first, first + n), values)
+        self.outstanding -= done
+        self.turnarounds += done
         self.turnaround_total += total
-        record(self.turnaround_hist, total / n, n)
+        if done:
+            record(self.turnaround_hist, total / done, done)
         if longest > self.turnaround_max:
             self.turnaround_max = longest
-        count(self.tally, Outcome.COMPLETED, n)
-        self.batch.emit_ok_many(indexes, [item[2] for item in items])
+        count(self.tally, Outcome.COMPLETED, done)
 
     def _deliver(self, items: list[Any], cancelled: bool = False) -> None:
         if not items:
             return  # a poke (`batch.wake`: limiter=/retry= has a task ready), no outcome
-        if not cancelled and _SETTLED not in items and all([item[1] for item in items]):
-            self._deliver_ok(items)
+        if not cancelled and all([type(item) is Run for item in items]):
+            self._deliver_runs(items)
             return
         tally = self.tally
         emit = self.batch.emit
         now = time.monotonic()
-        put_at = self.put_at
-        put_all_at = self.put_all_at
         longest = 0.0
         turnaround_hist = self.turnaround_hist
         for item in items:
             if item is _SETTLED:
                 self.settled = True
                 continue
+            if type(item) is Run:
+                if not cancelled:
+                    self._deliver_runs([item])
+                    continue
+                n = len(item.values)
+                waited, oldest = self._waited(item.first, n, now)
+                self.outstanding -= n
+                self.turnarounds += n
+                self.turnaround_total += waited
+                record(turnaround_hist, waited / n, n)
+                longest = max(longest, oldest)
+                tally.cancelled += n
+                continue
             index, ok, value = item
             self.outstanding -= 1
-            turnaround = now - (put_all_at if put_all_at is not None else put_at.pop(index, now))
+            turnaround = self._waited(index, 1, now)[0]
             self.turnarounds += 1
             self.turnaround_total += turnaround
             record(turnaround_hist, turnaround)
@@ -279,3 +347,46 @@ class _CpuBatch:
             emit(index, ok, value)
         if longest > self.turnaround_max:
             self.turnaround_max = longest
+
+
+class _PutTimes:
+    """When the parts of a lazy input were handed to the pool (one `put` each), for
+    the queue-lag figures. A part is forgotten once all its tasks are back, so this
+    holds about as many entries as there are parts in flight."""
+
+    __slots__ = ("ends", "firsts", "left", "times")
+
+    def __init__(self) -> None:
+        self.firsts: list[int] = []  # ascending: parts are put in index order
+        self.ends: list[int] = []
+        self.times: list[float] = []
+        self.left: list[int] = []  # tasks of the part not back yet
+
+    def add(self, first: int, n: int, now: float) -> None:
+        self.firsts.append(first)
+        self.ends.append(first + n)
+        self.times.append(now)
+        self.left.append(n)
+
+    def take(self, first: int, n: int, now: float) -> tuple[float, float]:
+        """Tasks `first` to `first + n - 1` are back at `now`: their summed
+        turnaround, and the longest. (They may span parts.)"""
+        firsts, ends, times, left = self.firsts, self.ends, self.times, self.left
+        i = bisect_right(firsts, first) - 1
+        total = 0.0
+        longest = 0.0
+        pos = first
+        end = first + n
+        while pos < end and 0 <= i < len(firsts) and firsts[i] <= pos < ends[i]:
+            k = min(end, ends[i]) - pos
+            waited = now - times[i]
+            total += waited * k
+            if waited > longest:
+                longest = waited
+            left[i] -= k
+            pos += k
+            if left[i] <= 0:
+                del firsts[i], ends[i], times[i], left[i]
+            else:
+                i += 1
+        return total, longest

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from .._errors import closed_error
-from ._job import JobCore
+from ._job import Delivered, JobCore, tasks_in
 from ._log import log
 from ._reaper import Reaper
 
@@ -33,7 +33,7 @@ class Delivery(Reaper):
             out = job.out
             if out:
                 job.out = []
-                job.delivered += len(out)
+                job.delivered += tasks_in(out)
                 try:
                     job.deliver(out)
                 except BaseException:
@@ -61,20 +61,21 @@ class Delivery(Reaper):
         for job in self.jobs:
             if job.settled:
                 continue
+            dropped = job.drop_queue()
             if not job.cancelled:
-                unfinished = list(job.requeue) + list(job.queue)
+                unfinished = [
+                    i for first, tasks in dropped for i in range(first, first + len(tasks))
+                ]
                 for w in self.workers:
                     for chunk in w.inflight:
                         if chunk.job is not job:
                             continue
-                        for k in range(chunk.done, len(chunk.items)):
+                        for k in range(chunk.done, len(chunk.tasks)):
                             if w.timed_out is None or w.timed_out != (chunk, k):
-                                unfinished.append(chunk.items[k])
-                job.out.extend((index, False, closed_error(index)) for index, _ in unfinished)
-            job.queue.clear()
-            job.requeue.clear()
+                                unfinished.append(chunk.first + k)
+                job.out.extend((index, False, closed_error(index)) for index in unfinished)
             out, job.out = job.out, []
-            job.delivered += len(out)
+            job.delivered += tasks_in(out)
             job.settled = True
             if out and not job.cancelled:
                 self._deliver_now(job, out)
@@ -82,5 +83,5 @@ class Delivery(Reaper):
         self.jobs = []
 
     @staticmethod
-    def _deliver_now(job: JobCore, out: list[tuple[int, bool, object]]) -> None:
+    def _deliver_now(job: JobCore, out: list[Delivered]) -> None:
         _call_back("deliver", lambda: job.deliver(out))

@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import os
 import selectors
+from typing import Any
 
 from ._job import JobCore, size_for
 from ._log import log
 from ._pickling import dumps_task
 from ._results import ResultReader
-from ._wire import Item, chunk_message, encode_chunk
+from ._wire import chunk_message, encode_chunk
 from ._workers import READY, RETIRING, Chunk, WorkerHandle
 
 __all__ = ["CHUNK_BUDGET_SECONDS", "PIPELINE_BELOW_SECONDS", "Dispatcher"]
@@ -82,12 +83,14 @@ class Dispatcher(ResultReader):
         ewma = job.ewma
         if ewma is None:
             return 1  # nothing measured yet: a long task must not hold others back
-        size = min(size_for(ewma), job.max_size * 4)
+        full = size_for(ewma)
+        size = min(full, job.max_size * 4)
         # Leave some for the other workers the job may use, so that the tail of a
-        # batch spreads out instead of landing on one worker.
+        # batch spreads out instead of landing on one worker -- but not in pieces
+        # worth less than a sixteenth of a chunk's time: each is a round trip.
         slots = min(job.limit, self.max_workers)
-        share = -(-len(job.queue) // slots)
-        size = max(1, min(size, share))
+        share = -(-job.queued // slots)
+        size = max(1, min(size, max(share, full // 16)))
         if size > job.max_size:
             job.max_size = size
         return size
@@ -96,20 +99,19 @@ class Dispatcher(ResultReader):
         q = job.queue
         budget = self.max_tasks_per_worker
         while q:
-            size = min(self._chunk_size(job), len(q))
+            size = self._chunk_size(job)
             if budget is not None:
                 # Never more than the worker has left: it must not run past its budget.
                 size = min(size, budget - w.assigned)
-            popleft = q.popleft
-            items = [popleft() for _ in range(size)]
-            payload = self._pickle_chunk(job, items)
+            first, tasks = job.take(size)
+            payload = self._pickle_chunk(job, first, tasks)
             if payload is not None:
                 break
         else:
             return
         chunk_id = self.next_chunk_id
         self.next_chunk_id = chunk_id + 1
-        chunk = Chunk(chunk_id, job, items)
+        chunk = Chunk(chunk_id, job, first, tasks)
         if not w.inflight:
             w.task_start = now
             w.job = job
@@ -117,10 +119,10 @@ class Dispatcher(ResultReader):
         w.inflight.append(chunk)
         stats = self.stats
         stats["chunks"] += 1
-        stats["tasks"] += len(items)
+        stats["tasks"] += len(tasks)
         self._write(w, chunk_message(chunk_id, CHUNK_BUDGET_SECONDS, payload))
         if budget is not None:
-            w.assigned += len(items)
+            w.assigned += len(tasks)
             if w.assigned >= budget:
                 w.state = RETIRING
                 log.info(
@@ -130,39 +132,40 @@ class Dispatcher(ResultReader):
                     extra={"lane": "cpu", "pid": w.pid, "reason": "tasks", "tasks": w.assigned},
                 )
 
-    def _pickle_chunk(self, job: JobCore, items: list[Item]) -> bytes | None:
+    def _pickle_chunk(self, job: JobCore, first: int, tasks: list[Any]) -> bytes | None:
         """Pickle a chunk as one list (much cheaper per task than one by one).
 
         If that fails, find the culprits by pickling each task alone: each one fails
-        with `TypeError`, the others are kept in `items` (edited in place). None if no
-        task is left.
+        with `TypeError`, and the others go back to the front of the queue (in runs of
+        consecutive indexes, each sent as a chunk of its own next). None then.
         """
         try:
-            return encode_chunk(items)
-        except Exception:
-            pass  # find the culprits below
-        good = []
-        for index, task in items:
+            return encode_chunk(tasks)
+        except Exception as exc:
+            error: Exception = exc
+        bad = []
+        for k, task in enumerate(tasks):
             try:
                 dumps_task(task)
             except Exception as exc:
-                error = TypeError(f"task {index} could not be pickled: {exc!r}")
-                error.__cause__ = exc
-                job.out.append((index, False, error))
-            else:
-                good.append((index, task))
-        items[:] = good
-        if not good:
-            return None
-        try:
-            return encode_chunk(items)
-        except Exception as exc:
-            for index, _ in items:
+                index = first + k
+                failure = TypeError(f"task {index} could not be pickled: {exc!r}")
+                failure.__cause__ = exc
+                job.out.append((index, False, failure))
+                bad.append(k)
+        if not bad:
+            # Each pickles alone, not together: they fail together.
+            for index in range(first, first + len(tasks)):
                 job.out.append(
-                    (index, False, TypeError(f"task {index} could not be pickled: {exc!r}"))
+                    (index, False, TypeError(f"task {index} could not be pickled: {error!r}"))
                 )
-            items.clear()
             return None
+        start = 0
+        for k in [*bad, len(tasks)]:
+            job.put_back(first + start, tasks[start:k])
+            start = k + 1
+        job.requeue_now()
+        return None
 
     # ------------------------------------------------------------------ writing
 

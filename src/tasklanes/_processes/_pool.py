@@ -31,12 +31,12 @@ from multiprocessing.context import BaseContext
 
 from ._commands import OpenJob
 from ._context import default_context, refuse_while_importing_main
-from ._job import JobCore, Outcome, PoolJob
+from ._job import Delivered, JobCore, Outcome, PoolJob, Run
 from ._manager import Manager
 from ._state import STAT_NAMES
 from ._workers import cpu_seconds, rss_bytes
 
-__all__ = ["Outcome", "PoolJob", "PoolState", "ProcessPool", "default_context"]
+__all__ = ["Delivered", "Outcome", "PoolJob", "PoolState", "ProcessPool", "Run", "default_context"]
 
 
 class PoolState(enum.Enum):
@@ -89,14 +89,17 @@ class ProcessPool:
         *,
         limit: int,
         timeout: float | None,
-        deliver: Callable[[list[Outcome]], None],
+        deliver: Callable[[list[Delivered]], None],
         on_settled: Callable[[], None],
         on_gone: Callable[[int], None] | None = None,
+        runs: bool = False,
     ) -> PoolJob:
         """Open a job; starts the pool on first use (without waiting for it).
 
         `deliver` is called from a pool thread with a list of outcomes, one call per
-        batch the pool read from its workers. `on_settled` is called once, from a pool
+        batch the pool read from its workers; with `runs`, successes that workers sent
+        in bulk come as [Run][tasklanes._processes._job.Run] blocks instead (the
+        lane's fast path: no tuple per task). `on_settled` is called once, from a pool
         thread: after `PoolJob.cancel` once none of the job's tasks runs anymore, or
         after `PoolJob.close_input` once every task put has been delivered.
         `on_gone(index)` (optional) is called from the manager thread when the worker
@@ -108,7 +111,7 @@ class ProcessPool:
         if timeout is not None and timeout <= 0:
             raise ValueError(f"timeout must be > 0, got {timeout}")
         refuse_while_importing_main()  # a worker re-running an unguarded script: say so
-        core = JobCore(limit, timeout, deliver, on_settled)
+        core = JobCore(limit, timeout, deliver, on_settled, runs)
         core.on_gone = on_gone
         # The check and the queuing of the job are one step under the lock, which
         # close() takes too: a close() from another thread comes either before (we

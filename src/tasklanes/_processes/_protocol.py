@@ -37,6 +37,11 @@ Worker -> parent, one message per event, told apart by their first byte:
   ``TAG_OK_MANY``, sent instead when every held value is of a plain immutable type
   (``int``, ``float``, ``str``, ...): one ``loads`` in the parent for the whole batch
   rather than one per task. The journal holds the same outcomes as records, as ever.
+* ``TAG_OK_ARRAY`` + ``MANY_HEADER`` + one byte (``JOURNAL_INTS`` or ``JOURNAL_FLOATS``)
+  + the ``count`` values as a native array of 64-bit ints or doubles: the same again,
+  when every held value is an ``int`` that fits 64 bits, or every one a ``float``. The
+  worker writes such values straight into its journal (one item store per task, no
+  pickle), and the parent reads them back with one ``memoryview.cast(...).tolist()``.
 * ``TAG_OTHER`` + pickle(tuple), the tuple one of:
 
   - ``("error", chunk_seconds_or_None, exception, traceback_text)``: the next task
@@ -63,7 +68,9 @@ Besides the pipes, each worker shares two blocks of memory with the parent:
   then starts a new epoch of the journal. If the worker dies (a crash, or killed for a
   timeout) before it sent them, the parent reads them from the journal -- unless the
   message of that epoch did arrive -- so no finished task loses its outcome or runs
-  twice.
+  twice. The header's last field says how the journal holds them: records
+  (``JOURNAL_RECORDS``), or an array of 64-bit ints or doubles (``JOURNAL_INTS``,
+  ``JOURNAL_FLOATS``; the records area then holds ``count`` 8-byte items).
 
 This module is imported by worker processes: keep it free of heavy imports.
 """
@@ -77,13 +84,18 @@ __all__ = [
     "FRAME_HEADER",
     "FRAME_HEADER_LONG",
     "JOURNAL_BYTES",
+    "JOURNAL_ARRAY_CODES",
+    "JOURNAL_FLOATS",
     "JOURNAL_HEADER",
+    "JOURNAL_INTS",
+    "JOURNAL_RECORDS",
     "MANY_HEADER",
     "RECORD_LEN",
     "SECONDS",
     "TAG_OK",
     "TAG_OK_LAST",
     "TAG_OTHER",
+    "TAG_OK_ARRAY",
     "TAG_OK_LIST",
     "TAG_OK_MANY",
     "RemoteError",
@@ -101,8 +113,14 @@ MANY_HEADER = struct.Struct("<dIQ")
 # One record of a TAG_OK_MANY message or of a journal: its length, then a pickle.
 RECORD_LEN = struct.Struct("<I")
 # The journal: a worker's held outcomes, in shared memory (see above). Its header is
-# (epoch, bytes of records used, records), then the records.
-JOURNAL_HEADER = struct.Struct("=QQQ")  # native order: the worker stores its fields as items
+# (epoch, bytes of records used, records, form), then the records.
+JOURNAL_HEADER = struct.Struct("=QQQQ")  # native order: the worker stores its fields as items
+# The journal's forms: pickled records, or a native array of int64 / doubles.
+JOURNAL_RECORDS = 0
+JOURNAL_INTS = 1
+JOURNAL_FLOATS = 2
+#: The `memoryview.cast` format of each array form.
+JOURNAL_ARRAY_CODES = {JOURNAL_INTS: "q", JOURNAL_FLOATS: "d"}
 JOURNAL_BYTES = 256 * 1024
 
 TAG_OK = 0
@@ -110,6 +128,7 @@ TAG_OK_LAST = 1
 TAG_OTHER = 2
 TAG_OK_MANY = 3
 TAG_OK_LIST = 4
+TAG_OK_ARRAY = 5
 
 
 def frame(payload: bytes) -> bytes:

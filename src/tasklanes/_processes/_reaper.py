@@ -18,7 +18,7 @@ from ._context import worker_exit_error
 from ._dispatch import Dispatcher
 from ._job import JobCore
 from ._log import log
-from ._workers import DEAD, DOOMED, RETIRING, STARTING, WorkerHandle
+from ._workers import DEAD, DOOMED, RETIRING, STARTING, Chunk, WorkerHandle
 
 __all__ = ["KILL_GRACE_SECONDS", "Reaper"]
 
@@ -86,7 +86,7 @@ class Reaper(Dispatcher):
                     )
                     continue
                 chunk, k = found
-                index = chunk.items[k][0]
+                index = chunk.first + k
                 job.out.append((index, False, TaskTimeout(index, job.timeout)))
                 w.timed_out = (chunk, k)
                 self.stats["timed_out"] += 1
@@ -109,8 +109,7 @@ class Reaper(Dispatcher):
 
     def _cancel_job(self, job: JobCore, now: float) -> None:
         job.cancelled = True
-        job.queue.clear()
-        job.requeue.clear()
+        job.drop_queue()
         job.out.clear()
         for w in self.workers:
             if w.job is job and w.state is not DOOMED and w.state is not DEAD:
@@ -167,22 +166,27 @@ class Reaper(Dispatcher):
         position = 0
         for chunk in w.inflight:
             job = chunk.job
-            for k in range(chunk.done, len(chunk.items)):
-                index, task = chunk.items[k]
+            # The chunk's tasks without an outcome run again, but for the one that
+            # takes the blame and one already failed for its timeout: put back in
+            # runs of consecutive tasks around those.
+            start = chunk.done
+            for k in range(chunk.done, len(chunk.tasks)):
+                index = chunk.first + k
                 here = position
                 position += 1
                 if w.timed_out is not None and w.timed_out == (chunk, k):
                     if job.on_gone is not None:
                         job.on_gone(index)
+                elif job.cancelled or not (here == blame and crashed):
                     continue
-                if job.cancelled:
-                    continue
-                if here == blame and crashed:
+                else:
                     job.out.append((index, False, WorkerCrashed(index, exitcode)))
                     blamed = index
-                else:
-                    job.requeue.append((index, task))
-                    self.stats["tasks"] -= 1  # sent again: counted once
+                if not job.cancelled:
+                    self._put_back(job, chunk, start, k)
+                start = k + 1
+            if not job.cancelled:
+                self._put_back(job, chunk, start, len(chunk.tasks))
         if crashed:
             log.warning(
                 "worker process %d crashed (exit code %s)%s",
@@ -198,6 +202,12 @@ class Reaper(Dispatcher):
         self.workers.remove(w)
         self._close_worker(w)
         self._update_counts()
+
+    def _put_back(self, job: JobCore, chunk: Chunk, start: int, end: int) -> None:
+        """Tasks `start` to `end` (positions) of a dead worker's chunk run again."""
+        if end > start:
+            job.put_back(chunk.first + start, chunk.tasks[start:end])
+            self.stats["tasks"] -= end - start  # sent again: counted once
 
     def _close_worker(self, w: WorkerHandle) -> None:
         for conn in (w.wconn, w.rconn):
@@ -228,9 +238,7 @@ class Reaper(Dispatcher):
 
     def _requeue_and_spawn(self, now: float) -> None:
         for job in self.jobs:
-            if job.requeue:
-                job.queue.extendleft(reversed(job.requeue))
-                job.requeue.clear()
+            job.requeue_now()
         for w in self.workers:
             if w.state is RETIRING and not w.inflight:
                 self._retire(w, now)
@@ -258,11 +266,12 @@ class Reaper(Dispatcher):
         for job in self.jobs:
             if job.cancelled or not job.queue:
                 continue
-            while job.queue:
-                index, _ = job.queue.popleft()
-                error = RuntimeError(
-                    f"task {index} did not run: tasklanes could not start a worker process "
-                    f"({self.spawn_failures} attempts in a row failed; last: {cause})"
-                )
-                error.__cause__ = cause
-                job.out.append((index, False, error))
+            for first, tasks in job.drop_queue():
+                for index in range(first, first + len(tasks)):
+                    error = RuntimeError(
+                        f"task {index} did not run: tasklanes could not start a worker "
+                        f"process ({self.spawn_failures} attempts in a row failed; last: "
+                        f"{cause})"
+                    )
+                    error.__cause__ = cause
+                    job.out.append((index, False, error))

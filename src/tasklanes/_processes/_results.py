@@ -13,11 +13,20 @@ from typing import Any
 
 from .._stats import record
 from ._commands import StreamDone
+from ._job import Run
 from ._log import log
-from ._protocol import RECORD_LEN, SECONDS, TAG_OK, TAG_OK_LIST, TAG_OK_MANY, TAG_OTHER
+from ._protocol import (
+    RECORD_LEN,
+    SECONDS,
+    TAG_OK,
+    TAG_OK_ARRAY,
+    TAG_OK_LIST,
+    TAG_OK_MANY,
+    TAG_OTHER,
+)
 from ._state import ManagerState
 from ._stream import STREAM_ABOVE, STREAMED_TAGS, BigFrameReader
-from ._wire import decode_many, read_journal
+from ._wire import decode_array, decode_many, read_journal
 from ._workers import DEAD, READY, RETIRING, STARTING, Chunk, WorkerHandle, rss_bytes
 
 __all__ = ["ResultReader"]
@@ -111,6 +120,11 @@ class ResultReader(ManagerState):
                 w.last_epoch = epoch
                 self._take_list(w, loads(pickled), count, seconds_or_none, now)
                 continue
+            if tag == TAG_OK_ARRAY:
+                seconds_or_none, count, epoch, body = decode_many(mv[start + 1 : end])
+                w.last_epoch = epoch
+                self._take_list(w, decode_array(body, count), count, seconds_or_none, now)
+                continue
             # The hot path: the outcome of the current task of this worker.
             seconds = None
             ok = True
@@ -129,13 +143,13 @@ class ResultReader(ManagerState):
             w.parsed += 1
             job = chunk.job
             if not ok:
-                index = chunk.items[k][0]
+                index = chunk.first + k
                 value = TypeError(f"result of task {index} could not be unpickled: {value!r}")
             if w.timed_out is not None and w.timed_out == (chunk, k):
                 pass  # already failed with TaskTimeout
             elif not job.cancelled:
-                job.out.append((chunk.items[k][0], ok, value))
-            if k + 1 == len(chunk.items):
+                job.out.append((chunk.first + k, ok, value))
+            if k + 1 == len(chunk.tasks):
                 self._chunk_done(w, chunk, seconds, k + 1)
             w.task_start = now
         mv.release()
@@ -148,12 +162,12 @@ class ResultReader(ManagerState):
         chunk = w.inflight[0]
         k = chunk.done
         end = k + count
-        if end > len(chunk.items):
+        if end > len(chunk.tasks):
             raise RuntimeError(
                 f"worker {w.pid} sent {count} held outcomes for a chunk with "
-                f"{len(chunk.items) - k} tasks left"
+                f"{len(chunk.tasks) - k} tasks left"
             )
-        items = chunk.items
+        first = chunk.first
         job = chunk.job
         timed_out = w.timed_out
         skip = timed_out[1] if timed_out is not None and timed_out[0] is chunk else -1
@@ -170,46 +184,53 @@ class ResultReader(ManagerState):
             if not keep or j == skip:
                 continue  # nobody wants it, or it failed with TaskTimeout already
             try:
-                out.append((items[j][0], True, loads(records[start:pos])))
+                out.append((first + j, True, loads(records[start:pos])))
             except BaseException as exc:
                 # It pickled in the worker but does not unpickle here (a class that
                 # only the worker can import, say): that task fails, alone.
-                index = items[j][0]
+                index = first + j
                 error = TypeError(f"result of task {index} could not be unpickled: {exc!r}")
                 out.append((index, False, error))
         chunk.done = end
         w.parsed += count
-        if end == len(items):
+        if end == len(chunk.tasks):
             self._chunk_done(w, chunk, seconds, end)
         w.task_start = now
 
     def _take_list(
         self, w: WorkerHandle, values: list[Any], count: int, seconds: float | None, now: float
     ) -> None:
-        """`_take_held` for a `TAG_OK_LIST` message: the values came as one list."""
+        """`_take_held` for a `TAG_OK_LIST` or `TAG_OK_ARRAY` message: the values came
+        as one list. They go out as one `Run` (two around a task that timed out
+        already) for a job that takes runs, else as one outcome each."""
         chunk = w.inflight[0]
         k = chunk.done
         end = k + count
-        if end > len(chunk.items) or len(values) != count:
+        if end > len(chunk.tasks) or len(values) != count:
             raise RuntimeError(
                 f"worker {w.pid} sent {len(values)} held outcomes (count {count}) for a "
-                f"chunk with {len(chunk.items) - k} tasks left"
+                f"chunk with {len(chunk.tasks) - k} tasks left"
             )
-        items = chunk.items
         job = chunk.job
         if not job.cancelled:
+            first = chunk.first + k
             timed_out = w.timed_out
-            skip = timed_out[1] if timed_out is not None and timed_out[0] is chunk else -1
-            pairs = zip(items[k:end], values, strict=True)
-            if k <= skip < end:  # that one failed with TaskTimeout already
-                job.out.extend(
-                    [(item[0], True, v) for j, (item, v) in enumerate(pairs, k) if j != skip]
-                )
+            skip = timed_out[1] - k if timed_out is not None and timed_out[0] is chunk else -1
+            if 0 <= skip < count:  # that one failed with TaskTimeout already
+                runs = [Run(first, values[:skip]), Run(first + skip + 1, values[skip + 1 :])]
             else:
-                job.out.extend([(item[0], True, v) for item, v in pairs])
+                runs = [Run(first, values)]
+            out = job.out
+            for run in runs:
+                if not run.values:
+                    continue
+                if job.runs:
+                    out.append(run)
+                else:
+                    out.extend(run.outcomes())
         chunk.done = end
         w.parsed += count
-        if end == len(items):
+        if end == len(chunk.tasks):
             self._chunk_done(w, chunk, seconds, end)
         w.task_start = now
 
@@ -220,8 +241,8 @@ class ResultReader(ManagerState):
         found = read_journal(w.journal, w.last_epoch)
         if found is None:
             return  # nothing held, that batch arrived by the pipe, or a torn header
-        count, records = found
-        remaining = len(w.inflight[0].items) - w.inflight[0].done
+        count, held = found
+        remaining = len(w.inflight[0].tasks) - w.inflight[0].done
         if count > remaining:
             log.error(
                 "a dead worker's journal holds more outcomes than its chunk had tasks; "
@@ -229,7 +250,10 @@ class ResultReader(ManagerState):
                 extra={"lane": "cpu", "pid": w.pid, "count": count, "remaining": remaining},
             )
             return
-        self._take_held(w, records, count, None, now)
+        if isinstance(held, list):
+            self._take_list(w, held, count, None, now)
+        else:
+            self._take_held(w, held, count, None, now)
 
     def _other(self, w: WorkerHandle, msg: tuple[Any, ...], now: float) -> None:
         kind = msg[0]
@@ -264,7 +288,7 @@ class ResultReader(ManagerState):
         k = chunk.done
         chunk.done = k + 1
         w.parsed += 1
-        index = chunk.items[k][0]
+        index = chunk.first + k
         job = chunk.job
         if bad_result is not None:
             value = TypeError(f"result of task {index} {bad_result}")
@@ -272,7 +296,7 @@ class ResultReader(ManagerState):
             pass  # already failed with TaskTimeout
         elif not job.cancelled:
             job.out.append((index, ok, value))
-        if k + 1 == len(chunk.items):
+        if k + 1 == len(chunk.tasks):
             self._chunk_done(w, chunk, seconds, k + 1)
         w.task_start = now
 
@@ -320,11 +344,11 @@ class ResultReader(ManagerState):
             raise RuntimeError(f"worker {w.pid} returned chunk {chunk_id}, not {chunk.id}")
         self.stats["returned"] += 1
         # They will be sent again: count each task once in `tasks`.
-        self.stats["tasks"] -= len(chunk.items) - position
+        self.stats["tasks"] -= len(chunk.tasks) - position
         job = chunk.job
         if not job.cancelled:
-            job.requeue.extend(chunk.items[position:])
-        chunk.items = chunk.items[:position]
+            job.put_back(chunk.first + position, chunk.tasks[position:])
+        chunk.tasks = chunk.tasks[:position]
         self._chunk_done(w, chunk, seconds if position else None, position)
         w.task_start = now
 
@@ -336,13 +360,13 @@ class ResultReader(ManagerState):
             raise RuntimeError(f"worker {w.pid} could not load chunk {chunk_id}, not {chunk.id}")
         job = chunk.job
         if not job.cancelled:
-            if len(chunk.items) == 1:
-                job.out.append((chunk.items[0][0], False, exc))
+            if len(chunk.tasks) == 1:
+                job.out.append((chunk.first, False, exc))
             else:
                 # Which task does not unpickle? Send them one by one to find out.
-                self.stats["tasks"] -= len(chunk.items)
-                job.requeue.extend(chunk.items)
-                job.singles += len(chunk.items)
-        chunk.items = []
+                self.stats["tasks"] -= len(chunk.tasks)
+                job.put_back(chunk.first, chunk.tasks)
+                job.singles += len(chunk.tasks)
+        chunk.tasks = []
         self._chunk_done(w, chunk, None, 0)
         w.task_start = now

@@ -19,7 +19,9 @@ from ._protocol import (
     CHUNK_HEADER,
     FRAME_HEADER,
     FRAME_HEADER_LONG,
+    JOURNAL_ARRAY_CODES,
     JOURNAL_HEADER,
+    JOURNAL_RECORDS,
     MANY_HEADER,
     RECORD_LEN,
     frame,
@@ -27,16 +29,13 @@ from ._protocol import (
 
 __all__ = [
     "FrameSplitter",
-    "Item",
     "chunk_message",
+    "decode_array",
     "decode_many",
     "encode_chunk",
     "iter_records",
     "read_journal",
 ]
-
-Item = tuple[int, Callable[[], object]]
-"""`(index, task)`: one task of a job, as the pool queues it."""
 
 _partial = functools.partial
 _unpack_len = FRAME_HEADER.unpack_from
@@ -48,19 +47,19 @@ _REC = RECORD_LEN.size
 _HEAD = JOURNAL_HEADER.size
 
 
-def encode_chunk(items: list[Item]) -> bytes:
+def encode_chunk(tasks: list[Callable[[], object]]) -> bytes:
     """Pickle a chunk's tasks as `(fn, seq)` (see `_protocol`).
 
     When every task calls the same function with positional arguments only, `fn` is
     that function (pickled once) and `seq` the argument tuples; otherwise `fn` is
     None and `seq` the tasks. Raises whatever pickling raises.
     """
-    first = items[0][1]
+    first = tasks[0]
     args: list[tuple[Any, ...]] = []
     append = args.append
     if type(first) is _partial:
         fn = first.func
-        for _, t in items:
+        for t in tasks:
             if type(t) is not _partial or t.func is not fn or t.keywords:
                 break
             append(t.args)
@@ -68,13 +67,13 @@ def encode_chunk(items: list[Item]) -> bytes:
             return dumps_chunk(fn, args)
     elif type(first) is Call:
         fn = first.fn
-        for _, t in items:
+        for t in tasks:
             if type(t) is not Call or t.fn is not fn or t.kwargs:
                 break
             append(t.args)
         else:
             return dumps_chunk(fn, args)
-    return dumps_chunk(None, [t for _, t in items])
+    return dumps_chunk(None, tasks)
 
 
 def chunk_message(chunk_id: int, budget: float, payload: bytes) -> bytes:
@@ -175,16 +174,41 @@ def iter_records(records: memoryview, count: int) -> Iterator[memoryview]:
         yield records[start:pos]
 
 
-def read_journal(journal: memoryview, last_epoch: int) -> tuple[int, memoryview] | None:
-    """The outcomes a dead worker held and never sent: `(count, records)`, or None.
+def decode_array(body: memoryview, count: int) -> list[Any]:
+    """The values of a `TAG_OK_ARRAY` message (its body after `MANY_HEADER`): one form
+    byte, then `count` native 64-bit ints or doubles."""
+    code = JOURNAL_ARRAY_CODES.get(body[0])
+    if code is None or len(body) - 1 != 8 * count:
+        raise ValueError(f"a malformed array of {count} outcomes (form {body[0]})")
+    return _numbers(body[1:], code)
+
+
+def _numbers(raw: memoryview, code: str) -> list[Any]:
+    """`raw` (bytes) read as native items of format `code`, as a list of numbers."""
+    view: Any = raw.cast("B")  # (`code` comes from a table; mypy wants a literal)
+    values: list[Any] = view.cast(code).tolist()
+    return values
+
+
+def read_journal(
+    journal: memoryview, last_epoch: int
+) -> tuple[int, memoryview | list[Any]] | None:
+    """The outcomes a dead worker held and never sent: `(count, records)` -- or
+    `(count, values)`, a list, when the journal held them as an array of numbers -- or
+    None.
 
     None when nothing is held, when that epoch's message already arrived
     (`epoch <= last_epoch`), or when the header is torn (those tasks then run again
     rather than take a garbled result).
     """
-    epoch, used, count = JOURNAL_HEADER.unpack_from(journal, 0)
+    epoch, used, count, form = JOURNAL_HEADER.unpack_from(journal, 0)
     if not count or epoch <= last_epoch:
         return None
+    if form != JOURNAL_RECORDS:
+        code = JOURNAL_ARRAY_CODES.get(form)
+        if code is None or 8 * count > len(journal) - _HEAD:
+            return None
+        return count, _numbers(journal[_HEAD : _HEAD + 8 * count], code)
     if used > len(journal) - _HEAD or count * _REC > used:
         return None
     return count, journal[_HEAD : _HEAD + used]

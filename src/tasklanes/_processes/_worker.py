@@ -34,11 +34,15 @@ from ._protocol import (
     CHUNK_HEADER,
     FRAME_HEADER,
     FRAME_HEADER_LONG,
+    JOURNAL_FLOATS,
     JOURNAL_HEADER,
+    JOURNAL_INTS,
+    JOURNAL_RECORDS,
     MANY_HEADER,
     RECORD_LEN,
     SECONDS,
     TAG_OK,
+    TAG_OK_ARRAY,
     TAG_OK_LAST,
     TAG_OK_LIST,
     TAG_OK_MANY,
@@ -58,6 +62,7 @@ _OK_LAST = bytes([TAG_OK_LAST])
 _OTHER = bytes([TAG_OTHER])
 _OK_MANY = bytes([TAG_OK_MANY])
 _OK_LIST = bytes([TAG_OK_LIST])
+_OK_ARRAY = bytes([TAG_OK_ARRAY])
 # Values that may travel pickled together as one list (``TAG_OK_LIST``): immutable, so
 # that sharing one pickle's memo between tasks' values changes nothing the caller sees.
 _PLAIN = frozenset({int, float, bool, type(None), str, bytes, complex})
@@ -105,6 +110,7 @@ def main(tasks: Connection, results: Connection, alive: Connection, block: mmap.
     dumps = _dumps
     slot = memoryview(block)[:SLOT_BYTES].cast("d")
     held = _Journal(memoryview(block)[SLOT_BYTES:], out)
+    add_number = held.add_number
     clock = monotonic
     cpu_clock = thread_time
     begun = 0  # tasks started in this process's life, published in ``slot[0]``
@@ -147,8 +153,10 @@ def main(tasks: Connection, results: Connection, alive: Connection, block: mmap.
             else:
                 now = clock()
                 data: bytes | None
+                payload = None
                 try:
-                    data = dumps(value, _PROTOCOL)
+                    # An int or a float goes into the journal as is (no pickle): held.
+                    data = None if add_number(value, now) else dumps(value, _PROTOCOL)
                 except BaseException as exc:
                     # A class of a task sent by value: cloudpickle can send it back.
                     data = _result_by_value(value)
@@ -174,7 +182,14 @@ def main(tasks: Connection, results: Connection, alive: Connection, block: mmap.
                 and (k < last or poll(0))
                 and _really_over(now - started, now - slot[1], cpu_clock() - cpu_started, budget)
             )
-            if payload is None and k < last and not give_back and not held.due(now):
+            if (
+                payload is None
+                and k < last
+                and not give_back
+                # `held.due(now)`, inlined: this runs once per task.
+                and now - held.since < FLUSH_SECONDS
+                and held.count < FLUSH_COUNT
+            ):
                 continue  # a quick success: keep it with the others for now
             queued: list[int] = []
             stop = False
@@ -218,20 +233,41 @@ class _Journal:
     """Successes held for a moment, written into shared memory as they finish.
 
     ``add`` appends one pickled outcome (a record) and publishes the new size in the
-    header; ``flush`` sends every record in one ``TAG_OK_MANY`` message (or, when every
-    value is plain, the values as one pickled list: ``TAG_OK_LIST``), then opens a
-    new epoch. Should this process die in between, the parent reads the records from
-    the shared block instead: held outcomes are never lost, and never sent twice
-    (the parent skips a journal whose epoch's message it already has).
+    header; ``add_number`` stores an ``int`` (64-bit) or a ``float`` as an item of a
+    native array instead, while every held value is of that one type (no pickle: the
+    common case of trivial tasks). ``flush`` sends what is held in one message --
+    ``TAG_OK_ARRAY`` for an array, ``TAG_OK_LIST`` (one pickled list) when every value
+    is plain, else ``TAG_OK_MANY`` (the records) -- then opens a new epoch. Should
+    this process die in between, the parent reads them from the shared block instead:
+    held outcomes are never lost, and never sent twice (the parent skips a journal
+    whose epoch's message it already has).
     """
 
-    __slots__ = ("count", "epoch", "head", "mv", "out", "since", "size", "used", "values")
+    __slots__ = (
+        "count",
+        "epoch",
+        "floats",
+        "form",
+        "head",
+        "ints",
+        "mv",
+        "out",
+        "since",
+        "size",
+        "used",
+        "values",
+    )
 
     def __init__(self, block: Any, out: int) -> None:
         self.mv = memoryview(block).cast("B")
         self.size = len(self.mv)
-        # The header's three fields as items (a store is cheaper than a `pack_into`).
+        # The header's fields as items (a store is cheaper than a `pack_into`).
         self.head = self.mv[:_HEAD].cast("Q")
+        # The records area seen as arrays, for `add_number`.
+        cells = self.mv[_HEAD : _HEAD + (self.size - _HEAD) // 8 * 8]
+        self.ints = cells.cast("q")
+        self.floats = cells.cast("d")
+        self.form = JOURNAL_RECORDS
         self.out = out
         self.epoch = 0
         self.used = 0  # bytes of records after the header
@@ -239,11 +275,45 @@ class _Journal:
         self.since = 0.0  # when the oldest held outcome finished
         # The held values themselves while they are all plain (see `_PLAIN`), else None.
         self.values: list[Any] | None = []
-        JOURNAL_HEADER.pack_into(self.mv, 0, 0, 0, 0)
+        JOURNAL_HEADER.pack_into(self.mv, 0, 0, 0, 0, JOURNAL_RECORDS)
+
+    def add_number(self, value: Any, now: float) -> bool:
+        """Hold ``value`` as an array item if it is an ``int`` that fits 64 bits or a
+        ``float`` and the values held are of the same type; False otherwise (then
+        pickle it and ``add`` it)."""
+        kind = type(value)
+        if kind is int:
+            form = JOURNAL_INTS
+        elif kind is float:
+            form = JOURNAL_FLOATS
+        else:
+            return False
+        count = self.count
+        if form != self.form:
+            if count:
+                return False  # records or the other type held: one form per epoch
+            self.form = form
+            self.head[3] = form  # before the count says there is anything to read
+        if count >= FLUSH_COUNT:
+            return False
+        try:
+            (self.ints if form == JOURNAL_INTS else self.floats)[count] = value
+        except (OverflowError, ValueError):
+            return False  # an int past 64 bits: it goes pickled
+        if not count:
+            self.since = now
+        self.count = count + 1
+        self.head[2] = count + 1  # the count last: the item counts once it is whole
+        return True
 
     def add(self, data: bytes, now: float, value: Any = _UNKNOWN) -> bool:
         """Hold ``data`` (the pickle of ``value``); False if it is too big for the
         journal (send it alone)."""
+        if self.form != JOURNAL_RECORDS:
+            if self.count:
+                self.flush(_NAN)  # numbers held in an array: send them first
+            self.form = JOURNAL_RECORDS
+            self.head[3] = JOURNAL_RECORDS
         n = len(data)
         pos = _HEAD + self.used
         end = pos + _REC + n
@@ -278,8 +348,13 @@ class _Journal:
     def flush(self, seconds: float) -> None:
         """Send the held outcomes; ``seconds``: the chunk's run time if they end it."""
         head = MANY_HEADER.pack(seconds, self.count, self.epoch)
+        form = self.form
         values = self.values
-        if values is not None:
+        if form != JOURNAL_RECORDS:
+            # The array's bytes as they are: the parent casts them back to numbers.
+            items = self.mv[_HEAD : _HEAD + 8 * self.count]
+            payload = b"".join((_OK_ARRAY, head, bytes((form,)), items))
+        elif values is not None:
             # One pickle of the list: the parent unpickles it in one call.
             payload = b"".join((_OK_LIST, head, _dumps(values, _PROTOCOL)))
             values.clear()
@@ -291,7 +366,7 @@ class _Journal:
         self.epoch += 1
         self.used = 0
         self.count = 0
-        JOURNAL_HEADER.pack_into(self.mv, 0, self.epoch, 0, 0)
+        JOURNAL_HEADER.pack_into(self.mv, 0, self.epoch, 0, 0, form)
 
 
 def _really_over(elapsed: float, task_seconds: float, cpu_seconds: float, budget: float) -> bool:

@@ -16,14 +16,14 @@ import os
 from collections import deque
 from multiprocessing.context import BaseContext
 from multiprocessing.process import BaseProcess
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from . import _worker
 from ._context import WORKER_NAME, start_process, worker_target
 from ._job import JobCore
 from ._protocol import JOURNAL_BYTES
 from ._shared import SLOT_BYTES, SharedBlock
-from ._wire import FrameSplitter, Item
+from ._wire import FrameSplitter
 
 if TYPE_CHECKING:
     from ._stream import BigFrameReader
@@ -50,15 +50,17 @@ DEAD = WorkerState.DEAD
 
 
 class Chunk:
-    """Tasks of one job sent to a worker in one message."""
+    """Tasks of one job sent to a worker in one message: `tasks[k]` is task `first + k`
+    of the job (a chunk's indexes are consecutive)."""
 
-    __slots__ = ("done", "id", "items", "job")
+    __slots__ = ("done", "first", "id", "job", "tasks")
 
-    def __init__(self, chunk_id: int, job: JobCore, items: list[Item]):
+    def __init__(self, chunk_id: int, job: JobCore, first: int, tasks: list[Any]):
         self.id = chunk_id
         self.job = job
-        self.items = items
-        self.done = 0  # outcomes received so far; items[done] is running (or next)
+        self.first = first
+        self.tasks = tasks
+        self.done = 0  # outcomes received so far; tasks[done] is running (or next)
 
 
 class WorkerHandle:
@@ -140,7 +142,7 @@ class WorkerHandle:
     def locate(self, offset: int) -> tuple[Chunk, int] | None:
         """The `offset`-th task without an outcome among its chunks in flight."""
         for chunk in self.inflight:
-            remaining = len(chunk.items) - chunk.done
+            remaining = len(chunk.tasks) - chunk.done
             if offset < remaining:
                 return chunk, chunk.done + offset
             offset -= remaining
