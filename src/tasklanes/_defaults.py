@@ -84,10 +84,9 @@ def cpu_capacity(cpu_limit: int | None, executor: Executor | None) -> int:
     return default_cpu_count()
 
 
-def mp_context(given: BaseContext | None) -> BaseContext:
-    """The process pool's start method: ``given``, or forkserver on Linux, spawn elsewhere."""
-    if given is not None:
-        return given
-    from ._processes._pool import default_context
-
-    return default_context()
+def mp_context(given: BaseContext | None) -> BaseContext | None:
+    """The process pool's start method: ``given``, or None for the default, which the
+    pool decides as it starts, because it depends on the threads running then: a
+    zygote in a process with one thread, else forkserver on Linux, spawn elsewhere
+    (`tasklanes._processes._pool.ProcessPool`, docs/start-methods.md)."""
+    return given

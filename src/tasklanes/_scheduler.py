@@ -369,6 +369,14 @@ class Scheduler:
         from ._defaults import mp_context
 
         context = mp_context(self._mp_context)
+        if context is None:
+            from ._processes._zygote import can_fork_zygote
+
+            if can_fork_zygote():
+                return  # the pool will fork a zygote: no forkserver
+            from ._processes._context import default_context
+
+            context = default_context()
         if context.get_start_method() != "forkserver":
             return
         from multiprocessing import forkserver

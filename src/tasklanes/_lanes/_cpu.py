@@ -42,7 +42,7 @@ class ProcessLane(LaneBase):
     def __init__(
         self,
         capacity: int,
-        mp_context: BaseContext,
+        mp_context: BaseContext | None,
         *,
         max_tasks_per_worker: int | None = None,
         max_worker_memory: int | None = None,

@@ -24,6 +24,7 @@ from ._log import log
 from ._reaper import KILL_GRACE_SECONDS
 from ._spawner import Spawner
 from ._workers import DEAD, WorkerHandle
+from ._zygote import Zygote
 
 __all__ = ["Manager"]
 
@@ -36,8 +37,11 @@ class Manager(Delivery):
         stats: dict[str, int],
         max_tasks_per_worker: int | None,
         max_worker_memory: int | None,
+        zygote: Zygote | None = None,
     ) -> None:
-        super().__init__(max_workers, ctx, stats, max_tasks_per_worker, max_worker_memory)
+        super().__init__(
+            max_workers, ctx, stats, max_tasks_per_worker, max_worker_memory, zygote
+        )
         self.selector.register(self.wakeup.r, selectors.EVENT_READ, (self._on_wake, None))
         self.spawner = Spawner(self)
         # Daemon, so that it never holds up interpreter exit; the pool's atexit hook
@@ -166,3 +170,5 @@ class Manager(Delivery):
         if self.alive_r is not None:
             self.alive_r.close()
             self.alive_r = None
+        if self.zygote is not None:
+            self.zygote.close()  # its workers are gone: it exits at once
