@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
-from typing_extensions import ParamSpec
+from typing import ParamSpec
 
 __all__ = ["Call", "call", "unwrap_callable"]
 
