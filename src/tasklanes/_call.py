@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Generic, TypeVar
-
-from typing import ParamSpec
+from typing import Any, Generic, ParamSpec, TypeVar
 
 __all__ = ["Call", "call", "unwrap_callable"]
 
