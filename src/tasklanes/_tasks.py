@@ -13,11 +13,12 @@ import operator
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator, Sized
 from itertools import islice
 from types import CoroutineType
-from typing import Any, Final
-
-import anyio
+from typing import TYPE_CHECKING, Any, Final
 
 from ._call import Call, unwrap_callable
+
+if TYPE_CHECKING:
+    import anyio
 
 _call_fn = operator.attrgetter("fn")
 _partial_func = operator.attrgetter("func")
@@ -263,6 +264,8 @@ class Source:
             self.size = len(tasks)
             self._iterator = iter(tasks)
         elif isinstance(tasks, AsyncIterable):
+            import anyio  # only here: a script's list input never loads it
+
             self._aiterator = aiter(tasks)
             self._alock = anyio.Lock()
         elif isinstance(tasks, Iterable) and not isinstance(tasks, (str, bytes)):
@@ -403,6 +406,8 @@ class Source:
                 return END
             if self._gate is not None and not self._gate(self._index):
                 if self._gate_event is None:
+                    import anyio
+
                     self._gate_event = anyio.Event()
                 await self._gate_event.wait()
                 continue
