@@ -196,11 +196,11 @@ async def collect(
     """``run_all``: every outcome, in input order."""
     from ._backend import LoopHandle
 
-    batch, store = _collecting(
+    batch, source, store = _collecting(
         lane, tasks, limit, timeout, return_exceptions, progress, controls, LoopHandle()
     )
     await run_batch(lane, batch)
-    return _in_order(batch, store)
+    return _in_order(source, store)
 
 
 def collect_blocking(
@@ -213,9 +213,11 @@ def collect_blocking(
     """`collect` in the calling thread, without an event loop: ``run_all_sync`` on the
     cpu lane's process pool for a list of tasks (no progress, limiter, rate or retry).
     The same batch, outcomes and errors; only the waiting differs (``lane.run_blocking``)."""
-    batch, store = _collecting(lane, tasks, limit, timeout, return_exceptions, None, None, None)
+    batch, source, store = _collecting(
+        lane, tasks, limit, timeout, return_exceptions, None, None, None
+    )
     run_batch_blocking(lane, batch)
-    return _in_order(batch, store)
+    return _in_order(source, store)
 
 
 def _collecting(
@@ -227,8 +229,9 @@ def _collecting(
     progress: Progress | None,
     controls: Controls | None,
     loop: LoopHandle | None,
-) -> tuple[Batch, dict[int, Any]]:
-    """A batch whose outcomes land in a dict by index (``collect``'s)."""
+) -> tuple[Batch, Source, dict[int, Any]]:
+    """A batch whose outcomes land in a dict by index (``collect``'s), its source (the
+    controls may put another in front of it in the batch) and that dict."""
     check = lane.check_task if controls is None else controls.check(lane.check_task)
     source = Source(tasks, check)
     if progress is not None:
@@ -262,11 +265,11 @@ def _collecting(
     batch = Batch(
         source, limit, timeout, emit, loop, progress, emit_ok_many, emit_ok, controls
     )
-    return batch, store
+    return batch, source, store
 
 
-def _in_order(batch: Batch, store: dict[int, Any]) -> list[Any]:
-    pulled = batch.source.pulled
+def _in_order(source: Source, store: dict[int, Any]) -> list[Any]:
+    pulled = source.pulled
     if len(store) != pulled:  # pragma: no cover - a bug in a lane, never silent
         raise RuntimeError(f"tasklanes lost results: {pulled} tasks started, {len(store)} outcomes")
     return list(map(store.__getitem__, range(pulled)))

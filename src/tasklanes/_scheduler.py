@@ -14,8 +14,13 @@ from concurrent.futures import Executor
 from multiprocessing.context import BaseContext
 from typing import TYPE_CHECKING, Any
 
-from ._advice import DEFAULT_THRESHOLD, Advisor, check_advice_options
-from ._defaults import BLOCKING_LIMIT, IO_LIMIT, cpu_capacity
+from ._defaults import (
+    ADVICE_THRESHOLD,
+    BLOCKING_LIMIT,
+    IO_LIMIT,
+    check_advice_options,
+    cpu_capacity,
+)
 from ._nested import refuse_nested_blocking, refuse_nested_cpu
 from ._tasks import KINDS, check_kind, check_limit, check_timeout
 
@@ -23,12 +28,13 @@ from ._tasks import KINDS, check_kind, check_limit, check_timeout
 # it is used: `run_all_sync(kind="cpu")` in a plain script runs without a loop and
 # never loads it (see `Scheduler.run_all_sync`).
 if TYPE_CHECKING:
+    from ._advice import Advisor
     from ._auto import AutoRouter
     from ._batch import BatchIterator, Lane
     from ._limits import LimiterArg
     from ._progress import ProgressArg
     from ._retry import Retry
-    from ._stats import LaneSnapshot
+    from ._snapshots import LaneSnapshot
 
 __all__ = ["CLOSE_TIMEOUT", "Scheduler", "get_scheduler"]
 
@@ -99,7 +105,7 @@ class Scheduler:
         cpu_max_tasks_per_worker: int | None = None,
         cpu_max_worker_memory: int | None = None,
         advice: bool = True,
-        advice_threshold: float = DEFAULT_THRESHOLD,
+        advice_threshold: float = ADVICE_THRESHOLD,
     ) -> None:
         for name, value, optional in (
             ("io_limit", io_limit, False),
@@ -139,7 +145,10 @@ class Scheduler:
                 f"('forkserver', 'spawn', 'fork') or None, got {type(mp_context).__name__}"
             )
         threshold = check_advice_options(advice, advice_threshold)  # kind advice
-        self._advisor = Advisor(threshold) if advice else None
+        # Made with the first lane that gives advice (io, blocking): a script that only
+        # uses the cpu lane never imports `_advice`.
+        self._advice_threshold = threshold if advice else None
+        self._advisor: Advisor | None = None
         self._io_limit = io_limit
         self._blocking_limit = blocking_limit
         self._cpu_limit = cpu_limit
@@ -176,6 +185,10 @@ class Scheduler:
     def _make_lane(self, kind: str) -> Lane:
         lane = self._make_lane_of(kind)
         if kind in ("io", "blocking"):  # the lanes that give kind advice
+            if self._advisor is None and self._advice_threshold is not None:
+                from ._advice import Advisor
+
+                self._advisor = Advisor(self._advice_threshold)
             lane.advisor = self._advisor  # type: ignore[attr-defined]
         return lane
 

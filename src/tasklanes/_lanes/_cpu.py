@@ -26,13 +26,14 @@ from typing import TYPE_CHECKING, Any
 
 from .._processes._pickling import check_task_function
 from .._processes._pool import PoolJob, ProcessPool
-from .._stats import LaneStats, Tally, WorkerResources, record, shifted
+from .._stats import LaneStats, Tally, record, shifted
 from .._tasks import CachedCheck, check_cpu_task
 from ._base import LaneBase, Outcome, classify, count, pull
 
 if TYPE_CHECKING:
     from .._batch import Batch
     from .._inbox import Inbox
+    from .._snapshots import WorkerResources
 
 __all__ = ["ProcessLane"]
 
@@ -69,6 +70,7 @@ class ProcessLane(LaneBase):
 
     def _worker_resources(self) -> WorkerResources:
         """The workers' resident memory and CPU time, an overload figure for `stats()`."""
+        from .._snapshots import WorkerResources
         pool: ProcessPool | None = self._resource
         if pool is None:
             return WorkerResources()

@@ -119,6 +119,8 @@ class Manager(Delivery):
         self.stopping = True
         if self.spawner is not None:
             self.spawner.stop()
+        if self.zygote is not None:
+            self.zygote.stop()  # it exits as soon as its workers, stopped below, are gone
         # The last look at the queues: from here on, submit() and put() see the door
         # closed and fail fast instead of queuing work nobody would do.
         with self.door:

@@ -111,6 +111,7 @@ class Zygote:
         self._sock = sock
         self._lock = threading.Lock()
         self._closed = False
+        self._reaped = False
 
     @classmethod
     def fork(cls) -> Zygote:
@@ -172,14 +173,21 @@ class Zygote:
             raise
         return ZygoteChild(_PID.unpack(data)[0], status_r)
 
-    def close(self) -> None:
-        """End the zygote: it exits once the workers it forked are gone (the pool
-        stops them first). Waits for it, at most a few seconds, then kills it."""
+    def stop(self) -> None:
+        """Start no more workers: the zygote exits as soon as the workers it forked are
+        gone (the pool stops them next; `close` waits for it). Idempotent."""
         with self._lock:
-            if self._closed:
-                return
-            self._closed = True
-            self._sock.close()
+            if not self._closed:
+                self._closed = True
+                self._sock.close()
+
+    def close(self) -> None:
+        """`stop`, then wait for the zygote to exit, at most a few seconds (then kill
+        it). Call it once the pool's workers are gone."""
+        self.stop()
+        if self._reaped:
+            return
+        self._reaped = True
         try:
             pidfd = os.pidfd_open(self.pid)
         except OSError:  # pragma: no cover - already reaped
