@@ -81,8 +81,12 @@ class Scheduler:
     shares the result, which is wrong for tasks with side effects or randomness).
     With a foreign executor, ``cpu_limit`` bounds the tasks in flight; by default it
     is the executor's worker count (for Dask: twice the cluster's worker threads).
-    ``mp_context`` picks the start method of the default process pool (default:
-    forkserver on Linux, spawn elsewhere).
+    ``mp_context`` picks the start method of the default process pool (``"fork"``,
+    ``"forkserver"``, ``"spawn"`` or a context). The default is decided when the pool
+    starts: on Linux, in a process that runs a single thread, a *zygote* (a copy of
+    the process, forked then, forks every worker: no new interpreter, nothing
+    imported again); otherwise forkserver on Linux, spawn elsewhere (see
+    docs/start-methods.md).
 
     ``cpu_max_tasks_per_worker`` and ``cpu_max_worker_memory`` (bytes of resident
     memory) recycle the default pool's worker processes: a worker that has run that
