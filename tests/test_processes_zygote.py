@@ -132,6 +132,52 @@ if __name__ == "__main__":
     assert out["r"][0][1] == "before the pool"
 
 
+def test_a_thread_python_does_not_know_of_counts_too(tmp_path: Path) -> None:
+    # faulthandler's watchdog is a C thread: threading.enumerate() does not list it,
+    # the operating system does.
+    out = run_script(
+        tmp_path,
+        COMMON
+        + """
+if __name__ == "__main__":
+    import faulthandler
+    faulthandler.dump_traceback_later(30)
+    python_threads = threading.active_count()
+    with Scheduler(cpu_limit=1) as sched:
+        sched.run_all_sync([call(setting, 0)], kind="cpu")
+        method = pool_of(sched).start_method
+    faulthandler.cancel_dump_traceback_later()
+    with Scheduler(cpu_limit=1) as sched:  # the C thread is gone now
+        sched.run_all_sync([call(setting, 0)], kind="cpu")
+        after = pool_of(sched).start_method
+    print(json.dumps({"python_threads": python_threads, "method": method, "after": after}))
+""",
+        str(tmp_path),
+    )
+    assert out["python_threads"] == 1
+    assert out["method"] == "forkserver"
+    assert out["after"] == "zygote"
+
+
+def test_schedulers_one_after_another_each_get_a_zygote(tmp_path: Path) -> None:
+    # The threads of a closed Scheduler leave the OS's count a moment after Python's.
+    out = run_script(
+        tmp_path,
+        COMMON
+        + """
+if __name__ == "__main__":
+    methods = []
+    for _ in range(4):
+        with Scheduler(cpu_limit=2) as sched:
+            sched.run_all_sync([call(setting, i) for i in range(4)], kind="cpu")
+            methods.append(pool_of(sched).start_method)
+    print(json.dumps({"methods": methods}))
+""",
+        str(tmp_path),
+    )
+    assert out["methods"] == ["zygote"] * 4
+
+
 def test_an_explicit_start_method_is_kept(tmp_path: Path) -> None:
     out = run_script(
         tmp_path,

@@ -46,6 +46,7 @@ import socket
 import struct
 import sys
 import threading
+import time
 from typing import TYPE_CHECKING, Any
 
 from ._log import log
@@ -69,9 +70,30 @@ def can_fork_zygote() -> bool:
         return False
     if not hasattr(os, "pidfd_open") or not hasattr(socket, "send_fds"):
         return False  # pragma: no cover - Python >= 3.11 on Linux has both
-    if threading.active_count() != 1 or _os_threads() != 1:
+    if threading.active_count() != 1 or not _one_os_thread():
         return False
     return not _in_trio_run()
+
+
+#: How long to wait for threads that Python has already joined to leave the OS's count
+#: (a Scheduler closed just before: its threads are gone for Python a moment before
+#: they are gone for the kernel).
+_SETTLE_SECONDS = 0.05
+
+
+def _one_os_thread() -> bool:
+    n = _os_threads()
+    if n == 1:
+        return True
+    # A thread of a C library stays: then this costs the wait, once per pool start,
+    # before the forkserver (which costs far more to start anyway).
+    deadline = time.monotonic() + _SETTLE_SECONDS
+    pause = 0.0002
+    while n > 1 and time.monotonic() < deadline:
+        time.sleep(pause)
+        pause = min(pause * 2, 0.005)
+        n = _os_threads()
+    return n == 1
 
 
 def _os_threads() -> int:
