@@ -75,24 +75,30 @@ def can_fork_zygote() -> bool:
     return not _in_trio_run()
 
 
-#: How long to wait for threads that Python has already joined to leave the OS's count
-#: (a Scheduler closed just before: its threads are gone for Python a moment before
-#: they are gone for the kernel).
-_SETTLE_SECONDS = 0.05
+#: Threads that Python has joined leave the OS's count a moment later (a Scheduler
+#: closed just before). While the count keeps falling we wait for it, this long at
+#: most after each fall and `_SETTLE_MAX` in all; a thread that stays (a C library's)
+#: costs one `_SETTLE_PATIENCE` before the forkserver, which costs far more to start.
+_SETTLE_PATIENCE = 0.005
+_SETTLE_MAX = 0.05
 
 
 def _one_os_thread() -> bool:
     n = _os_threads()
     if n == 1:
         return True
-    # A thread of a C library stays: then this costs the wait, once per pool start,
-    # before the forkserver (which costs far more to start anyway).
-    deadline = time.monotonic() + _SETTLE_SECONDS
+    now = time.monotonic()
+    give_up = now + _SETTLE_MAX
+    patience = now + _SETTLE_PATIENCE
     pause = 0.0002
-    while n > 1 and time.monotonic() < deadline:
+    while n > 1 and now < min(give_up, patience):
         time.sleep(pause)
-        pause = min(pause * 2, 0.005)
-        n = _os_threads()
+        pause = min(pause * 2, 0.002)
+        fewer = _os_threads()
+        now = time.monotonic()
+        if fewer < n:
+            patience = now + _SETTLE_PATIENCE
+        n = fewer
     return n == 1
 
 
