@@ -148,11 +148,25 @@ BURN = """    total = 0
 
 def run_script(path: Path, env: dict[str, str]) -> float:
     # Output to files, not pipes: a straggling worker must not hold us on a pipe.
+    # No `timeout=` on the wait: with one, subprocess polls the child with sleeps of up
+    # to 50 ms, and every figure came out rounded up to the next poll (64 and 114 ms
+    # for scripts of 55 and 70). A timer kills a child that hangs instead.
+    import threading
+
     with tempfile.TemporaryFile() as out:
         t0 = time.perf_counter()
-        subprocess.run([sys.executable, str(path)], stdout=out, stderr=out, check=True,
-                       cwd=str(HERE), env=env, timeout=300)
-        return time.perf_counter() - t0
+        proc = subprocess.Popen([sys.executable, str(path)], stdout=out, stderr=out,
+                                cwd=str(HERE), env=env)
+        watchdog = threading.Timer(300, proc.kill)
+        watchdog.start()
+        try:
+            code = proc.wait()
+        finally:
+            watchdog.cancel()
+        elapsed = time.perf_counter() - t0
+        if code != 0:
+            raise subprocess.CalledProcessError(code, proc.args)
+        return elapsed
 
 
 def bench_scripts(name: str, work: str, args: str, rounds: int, target: float) -> None:

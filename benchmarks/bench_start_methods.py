@@ -1,4 +1,5 @@
-"""What each start method costs before the first cpu result: fork, forkserver, spawn.
+"""What each start method costs before the first cpu result: the default (a zygote in a
+single-threaded process), fork, forkserver, spawn.
 
     PYTHONPATH=src python benchmarks/bench_start_methods.py [--rounds 5]
 
@@ -39,7 +40,7 @@ def first_result(method):
         return time.perf_counter() - t0
 
 if __name__ == "__main__":
-    method = sys.argv[1]
+    method = None if sys.argv[1] == "default" else sys.argv[1]
     print(json.dumps({"first": first_result(method), "again": first_result(method)}))
 """
 
@@ -47,7 +48,7 @@ SCRIPT = """
 import math, sys
 from tasklanes import run_all_sync, call, Scheduler
 if __name__ == "__main__" and sys.argv[1] != "none":
-    with Scheduler(mp_context=sys.argv[1]) as sched:
+    with Scheduler(mp_context=None if sys.argv[1] == "default" else sys.argv[1]) as sched:
         sched.run_all_sync([call(math.factorial, 20)], kind="cpu")
 """
 
@@ -67,7 +68,7 @@ def main() -> None:
     args = parser.parse_args()
     import tempfile
 
-    methods = ["fork", "forkserver", "spawn"]
+    methods = ["default", "fork", "forkserver", "spawn"]
     with tempfile.TemporaryDirectory() as tmp:
         child = os.path.join(tmp, "child.py")
         script = os.path.join(tmp, "script.py")

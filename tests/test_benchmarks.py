@@ -139,7 +139,7 @@ def test_start_methods_benchmark_measures_each_method() -> None:
     )
     assert proc.returncode == 0, proc.stderr
     rows = [line for line in proc.stdout.splitlines() if line.startswith("| ")]
-    assert [row.split("|")[1].strip() for row in rows[1:]] == ["fork", "forkserver", "spawn"]
+    assert [row.split("|")[1].strip() for row in rows[1:]] == ["default", "fork", "forkserver", "spawn"]
     for row in rows[1:]:
         figures = [float(m) for m in re.findall(r"(\d+) ms", row)]
         assert len(figures) == 4 and all(f > 0 for f in figures[:3]), row

@@ -359,8 +359,12 @@ async def test_tiny_and_long_batches_at_once(scheduler: Scheduler) -> None:
 
 
 UNGUARDED_SCRIPT = """
-import math
+import math, threading, time
 from tasklanes import call, run_all_sync
+# A thread running when the pool starts: the default start method is then the
+# forkserver, whose workers import the main module (a single-threaded script gets a
+# zygote instead, whose workers do not: see test_processes_zygote.py).
+threading.Thread(target=time.sleep, args=(30,), daemon=True).start()
 print(run_all_sync([call(math.factorial, 5) for _ in range(3)], kind="cpu"))
 """
 

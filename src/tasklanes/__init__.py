@@ -69,8 +69,8 @@ _SOURCES = {
     "ProgressUpdate": "_progress",
     "Scheduler": "_scheduler",
     "get_scheduler": "_scheduler",
-    "LaneSnapshot": "_stats",
-    "TimingSummary": "_stats",
+    "LaneSnapshot": "_snapshots",
+    "TimingSummary": "_snapshots",
 }
 
 if TYPE_CHECKING:
@@ -86,7 +86,7 @@ if TYPE_CHECKING:
     from ._progress import ProgressUpdate
     from ._retry import Retry
     from ._scheduler import Scheduler, get_scheduler
-    from ._stats import LaneSnapshot, TimingSummary
+    from ._snapshots import LaneSnapshot, TimingSummary
 
 
 def __getattr__(name: str) -> Any:

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import linecache
 import logging
-import math
 import os
 import sys
 import threading
@@ -38,6 +37,11 @@ from dataclasses import dataclass
 from enum import Enum
 from types import CodeType, FrameType
 from typing import Literal
+
+# The default threshold and the check of the Scheduler's options live with the other
+# defaults: a Scheduler checks them without importing this module.
+from ._defaults import ADVICE_THRESHOLD as DEFAULT_THRESHOLD
+from ._defaults import check_advice_options
 
 __all__ = [
     "BLOCKING_CPU_SHARE",
@@ -56,7 +60,6 @@ __all__ = [
 
 logger = logging.getLogger("tasklanes.advice")
 
-DEFAULT_THRESHOLD = 0.1
 #: A blocking task is advised to move to the cpu lane when its thread computed at
 #: least this share of its run time...
 BLOCKING_CPU_SHARE = 0.8
@@ -88,22 +91,6 @@ class KindWarning(UserWarning):
     raised on another thread than the caller's, so tasklanes drops it there (the log
     record remains).
     """
-
-
-def check_advice_options(advice: object, threshold: object) -> float:
-    """Validate `Scheduler(advice=, advice_threshold=)`; return the threshold as a float."""
-    if not isinstance(advice, bool):
-        raise TypeError(f"advice must be True or False, got {type(advice).__name__}")
-    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)):
-        raise TypeError(
-            f"advice_threshold must be a number of seconds, got {type(threshold).__name__}"
-        )
-    if not math.isfinite(threshold) or threshold <= 0:
-        raise ValueError(
-            f"advice_threshold must be a positive number of seconds (default "
-            f"{DEFAULT_THRESHOLD}), got {threshold!r}"
-        )
-    return float(threshold)
 
 
 # -- thread CPU time ---------------------------------------------------------------------

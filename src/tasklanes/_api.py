@@ -445,6 +445,12 @@ def run_all_sync(
     Raises ``RuntimeError`` when called inside a running event loop, which includes a
     Jupyter or IPython notebook cell: write ``await run_all(...)`` there. Ctrl-C stops
     the batch as a cancellation does and raises ``KeyboardInterrupt``.
+
+    A list (or tuple) of tasks on the cpu lane's own worker processes, without
+    ``progress``, ``limiter``, ``rate`` or ``retry``, runs without an event loop: the
+    calling thread waits for the pool, and nothing of asyncio or anyio is imported
+    (the quickest start for a one-shot script). The results, errors, timeouts and
+    Ctrl-C are the same.
     """
     sched = scheduler_or_default(scheduler)
     return sched.run_all_sync(

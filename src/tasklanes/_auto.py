@@ -49,14 +49,15 @@ import anyio
 from ._advice import BLOCKING_CPU_SHARE, BLOCKING_MIN_SECONDS, _describe, _key_of, thread_times
 from ._batch import Batch
 from ._call import unwrap_callable
-from ._stats import LaneStats, _ItemAccess
+from ._snapshots import _ItemAccess
+from ._stats import LaneStats
 from ._subbatch import One, Resumed, SubBatch, run_sub
 from ._tasks import END, _is_async_function, close_if_coroutine, describe
 
 if TYPE_CHECKING:
     from ._batch import Lane
     from ._scheduler import Scheduler
-    from ._stats import LaneSnapshot
+    from ._snapshots import LaneSnapshot
 
 __all__ = [
     "AUTO",

@@ -21,17 +21,20 @@ from collections.abc import AsyncIterable, Callable, Iterable, Sequence
 from itertools import repeat
 from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
-import anyio
-
-from ._backend import LoopHandle
 from ._stats import LaneStats
 from ._tasks import Source
 
+# anyio and the event-loop shim are imported where they are used: the cpu lane's
+# sync path (`collect_blocking`, from `run_all_sync` in a plain script) runs without
+# an event loop and without loading them.
 if TYPE_CHECKING:
+    import anyio
+
+    from ._backend import LoopHandle
     from ._control import Controls
     from ._progress import Progress
 
-__all__ = ["Batch", "BatchIterator", "Lane", "collect", "run_batch"]
+__all__ = ["Batch", "BatchIterator", "Lane", "collect", "collect_blocking", "run_batch"]
 
 T_co = TypeVar("T_co", covariant=True)
 
@@ -87,7 +90,7 @@ class Batch:
         limit: int,
         timeout: float | None,
         emit: Callable[[int, bool, Any], None],
-        loop: LoopHandle,
+        loop: LoopHandle | None,
         progress: Progress | None = None,
         emit_ok_many: Callable[[Sequence[int], list[Any]], None] | None = None,
         emit_ok: Callable[[int, Any], None] | None = None,
@@ -105,7 +108,9 @@ class Batch:
         #: One success, ``(index, value)``: what ``emit(index, True, value)`` does, as
         #: cheaply as the consumer can (for ``run_all``, a bare dict store).
         self.emit_ok = emit_ok or self._emit_ok_one
-        self.loop = loop
+        #: The caller's event loop. A batch run without one (`collect_blocking`) has
+        #: None here; it only goes to a lane's ``run_blocking``, which never looks.
+        self.loop: LoopHandle = loop  # type: ignore[assignment]
         self.progress = progress
         self.error: BaseException | None = None
         #: Set once the batch wants no more tasks started: lanes check it before pulling.
@@ -156,6 +161,8 @@ _BLOCK: Any = object()
 
 async def run_batch(lane: Lane, batch: Batch) -> None:
     """Run ``batch`` on ``lane``; raise the batch's failure, if any, after cleanup."""
+    import anyio
+
     try:
         with anyio.CancelScope() as scope:
             batch.scope = scope
@@ -166,12 +173,27 @@ async def run_batch(lane: Lane, batch: Batch) -> None:
             else:
                 await batch.controls.run(lane, batch)
     finally:
-        batch.stopping = True
-        batch.source.close()
-        if batch.progress is not None:
-            batch.progress.close()
+        _end(batch)
     if batch.error is not None:
         raise batch.error
+
+
+def run_batch_blocking(lane: Lane, batch: Batch) -> None:
+    """`run_batch` without an event loop, for a lane that can wait in the calling
+    thread (``lane.run_blocking``: the cpu lane on its process pool)."""
+    try:
+        lane.run_blocking(batch)  # type: ignore[attr-defined]
+    finally:
+        _end(batch)
+    if batch.error is not None:
+        raise batch.error
+
+
+def _end(batch: Batch) -> None:
+    batch.stopping = True
+    batch.source.close()
+    if batch.progress is not None:
+        batch.progress.close()
 
 
 def annotate(exc: BaseException, index: int) -> BaseException:
@@ -193,6 +215,45 @@ async def collect(
     controls: Controls | None = None,
 ) -> list[Any]:
     """``run_all``: every outcome, in input order."""
+    from ._backend import LoopHandle
+
+    batch, source, store, runs = _collecting(
+        lane, tasks, limit, timeout, return_exceptions, progress, controls, LoopHandle()
+    )
+    await run_batch(lane, batch)
+    return _in_order(source, store, runs)
+
+
+def collect_blocking(
+    lane: Lane,
+    tasks: list[Any] | tuple[Any, ...],
+    limit: int,
+    timeout: float | None,
+    return_exceptions: bool,
+) -> list[Any]:
+    """`collect` in the calling thread, without an event loop: ``run_all_sync`` on the
+    cpu lane's process pool for a list of tasks (no progress, limiter, rate or retry).
+    The same batch, outcomes and errors; only the waiting differs (``lane.run_blocking``)."""
+    batch, source, store, runs = _collecting(
+        lane, tasks, limit, timeout, return_exceptions, None, None, None
+    )
+    run_batch_blocking(lane, batch)
+    return _in_order(source, store, runs)
+
+
+def _collecting(
+    lane: Lane,
+    tasks: Iterable[Any] | AsyncIterable[Any],
+    limit: int,
+    timeout: float | None,
+    return_exceptions: bool,
+    progress: Progress | None,
+    controls: Controls | None,
+    loop: LoopHandle | None,
+) -> tuple[Batch, Source, dict[int, Any], list[tuple[int, list[Any]]]]:
+    """A batch whose outcomes land in a dict by index (``collect``'s), its source (the
+    controls may put another in front of it in the batch), that dict, and the blocks
+    of consecutive successes handed over in bulk."""
     check = lane.check_task if controls is None else controls.check(lane.check_task)
     source = Source(tasks, check)
     if progress is not None:
@@ -231,10 +292,14 @@ async def collect(
 
     emit_ok = store.__setitem__ if progress is None else None
     batch = Batch(
-        source, limit, timeout, emit, LoopHandle(), progress, emit_ok_many, emit_ok,
-        controls,
+        source, limit, timeout, emit, loop, progress, emit_ok_many, emit_ok, controls
     )
-    await run_batch(lane, batch)
+    return batch, source, store, runs
+
+
+def _in_order(
+    source: Source, store: dict[int, Any], runs: list[tuple[int, list[Any]]]
+) -> list[Any]:
     pulled = source.pulled
     got = len(store) + sum(len(values) for _, values in runs)
     if got != pulled:  # pragma: no cover - a bug in a lane, never silent
@@ -287,6 +352,10 @@ class _Stream:
         self.done = False
 
     def start(self) -> None:
+        import anyio
+
+        from ._backend import LoopHandle
+
         loop = LoopHandle()
         self.event = anyio.Event()
         self.finished = anyio.Event()
@@ -360,6 +429,8 @@ class _Stream:
                 self.next_index = first + 1
 
     async def run(self) -> None:
+        import anyio
+
         assert self.batch is not None and self.finished is not None
         try:
             await run_batch(self.lane, self.batch)
@@ -452,6 +523,8 @@ class BatchIterator(Generic[T_co]):
         await self.aclose()
 
     async def __anext__(self) -> T_co:
+        import anyio  # loaded by now (the caller runs a loop): a dictionary look-up
+
         stream = self._stream
         if self._closed:
             raise StopAsyncIteration
@@ -485,6 +558,8 @@ class BatchIterator(Generic[T_co]):
 
     async def aclose(self) -> None:
         """Stop the batch and wait until its work has stopped."""
+        import anyio
+
         self._closed = True
         stream = self._stream
         if stream.batch is not None and stream.finished is not None:

@@ -8,14 +8,17 @@ Scheduler, and handed to the lanes (which never guess a default of their own).
 from __future__ import annotations
 
 import logging
+import math
 import os
 from concurrent.futures import Executor
 from multiprocessing.context import BaseContext
 
 __all__ = [
+    "ADVICE_THRESHOLD",
     "BLOCKING_LIMIT",
     "DASK_IN_FLIGHT",
     "IO_LIMIT",
+    "check_advice_options",
     "cpu_capacity",
     "dask_threads",
     "default_cpu_count",
@@ -28,6 +31,24 @@ IO_LIMIT = 1000
 BLOCKING_LIMIT = 40
 #: Tasks in flight on a Dask executor at least (see `executor_capacity`).
 DASK_IN_FLIGHT = 256
+#: Seconds an io task may hold the event loop before kind advice (`_advice`).
+ADVICE_THRESHOLD = 0.1
+
+
+def check_advice_options(advice: object, threshold: object) -> float:
+    """Validate `Scheduler(advice=, advice_threshold=)`; return the threshold as a float."""
+    if not isinstance(advice, bool):
+        raise TypeError(f"advice must be True or False, got {type(advice).__name__}")
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)):
+        raise TypeError(
+            f"advice_threshold must be a number of seconds, got {type(threshold).__name__}"
+        )
+    if not math.isfinite(threshold) or threshold <= 0:
+        raise ValueError(
+            f"advice_threshold must be a positive number of seconds (default "
+            f"{ADVICE_THRESHOLD}), got {threshold!r}"
+        )
+    return float(threshold)
 
 
 def default_cpu_count() -> int:
@@ -84,10 +105,9 @@ def cpu_capacity(cpu_limit: int | None, executor: Executor | None) -> int:
     return default_cpu_count()
 
 
-def mp_context(given: BaseContext | None) -> BaseContext:
-    """The process pool's start method: ``given``, or forkserver on Linux, spawn elsewhere."""
-    if given is not None:
-        return given
-    from ._processes._pool import default_context
-
-    return default_context()
+def mp_context(given: BaseContext | None) -> BaseContext | None:
+    """The process pool's start method: ``given``, or None for the default, which the
+    pool decides as it starts, because it depends on the threads running then: a
+    zygote in a process with one thread, else forkserver on Linux, spawn elsewhere
+    (`tasklanes._processes._pool.ProcessPool`, docs/start-methods.md)."""
+    return given

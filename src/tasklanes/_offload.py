@@ -15,10 +15,9 @@ from collections.abc import (
     Callable,
     Iterable,
 )
-from typing import Any, Generic, Literal, TypeVar, overload
+from typing import Any, Generic, Literal, ParamSpec, TypeVar, overload
 
 import anyio
-from typing_extensions import ParamSpec
 
 from ._backend import LoopHandle
 from ._batch import annotate

@@ -5,6 +5,7 @@ from __future__ import annotations
 import atexit
 import functools
 import logging
+import sys
 import threading
 import time
 import weakref
@@ -13,20 +14,27 @@ from concurrent.futures import Executor
 from multiprocessing.context import BaseContext
 from typing import TYPE_CHECKING, Any
 
-from ._advice import DEFAULT_THRESHOLD, Advisor, check_advice_options
-from ._backend import run_in_fresh_thread, run_sync
-from ._batch import BatchIterator, Lane, collect
-from ._control import make_controls
-from ._defaults import BLOCKING_LIMIT, IO_LIMIT, cpu_capacity
-from ._limits import LimiterArg
+from ._defaults import (
+    ADVICE_THRESHOLD,
+    BLOCKING_LIMIT,
+    IO_LIMIT,
+    check_advice_options,
+    cpu_capacity,
+)
 from ._nested import refuse_nested_blocking, refuse_nested_cpu
-from ._retry import Retry
-from ._stats import LaneSnapshot
 from ._tasks import KINDS, check_kind, check_limit, check_timeout
 
+# What runs an event loop (anyio, the batch machinery, the controls) is imported where
+# it is used: `run_all_sync(kind="cpu")` in a plain script runs without a loop and
+# never loads it (see `Scheduler.run_all_sync`).
 if TYPE_CHECKING:
+    from ._advice import Advisor
     from ._auto import AutoRouter
+    from ._batch import BatchIterator, Lane
+    from ._limits import LimiterArg
     from ._progress import ProgressArg
+    from ._retry import Retry
+    from ._snapshots import LaneSnapshot
 
 __all__ = ["CLOSE_TIMEOUT", "Scheduler", "get_scheduler"]
 
@@ -73,8 +81,12 @@ class Scheduler:
     shares the result, which is wrong for tasks with side effects or randomness).
     With a foreign executor, ``cpu_limit`` bounds the tasks in flight; by default it
     is the executor's worker count (for Dask: twice the cluster's worker threads).
-    ``mp_context`` picks the start method of the default process pool (default:
-    forkserver on Linux, spawn elsewhere).
+    ``mp_context`` picks the start method of the default process pool (``"fork"``,
+    ``"forkserver"``, ``"spawn"`` or a context). The default is decided when the pool
+    starts: on Linux, in a process that runs a single thread, a *zygote* (a copy of
+    the process, forked then, forks every worker: no new interpreter, nothing
+    imported again); otherwise forkserver on Linux, spawn elsewhere (see
+    docs/start-methods.md).
 
     ``cpu_max_tasks_per_worker`` and ``cpu_max_worker_memory`` (bytes of resident
     memory) recycle the default pool's worker processes: a worker that has run that
@@ -97,7 +109,7 @@ class Scheduler:
         cpu_max_tasks_per_worker: int | None = None,
         cpu_max_worker_memory: int | None = None,
         advice: bool = True,
-        advice_threshold: float = DEFAULT_THRESHOLD,
+        advice_threshold: float = ADVICE_THRESHOLD,
     ) -> None:
         for name, value, optional in (
             ("io_limit", io_limit, False),
@@ -137,7 +149,10 @@ class Scheduler:
                 f"('forkserver', 'spawn', 'fork') or None, got {type(mp_context).__name__}"
             )
         threshold = check_advice_options(advice, advice_threshold)  # kind advice
-        self._advisor = Advisor(threshold) if advice else None
+        # Made with the first lane that gives advice (io, blocking): a script that only
+        # uses the cpu lane never imports `_advice`.
+        self._advice_threshold = threshold if advice else None
+        self._advisor: Advisor | None = None
         self._io_limit = io_limit
         self._blocking_limit = blocking_limit
         self._cpu_limit = cpu_limit
@@ -174,6 +189,10 @@ class Scheduler:
     def _make_lane(self, kind: str) -> Lane:
         lane = self._make_lane_of(kind)
         if kind in ("io", "blocking"):  # the lanes that give kind advice
+            if self._advisor is None and self._advice_threshold is not None:
+                from ._advice import Advisor
+
+                self._advisor = Advisor(self._advice_threshold)
             lane.advisor = self._advisor  # type: ignore[attr-defined]
         return lane
 
@@ -252,9 +271,11 @@ class Scheduler:
     ) -> list[Any]:
         """``run_all`` on this scheduler; see [run_all][tasklanes.run_all]."""
         lane, call_limit, seconds = self._resolve(kind, limit, timeout)
-        controls = make_controls(limiter, rate, retry)
+        from ._batch import collect
+        from ._control import make_controls
         from ._progress import make_progress
 
+        controls = make_controls(limiter, rate, retry)
         return await collect(
             lane,
             tasks,
@@ -279,9 +300,11 @@ class Scheduler:
     ) -> BatchIterator[Any]:
         """``as_completed`` on this scheduler; see [as_completed][tasklanes.as_completed]."""
         lane, call_limit, seconds = self._resolve(kind, limit, timeout)
-        controls = make_controls(limiter, rate, retry)
+        from ._batch import BatchIterator
+        from ._control import make_controls
         from ._progress import make_progress
 
+        controls = make_controls(limiter, rate, retry)
         return BatchIterator(
             lane,
             tasks,
@@ -312,11 +335,13 @@ class Scheduler:
         if not callable(fn):
             raise TypeError(f"amap() needs a callable first, got {type(fn).__name__}")
         lane, call_limit, seconds = self._resolve(kind, limit, timeout)
+        from ._batch import BatchIterator
+        from ._control import make_controls
+        from ._progress import make_progress
+
         # A limiter= callable gets the item: the task is Call(fn, (item,), {}).
         controls = make_controls(limiter, rate, retry, per_item=_item_of)
         lane.check_task(_probe_task(fn), 0)  # a wrong fn fails now, not per item
-        from ._progress import make_progress
-
         return BatchIterator(
             lane,
             _map_tasks(fn, items),
@@ -342,6 +367,27 @@ class Scheduler:
         retry: int | Retry | None = None,
     ) -> list[Any]:
         """``run_all_sync`` on this scheduler; see [run_all_sync][tasklanes.run_all_sync]."""
+        if (
+            kind == "cpu"
+            and self._cpu_executor is None
+            and isinstance(tasks, (list, tuple))
+            and limiter is None
+            and rate is None
+            and retry is None
+            and (progress is False or progress is None)
+            and not _loop_running()
+        ):
+            # The common script case, without an event loop: the lane waits for the
+            # pool in this thread (`ProcessLane.run_blocking`). Nothing of anyio or
+            # asyncio is imported or started; the outcomes, errors, timeouts and
+            # Ctrl-C are those of the loop path.
+            from ._batch import collect_blocking
+
+            lane, call_limit, seconds = self._resolve(kind, limit, timeout)
+            return collect_blocking(lane, tasks, call_limit, seconds, bool(return_exceptions))
+        from ._backend import run_sync
+        from ._control import make_controls
+
         make_controls(limiter, rate, retry)  # bad arguments fail before a loop starts
         if kind == "cpu" and self._cpu_executor is None and "cpu" not in self._lanes:
             self._start_forkserver_early()
@@ -369,6 +415,14 @@ class Scheduler:
         from ._defaults import mp_context
 
         context = mp_context(self._mp_context)
+        if context is None:
+            from ._processes._zygote import can_fork_zygote
+
+            if can_fork_zygote():
+                return  # the pool will fork a zygote: no forkserver
+            from ._processes._context import default_context
+
+            context = default_context()
         if context.get_start_method() != "forkserver":
             return
         from multiprocessing import forkserver
@@ -443,6 +497,8 @@ class Scheduler:
 
     async def aclose(self, timeout: float | None = CLOSE_TIMEOUT) -> None:
         """``close()`` without blocking the event loop: it runs on a helper thread."""
+        from ._backend import run_in_fresh_thread
+
         await run_in_fresh_thread(lambda: self.close(timeout))
 
     def __enter__(self) -> Scheduler:
@@ -499,6 +555,17 @@ def _map_tasks(
             f"amap() needs an iterable or async iterable of items, got {type(items).__name__}"
         )
     return call_each(fn, items)
+
+
+def _loop_running() -> bool:
+    """Whether an event loop runs in this thread, without importing one to ask:
+    none can run unless asyncio or trio is loaded (``_backend.in_event_loop``, which
+    the loop path checks again, says which)."""
+    if "asyncio" not in sys.modules and "trio" not in sys.modules:
+        return False
+    from ._backend import in_event_loop
+
+    return in_event_loop()
 
 
 _default: Scheduler | None = None

@@ -6,19 +6,17 @@ import math
 import threading
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+# The snapshot types are dataclasses, in `_snapshots`, imported when figures are read:
+# counting costs no `dataclasses` import.
 if TYPE_CHECKING:
-    from ._auto import AutoDecision
+    from ._snapshots import LaneSnapshot, TimingSummary, WorkerResources
 
 __all__ = [
     "BUCKETS",
-    "LaneSnapshot",
     "LaneStats",
     "Tally",
-    "TimingSummary",
-    "WorkerResources",
     "add_counts",
     "bucket_bounds",
     "percentiles",
@@ -126,102 +124,6 @@ def _merge_hist(into: list[int], part: dict[int, int]) -> None:
         into[k if k < _TOP else _TOP] += c
 
 
-class _ItemAccess:
-    """Lets a snapshot be read as ``s.completed`` or ``s["completed"]``."""
-
-    __slots__ = ()
-
-    def __getitem__(self, name: str) -> Any:
-        if name not in self.__dataclass_fields__:  # type: ignore[attr-defined]
-            raise KeyError(name)
-        return getattr(self, name)
-
-    def keys(self) -> list[str]:
-        return list(self.__dataclass_fields__)  # type: ignore[attr-defined]
-
-    def as_dict(self) -> dict[str, Any]:
-        return {k: getattr(self, k) for k in self.keys()}
-
-
-@dataclass(frozen=True)
-class TimingSummary(_ItemAccess):
-    """count, mean, max and percentiles of a duration, in seconds.
-
-    `p50`, `p90` and `p99` come from a log-bucket histogram: within 2% (relative)
-    of the exact percentile, and never above `max`.
-    """
-
-    count: int
-    mean: float
-    max: float
-    p50: float = 0.0
-    p90: float = 0.0
-    p99: float = 0.0
-
-
-@dataclass(frozen=True)
-class WorkerResources(_ItemAccess):
-    """Resident memory (bytes) and CPU time (user + system seconds) of the cpu workers.
-
-    `workers` is how many processes were read; the others are sums over them.
-    """
-
-    workers: int = 0
-    memory: int = 0
-    cpu_time: float = 0.0
-
-
-@dataclass(frozen=True)
-class LaneSnapshot(_ItemAccess):
-    """The figures of one lane at one moment (see `Scheduler.stats()`).
-
-    `capacity` is how many tasks the lane runs at once (for io: per event loop);
-    `running` and `waiting` are live; the others count tasks since the scheduler
-    was created: `completed` returned a value, `failed` raised, `timed_out`
-    overran their timeout, `cancelled` were dropped or stopped because their batch
-    was cancelled or failed fast, `crashed` lost their worker process. `killed`
-    counts worker processes the lane killed (timeouts and cancellation). `retried`
-    counts attempts that failed and ran again under `retry=` (each also counts in
-    `failed`, `timed_out` or `crashed`). `wait` is
-    the queue lag (from the moment the lane took a task until it started) and `run`
-    its run time.
-
-    Overload figures: `error_rate` is `(failed + timed_out + crashed) / finished`
-    (finished: those four counts plus `completed`; 0.0 before any), `threads` the
-    worker threads alive (blocking lane), `limited` the tasks admitted but waiting
-    for a limiter, `loop_lag` how late the io lane's sampler woke on the event loop
-    (seconds; io lane), and `workers` the cpu workers' resident memory and CPU time.
-    A figure that does not apply to a lane is zero. `auto` lists the functions that
-    `kind="auto"` sent to this lane, with its measure and reason.
-    """
-
-    kind: str
-    capacity: int
-    running: int
-    waiting: int
-    completed: int
-    failed: int
-    timed_out: int
-    cancelled: int
-    crashed: int
-    killed: int
-    retried: int
-    wait: TimingSummary
-    run: TimingSummary
-    #: Worker processes replaced by recycling (``Scheduler(cpu_max_tasks_per_worker=,
-    #: cpu_max_worker_memory=)``); 0 on other lanes.
-    recycled: int = 0
-    error_rate: float = 0.0
-    threads: int = 0
-    limited: int = 0
-    loop_lag: TimingSummary = TimingSummary(0, 0.0, 0.0)
-    workers: WorkerResources = WorkerResources()
-    #: The functions ``kind="auto"`` sends to this lane, one
-    #: [AutoDecision][tasklanes.AutoDecision] each, by name.
-    auto: tuple[AutoDecision, ...] = ()
-
-
-@dataclass
 class Tally:
     """What one batch has done since it last reported; merged into `LaneStats`.
 
@@ -230,20 +132,40 @@ class Tally:
     (bucket -> count) and hold at most `BUCKETS` keys.
     """
 
-    completed: int = 0
-    failed: int = 0
-    timed_out: int = 0
-    cancelled: int = 0
-    crashed: int = 0
-    retried: int = 0
-    run_count: int = 0
-    run_total: float = 0.0
-    run_max: float = 0.0
-    wait_count: int = 0
-    wait_total: float = 0.0
-    wait_max: float = 0.0
-    run_hist: dict[int, int] = field(default_factory=dict)
-    wait_hist: dict[int, int] = field(default_factory=dict)
+    def __init__(
+        self,
+        completed: int = 0,
+        failed: int = 0,
+        timed_out: int = 0,
+        cancelled: int = 0,
+        crashed: int = 0,
+        retried: int = 0,
+        run_count: int = 0,
+        run_total: float = 0.0,
+        run_max: float = 0.0,
+        wait_count: int = 0,
+        wait_total: float = 0.0,
+        wait_max: float = 0.0,
+        run_hist: dict[int, int] | None = None,
+        wait_hist: dict[int, int] | None = None,
+    ) -> None:
+        self.completed = completed
+        self.failed = failed
+        self.timed_out = timed_out
+        self.cancelled = cancelled
+        self.crashed = crashed
+        self.retried = retried
+        self.run_count = run_count
+        self.run_total = run_total
+        self.run_max = run_max
+        self.wait_count = wait_count
+        self.wait_total = wait_total
+        self.wait_max = wait_max
+        self.run_hist: dict[int, int] = {} if run_hist is None else run_hist
+        self.wait_hist: dict[int, int] = {} if wait_hist is None else wait_hist
+
+    def __repr__(self) -> str:
+        return f"Tally({', '.join(f'{k}={v!r}' for k, v in vars(self).items())})"
 
     def run(self, seconds: float) -> None:
         self.run_count += 1
@@ -283,36 +205,51 @@ class _Figure:
         _merge_hist(self.hist, hist)
 
     def summary(self) -> TimingSummary:
+        from ._snapshots import TimingSummary
+
         n = self.count
         p50, p90, p99 = percentiles(self.hist, n, self.max)
         return TimingSummary(n, self.total / n if n else 0.0, self.max, p50, p90, p99)
 
 
-@dataclass
 class LaneStats:
-    """The live figures of one lane. Read them with `Scheduler.stats()`."""
+    """The live figures of one lane. Read them with `Scheduler.stats()`.
 
-    kind: str
-    capacity: int
-    running: int = 0
-    waiting: int = 0
-    #: Tasks admitted but waiting for a limiter: the lane runner bumps it with
-    #: `adjust(limited=...)`.
-    limited: int = 0
-    total: Tally = field(default_factory=Tally)
-    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
-    #: Lanes that can count running/waiting tasks on demand set this instead of
-    #: adjusting the gauges on every task.
-    live: Callable[[], tuple[int, int]] | None = field(default=None, repr=False)
-    #: Counters kept elsewhere (the process pool's kills), read on demand.
-    extra: Callable[[], dict[str, int]] | None = field(default=None, repr=False)
-    #: Worker threads alive (blocking lane), read on demand.
-    threads: Callable[[], int] | None = field(default=None, repr=False)
-    #: The cpu workers' memory and CPU time, read on demand.
-    resources: Callable[[], WorkerResources] | None = field(default=None, repr=False)
-    _run: _Figure = field(default_factory=_Figure, repr=False)
-    _wait: _Figure = field(default_factory=_Figure, repr=False)
-    _lag: _Figure = field(default_factory=_Figure, repr=False)
+    `live`: lanes that can count running/waiting tasks on demand set this instead of
+    adjusting the gauges on every task; `extra`: counters kept elsewhere (the process
+    pool's kills), read on demand; `threads`: worker threads alive (blocking lane);
+    `resources`: the cpu workers' memory and CPU time, read on demand.
+    """
+
+    def __init__(
+        self,
+        kind: str,
+        capacity: int,
+        running: int = 0,
+        waiting: int = 0,
+        limited: int = 0,
+        *,
+        live: Callable[[], tuple[int, int]] | None = None,
+        extra: Callable[[], dict[str, int]] | None = None,
+        threads: Callable[[], int] | None = None,
+        resources: Callable[[], WorkerResources] | None = None,
+    ) -> None:
+        self.kind = kind
+        self.capacity = capacity
+        self.running = running
+        self.waiting = waiting
+        #: Tasks admitted but waiting for a limiter: the lane runner bumps it with
+        #: `adjust(limited=...)`.
+        self.limited = limited
+        self.total = Tally()
+        self.lock = threading.Lock()
+        self.live = live
+        self.extra = extra
+        self.threads = threads
+        self.resources = resources
+        self._run = _Figure()
+        self._wait = _Figure()
+        self._lag = _Figure()
 
     def merge(self, tally: Tally) -> None:
         with self.lock:
@@ -339,6 +276,8 @@ class LaneStats:
             self.limited += limited
 
     def snapshot(self) -> LaneSnapshot:
+        from ._snapshots import LaneSnapshot, WorkerResources
+
         running, waiting = self.live() if self.live is not None else (0, 0)
         extra = self.extra() if self.extra is not None else {}
         killed = extra.get("killed", 0)
@@ -377,3 +316,13 @@ class LaneStats:
                 name: (list(f.hist), f.count, f.total)
                 for name, f in (("wait", self._wait), ("run", self._run))
             }
+
+
+def __getattr__(name: str) -> Any:
+    # The snapshot types, for code that imports them from here (they live in
+    # `_snapshots`, imported on first use).
+    if name in ("LaneSnapshot", "TimingSummary", "WorkerResources"):
+        from . import _snapshots
+
+        return getattr(_snapshots, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

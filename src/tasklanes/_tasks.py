@@ -7,17 +7,18 @@ bad input fails with a clear ``ValueError``/``TypeError`` before any task starts
 from __future__ import annotations
 
 import functools
-import inspect
 import math
 import operator
+import sys
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator, Sized
 from itertools import islice
-from types import CoroutineType
-from typing import Any, Final
-
-import anyio
+from types import BuiltinFunctionType, CoroutineType, FunctionType
+from typing import TYPE_CHECKING, Any, Final
 
 from ._call import Call, unwrap_callable
+
+if TYPE_CHECKING:
+    import anyio
 
 _call_fn = operator.attrgetter("fn")
 _partial_func = operator.attrgetter("func")
@@ -90,12 +91,40 @@ def describe(task: object) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
+# `inspect` costs a one-shot script ~5 ms to import, and the common cases need none of
+# it: a plain `def` says in its code flags whether it is async, a builtin never is, a
+# `Call` is never awaitable. Anything else asks `inspect`, imported then.
+_ASYNC_FLAGS = 0x80 | 0x200  # CO_COROUTINE | CO_ASYNC_GENERATOR (inspect's values)
+
+
 def _is_async_function(fn: object) -> bool:
-    return inspect.iscoroutinefunction(fn) or inspect.isasyncgenfunction(fn)
+    kind = type(fn)
+    if kind is FunctionType:
+        if fn.__code__.co_flags & _ASYNC_FLAGS:  # type: ignore[attr-defined]
+            return True
+        # Python 3.12's inspect.markcoroutinefunction marks a plain def as async.
+        if sys.version_info < (3, 12) or not hasattr(fn, "_is_coroutine_marker"):
+            return False
+    elif kind is BuiltinFunctionType:
+        return False
+    import inspect
+
+    return bool(inspect.iscoroutinefunction(fn) or inspect.isasyncgenfunction(fn))
+
+
+def _is_awaitable(task: object) -> bool:
+    kind = type(task)
+    if kind is Call or kind is functools.partial or kind is FunctionType:
+        return False
+    if kind is CoroutineType:
+        return True
+    import inspect
+
+    return inspect.isawaitable(task)
 
 
 def check_io_task(task: object, index: int) -> None:
-    if type(task) is CoroutineType or inspect.isawaitable(task):
+    if type(task) is CoroutineType or _is_awaitable(task):
         return
     if not callable(task):
         raise TypeError(
@@ -109,6 +138,8 @@ def check_io_task(task: object, index: int) -> None:
     # impossible and running it on the loop would freeze every other task. A lambda
     # or a callable object may return an awaitable, so those are checked when they
     # run instead.
+    import inspect
+
     if (
         inspect.isbuiltin(fn)
         or inspect.isclass(fn)
@@ -123,7 +154,7 @@ def check_io_task(task: object, index: int) -> None:
 
 
 def check_sync_task(task: object, index: int, kind: str) -> None:
-    if inspect.isawaitable(task):
+    if _is_awaitable(task):
         raise TypeError(
             f"task {index} ({describe(task)}) is a coroutine or awaitable, which kind={kind!r} "
             "cannot run: use kind='io' for async code"
@@ -233,7 +264,7 @@ def close_if_coroutine(task: object) -> None:
     """Close a coroutine object that will never run, so Python does not warn that it
     was never awaited: it was ours to run, and we chose not to."""
     close = getattr(task, "close", None)
-    if close is not None and inspect.iscoroutine(task):
+    if close is not None and isinstance(task, CoroutineType):
         close()
 
 
@@ -277,6 +308,8 @@ class Source:
             self.size = len(tasks)
             self._iterator = iter(tasks)
         elif isinstance(tasks, AsyncIterable):
+            import anyio  # only here: a script's list input never loads it
+
             self._aiterator = aiter(tasks)
             self._alock = anyio.Lock()
         elif isinstance(tasks, Iterable) and not isinstance(tasks, (str, bytes)):
@@ -428,6 +461,8 @@ class Source:
                 return END
             if self._gate is not None and not self._gate(self._index):
                 if self._gate_event is None:
+                    import anyio
+
                     self._gate_event = anyio.Event()
                 await self._gate_event.wait()
                 continue

@@ -50,14 +50,14 @@ import logging
 import math
 import threading
 from collections.abc import Callable, Hashable
-from typing import Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
-import anyio
-
-from .._batch import Batch
 from .._errors import TaskTimeout, WorkerCrashed, closed_error
 from .._stats import LaneStats, Tally
 from .._tasks import END
+
+if TYPE_CHECKING:
+    from .._batch import Batch
 
 __all__ = [
     "Deadlines",
@@ -303,6 +303,8 @@ async def watch(
     `before()` runs at each wake-up (the blocking lane moves the starts its threads
     reported into `deadlines` there). Runs until cancelled.
     """
+    import anyio  # not at the top: the cpu lane's sync path runs without it
+
     while True:
         if before is not None:
             before()

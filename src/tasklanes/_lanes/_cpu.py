@@ -9,26 +9,34 @@ what overruns. This module is its async face: it feeds a batch's tasks to a
 Cancellation: a cancelled batch cancels its job, which drops the queued tasks and
 kills (SIGTERM, then SIGKILL) the workers running its tasks; the lane waits, shielded,
 until the pool reports the job settled, so no process of the batch outlives the call.
+
+``run_blocking`` runs a batch of a list input in the calling thread, without an event
+loop (``run_all_sync`` in a plain script: no anyio, no asyncio to import and start).
+It is the same batch runner (`_CpuBatch`): the same hand-over, delivery and figures;
+only the waits differ, on a queue instead of the loop (Ctrl-C, a ``KeyboardInterrupt``
+in that wait, cancels the job like a cancelled caller).
 """
 
 from __future__ import annotations
 
 import functools
+import queue
 import time
 from bisect import bisect_right
 from multiprocessing.context import BaseContext
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import anyio
-
-from .._batch import Batch
 from .._call import Call
-from .._inbox import Inbox
 from .._processes._pickling import check_task_function
 from .._processes._pool import PoolJob, ProcessPool, Run
-from .._stats import LaneStats, Tally, WorkerResources, record, shifted
+from .._stats import LaneStats, Tally, record, shifted
 from .._tasks import CachedCheck, check_cpu_task
 from ._base import LaneBase, Outcome, classify, count, pull
+
+if TYPE_CHECKING:
+    from .._batch import Batch
+    from .._inbox import Inbox
+    from .._snapshots import WorkerResources
 
 __all__ = ["ProcessLane"]
 
@@ -48,7 +56,7 @@ class ProcessLane(LaneBase):
     def __init__(
         self,
         capacity: int,
-        mp_context: BaseContext,
+        mp_context: BaseContext | None,
         *,
         max_tasks_per_worker: int | None = None,
         max_worker_memory: int | None = None,
@@ -70,6 +78,7 @@ class ProcessLane(LaneBase):
 
     def _worker_resources(self) -> WorkerResources:
         """The workers' resident memory and CPU time, an overload figure for `stats()`."""
+        from .._snapshots import WorkerResources
         pool: ProcessPool | None = self._resource
         if pool is None:
             return WorkerResources()
@@ -115,6 +124,8 @@ class ProcessLane(LaneBase):
         return pool.stats() if pool is not None else {}
 
     async def run(self, batch: Batch) -> None:
+        from .._inbox import Inbox
+
         inbox = Inbox(batch.loop)
         batch.wake = inbox.poke  # limiter=/retry=: a task is ready to pull
         # limiter=: a task killed for its timeout holds its limiters until its worker
@@ -151,9 +162,60 @@ class ProcessLane(LaneBase):
             self.task_seconds.clear()
         self.task_seconds[id(fn)] = (fn, job.run_total / job.run_count)
 
+    def run_blocking(self, batch: Batch) -> None:
+        """`run` in the calling thread, without an event loop, for a list input with
+        no controls (``limiter=``, ``retry=``) and no progress (see the module doc)."""
+        assert batch.source.in_memory and batch.controls is None and batch.progress is None
+        inbox = _BlockingInbox()
+        runner = _CpuBatch(self, batch, inbox)
+        self.open_run(runner)
+        try:
+            runner.job = self.pool.open_job(
+                limit=min(batch.limit, self.capacity),
+                timeout=batch.timeout,
+                deliver=inbox.put_many,
+                on_settled=lambda: inbox.put(_SETTLED),
+            )
+            runner.run_blocking()
+        finally:
+            self.close_run(runner)
+            if runner.job is not None:
+                self.stats.merge(runner.figures(runner.job))
+
+
+class _BlockingInbox:
+    """What `Inbox` does for `_CpuBatch`, for a caller that waits in its own thread:
+    the pool's threads put lists of outcomes, `get` blocks until there are some."""
+
+    __slots__ = ("_queue",)
+
+    def __init__(self) -> None:
+        self._queue: queue.SimpleQueue[list[Any]] = queue.SimpleQueue()
+
+    def put(self, item: Any) -> None:
+        self._queue.put([item])
+
+    def put_many(self, items: list[Any]) -> None:
+        self._queue.put(items)
+
+    def poke(self) -> None:
+        self._queue.put([])
+
+    def get(self) -> list[Any]:
+        """Everything delivered so far; waits for the first delivery. A signal's
+        exception (Ctrl-C) is raised from the wait."""
+        items = self._queue.get()
+        get = self._queue.get_nowait
+        while True:
+            try:
+                more = get()
+            except queue.Empty:
+                return items
+            items = [*items, *more]
+
 
 class _CpuBatch:
-    def __init__(self, lane: ProcessLane, batch: Batch, inbox: Inbox) -> None:
+    def __init__(self, lane: ProcessLane, batch: Batch, inbox: Inbox | _BlockingInbox) -> None:
         self.lane = lane
         self.batch = batch
         self.job: PoolJob | None = None
@@ -188,13 +250,16 @@ class _CpuBatch:
         return tally
 
     async def run(self) -> None:
+        import anyio
+
         batch = self.batch
         job = self.job
-        assert job is not None
+        inbox = self.inbox
+        assert job is not None and not isinstance(inbox, _BlockingInbox)
         try:
             await self._fill()
             while self.outstanding or not batch.source.exhausted:
-                self._deliver(await self.inbox.get())
+                self._deliver(await inbox.get())
                 if batch.stopping:
                     break
                 await self._fill()
@@ -205,34 +270,77 @@ class _CpuBatch:
             # dying: the pool settles the job once it is gone, so no work of the
             # batch outlives the call.
             while not self.settled:
-                self._deliver(await self.inbox.get())
+                self._deliver(await inbox.get())
         except BaseException:
             # Kill what runs, drop what waits, and wait (shielded) for the pool to say
             # that none of this batch's processes work on it any more.
             job.cancel()
             with anyio.CancelScope(shield=True):
                 while not self.settled:
-                    self._deliver(await self.inbox.get(), cancelled=True)
+                    self._deliver(await inbox.get(), cancelled=True)
             self.tally.cancelled += self.outstanding
             raise
+
+    def run_blocking(self) -> None:
+        """`run` for a list input, waiting in this thread (`ProcessLane.run_blocking`)."""
+        batch = self.batch
+        job = self.job
+        inbox = self.inbox
+        assert job is not None and isinstance(inbox, _BlockingInbox)
+        try:
+            self._hand_over_list()
+            while self.outstanding and not batch.stopping:
+                self._deliver(inbox.get())
+            if not batch.stopping:
+                job.close_input()
+                # As in `run`: the job settles once a worker killed for a timeout is gone.
+                while not self.settled:
+                    self._deliver(inbox.get())
+                return
+        except BaseException:
+            self._cancel_blocking(inbox)
+            raise
+        self._cancel_blocking(inbox)  # fail-fast: the batch's error is raised by our caller
+
+    def _cancel_blocking(self, inbox: _BlockingInbox) -> None:
+        """Kill what runs, drop what waits, and wait for the pool to say that none of
+        this batch's processes work on it any more (as `run` does, shielded)."""
+        assert self.job is not None
+        self.job.cancel()
+        while not self.settled:
+            try:
+                self._deliver(inbox.get(), cancelled=True)
+            except KeyboardInterrupt:
+                continue  # a second Ctrl-C: the workers are being stopped already
+        self.tally.cancelled += self.outstanding
+
+    def _hand_over_list(self) -> bool:
+        """A list: hand it all over at once, the pool paces it (True if done so). One
+        timestamp serves every task for the queue-lag figures."""
+        batch = self.batch
+        source = batch.source
+        job = self.job
+        assert job is not None
+        if not source.in_memory or batch.stopping:
+            return False
+        first = source.pulled
+        rest = source.take_rest()
+        if rest is None:
+            return False
+        if rest:
+            self._first_put(job, rest[0])
+            self.outstanding += len(rest)
+            self.put_all_at = time.monotonic()
+            job.put(first, rest)
+        return True
 
     async def _fill(self) -> None:
         batch = self.batch
         source = batch.source
         job = self.job
         assert job is not None
-        if source.in_memory and not batch.stopping:
-            # A list: hand it all over at once, the pool paces it. One timestamp
-            # serves every task for the queue-lag figures.
-            first = source.pulled
-            rest = source.take_rest()
-            if rest is not None:
-                if rest:
-                    self._first_put(job, rest[0])
-                    self.outstanding += len(rest)
-                    self.put_all_at = time.monotonic()
-                    job.put(first, rest)
-                return
+        if self._hand_over_list():
+            return
         if source.in_memory and source.size is not None:
             want = source.size
         else:

@@ -26,6 +26,7 @@ from ._reaper import KILL_GRACE_SECONDS
 from ._spawner import Spawner
 from ._stream import BigFrameReader, StreamEnd
 from ._workers import DEAD, DOOMED, WorkerHandle
+from ._zygote import Zygote
 
 __all__ = ["Manager"]
 
@@ -38,8 +39,11 @@ class Manager(Delivery):
         stats: dict[str, int],
         max_tasks_per_worker: int | None,
         max_worker_memory: int | None,
+        zygote: Zygote | None = None,
     ) -> None:
-        super().__init__(max_workers, ctx, stats, max_tasks_per_worker, max_worker_memory)
+        super().__init__(
+            max_workers, ctx, stats, max_tasks_per_worker, max_worker_memory, zygote
+        )
         self.selector.register(self.wakeup.r, selectors.EVENT_READ, (self._on_wake, None))
         self.spawner = Spawner(self)
         # Daemon, so that it never holds up interpreter exit; the pool's atexit hook
@@ -175,6 +179,8 @@ class Manager(Delivery):
         self.stopping = True
         if self.spawner is not None:
             self.spawner.stop()
+        if self.zygote is not None:
+            self.zygote.stop()  # it exits as soon as its workers, stopped below, are gone
         # The last look at the queues: from here on, submit() and put() see the door
         # closed and fail fast instead of queuing work nobody would do.
         with self.door:
@@ -227,3 +233,5 @@ class Manager(Delivery):
         if self.alive_r is not None:
             self.alive_r.close()
             self.alive_r = None
+        if self.zygote is not None:
+            self.zygote.close()  # its workers are gone: it exits at once

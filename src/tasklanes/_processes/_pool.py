@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import atexit
 import enum
+import multiprocessing
 import threading
 from collections.abc import Callable
 from multiprocessing.context import BaseContext
@@ -35,6 +36,7 @@ from ._job import Delivered, JobCore, Outcome, PoolJob, Run
 from ._manager import Manager
 from ._state import STAT_NAMES
 from ._workers import cpu_seconds, rss_bytes
+from ._zygote import Zygote, can_fork_zygote
 
 __all__ = ["Delivered", "Outcome", "PoolJob", "PoolState", "ProcessPool", "Run", "default_context"]
 
@@ -51,8 +53,10 @@ class ProcessPool:
     Nothing starts in the constructor. The first `open_job` starts the manager
     thread, which starts the workers; the caller does not wait for them.
 
-    `mp_context` picks the start method (default: `default_context()`); fork,
-    forkserver and spawn all work (`_context` says what each needs).
+    `mp_context` picks the start method; fork, forkserver and spawn all work
+    (`_context` says what each needs). The default, None, is decided when the pool
+    starts: a zygote (`_zygote`) when this process runs one thread only, else
+    `default_context()` (forkserver on Linux, spawn elsewhere).
 
     `max_tasks_per_worker` and `max_worker_memory` (bytes of resident memory, checked
     after each chunk of tasks) recycle workers: one that reaches either limit finishes
@@ -78,11 +82,18 @@ class ProcessPool:
         self._lock = threading.Lock()
         self._state = PoolState.NEW
         self._manager: Manager | None = None
+        self._start_method: str | None = None
         self._stats: dict[str, int] = dict.fromkeys(STAT_NAMES, 0)
 
     @property
     def state(self) -> PoolState:
         return self._state
+
+    @property
+    def start_method(self) -> str | None:
+        """How its workers start: `"zygote"`, or the `multiprocessing` start method's
+        name; None until the pool starts."""
+        return self._start_method
 
     def open_job(
         self,
@@ -176,15 +187,29 @@ class ProcessPool:
 
     def _start(self) -> None:
         # Called with the lock held, once.
+        zygote: Zygote | None = None
         if self._ctx is None:
-            self._ctx = default_context()
-        self._manager = Manager(
-            self._max_workers,
-            self._ctx,
-            self._stats,
-            self._max_tasks_per_worker,
-            self._max_worker_memory,
-        )
+            # The default start method is decided here, once per pool, before the
+            # pool starts threads of its own (see `_zygote`).
+            if can_fork_zygote():
+                zygote = Zygote.fork()
+                self._ctx = multiprocessing.get_context("fork")  # for its Pipe() only
+            else:
+                self._ctx = default_context()
+        self._start_method = "zygote" if zygote is not None else self._ctx.get_start_method()
+        try:
+            self._manager = Manager(
+                self._max_workers,
+                self._ctx,
+                self._stats,
+                self._max_tasks_per_worker,
+                self._max_worker_memory,
+                zygote,
+            )
+        except BaseException:
+            if zygote is not None:
+                zygote.close()
+            raise
         self._manager.start()
         self._state = PoolState.RUNNING
         atexit.register(self.close)

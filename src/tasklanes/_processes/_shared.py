@@ -50,6 +50,12 @@ class SharedBlock:
             raise RuntimeError("this SharedBlock was already handed to its process")
         return (attach, (DupFd(self._fd), self.size))
 
+    def fileno(self) -> int:
+        """The block's memory file, until `started` (handed over by descriptor)."""
+        if self._fd < 0:
+            raise RuntimeError("this SharedBlock was already handed to its process")
+        return self._fd
+
     def started(self) -> None:
         """The child has its copy: drop our descriptor (the mapping stays)."""
         if self._fd >= 0:

@@ -51,7 +51,7 @@ class Spawner:
                 m.submit(SpawnFailed(None))
                 continue
             try:
-                worker = spawn_worker(m.ctx, m.alive_reader(), m.parent_fds())
+                worker = spawn_worker(m.ctx, m.alive_reader(), m.parent_fds(), m.zygote)
             except Exception as exc:
                 m.submit(SpawnFailed(exc))
                 continue

@@ -24,6 +24,7 @@ from ._workers import READY, RETIRING, STARTING, WorkerHandle
 if TYPE_CHECKING:
     from ._commands import Command
     from ._spawner import Spawner
+    from ._zygote import Zygote
 
 __all__ = ["STAT_NAMES", "ManagerState", "Wakeup"]
 
@@ -99,9 +100,11 @@ class ManagerState:
         stats: dict[str, int],
         max_tasks_per_worker: int | None,
         max_worker_memory: int | None,
+        zygote: Zygote | None = None,
     ) -> None:
         self.max_workers = max_workers
         self.ctx = ctx
+        self.zygote = zygote  # forks the workers, when the pool has one (`_zygote`)
         self.max_tasks_per_worker = max_tasks_per_worker
         self.max_worker_memory = max_worker_memory
         # Shared: the door. Callers queue commands and tasks under it while

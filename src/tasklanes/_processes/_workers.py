@@ -27,6 +27,7 @@ from ._wire import FrameSplitter
 
 if TYPE_CHECKING:
     from ._stream import BigFrameReader
+    from ._zygote import Zygote, ZygoteChild
 
 __all__ = ["Chunk", "WorkerHandle", "WorkerState", "cpu_seconds", "rss_bytes", "spawn_worker"]
 
@@ -95,7 +96,7 @@ class WorkerHandle:
 
     def __init__(
         self,
-        proc: BaseProcess,
+        proc: BaseProcess | ZygoteChild,
         wconn: multiprocessing.connection.Connection,
         rconn: multiprocessing.connection.Connection,
         block: SharedBlock,
@@ -153,26 +154,26 @@ def spawn_worker(
     ctx: BaseContext,
     alive_r: multiprocessing.connection.Connection,
     parent_fds: tuple[int, ...] = (),
+    zygote: Zygote | None = None,
 ) -> WorkerHandle:
     """Start one worker process (blocks for as long as the start method takes).
 
     `parent_fds`: the pool's own descriptors that a forked child must close (see
-    `_context.worker_target`).
+    `_context.worker_target`). With a `zygote`, it forks the worker (`ctx` unused).
     """
     task_r, task_w = ctx.Pipe(duplex=False)
     result_r, result_w = ctx.Pipe(duplex=False)
     block = SharedBlock(SLOT_BYTES + JOURNAL_BYTES)
+    proc: BaseProcess | ZygoteChild
     try:
-        target, args = worker_target(
-            ctx,
-            _worker.main,
-            (task_r, result_w, alive_r, block),
-            (*parent_fds, task_w.fileno(), result_r.fileno()),
-        )
-        proc = ctx.Process(  # type: ignore[attr-defined]
-            target=target, args=args, name=WORKER_NAME, daemon=True
-        )
-        start_process(proc)
+        if zygote is not None:
+            proc = zygote.start_worker(task_r, result_w, alive_r, block)
+        else:
+            proc = _start_process(
+                ctx,
+                (task_r, result_w, alive_r, block),
+                (*parent_fds, task_w.fileno(), result_r.fileno()),
+            )
     except BaseException:
         for conn in (task_r, task_w, result_r, result_w):
             conn.close()
@@ -185,6 +186,19 @@ def spawn_worker(
     os.set_blocking(result_r.fileno(), False)
     block.started()
     return WorkerHandle(proc, task_w, result_r, block)
+
+
+def _start_process(
+    ctx: BaseContext, args: tuple[object, ...], parent_fds: tuple[int, ...]
+) -> BaseProcess:
+    """A worker started the `multiprocessing` way, with `ctx`'s start method, running
+    `_worker.main(*args)`; a forked one closes `parent_fds`."""
+    target, args = worker_target(ctx, _worker.main, args, parent_fds)
+    proc: BaseProcess = ctx.Process(  # type: ignore[attr-defined]
+        target=target, args=args, name=WORKER_NAME, daemon=True
+    )
+    start_process(proc)
+    return proc
 
 
 def rss_bytes(pid: int) -> int | None:

@@ -7,7 +7,8 @@ from collections.abc import Callable
 from types import ModuleType
 from typing import TYPE_CHECKING
 
-from .._stats import LaneSnapshot, bucket_bounds
+from .._snapshots import LaneSnapshot
+from .._stats import bucket_bounds
 
 if TYPE_CHECKING:
     from .._scheduler import Scheduler

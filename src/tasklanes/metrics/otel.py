@@ -24,7 +24,7 @@ from ._figures import COUNTERS, GAUGES, TIMINGS, need, resolve
 
 if TYPE_CHECKING:
     from .._scheduler import Scheduler
-    from .._stats import LaneSnapshot
+    from .._snapshots import LaneSnapshot
 
 __all__ = ["Instruments", "instrument"]
 
