@@ -21,6 +21,7 @@ its whole life, so the slot costs one acquire per worker, not per task.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from itertools import repeat
 from types import CoroutineType
 from typing import Any
@@ -373,22 +374,24 @@ class _IoBatch:
         """Run tasks until the input ends: the hot loop of a batch without a timeout.
 
         It pays only for what such a batch uses: a ``pop`` from the shared buffer,
-        the ``stopping`` check, the await, ``emit_ok`` and a count. The run-time
-        figures come from the clock read once per *block* of tasks: a block is one
-        task while tasks take `_TRIVIAL` or more each (then every task is timed, as
-        the time since the previous read), and grows by doubling up to `_BLOCK_MAX`
-        tasks while they are quicker than that (a clock read and a histogram entry
-        would cost as much as such a task). Each task of a block counts the block's
-        mean: count, total and mean are exact, max and percentiles are those of the
-        block means (as the cpu lane reports per chunk). The figures are summed in
-        locals and merged into the tally now and then.
+        the ``stopping`` check, the await, the store of the result (``run_all``: in
+        place in its list, see `Batch.results`; otherwise ``emit_ok``) and a count.
+
+        The run-time figures come from one clock read per *block* of tasks (a task's
+        run time is the time since the previous read: the worker goes from one task
+        straight to the next). A block is one task while tasks take `_TRIVIAL` or
+        more, so each is timed on its own; while they are quicker, the block doubles
+        up to `_BLOCK_MAX` tasks (a clock read and a histogram entry cost as much as
+        such a task) and each of its tasks counts the block's mean. Count, total and
+        mean stay exact; see `_time_block` for the max and the percentiles. The
+        figures are summed in locals and merged into the tally now and then.
         """
         batch = self.batch
         clock = batch.loop.clock
         emit_ok = batch.emit_ok
         results = self.results
         tally = self.tally
-        filled = 0  # successes stored in ``results``
+        filled = 0  # successes stored in ``results`` before the last flush
         timed = 0  # tasks timed since the last flush
         bad = 0  # of which failed (counted in the tally already, by `_finish`)
         run_total = 0.0
@@ -400,6 +403,7 @@ class _IoBatch:
         keep = times.append
         block = 1  # tasks per clock read
         n = 0  # tasks run since the last read
+        quick = 0.0  # the mean of the last block that was quick
         ready = self.ready
         top = self.top
         pop = ready.pop
@@ -412,13 +416,9 @@ class _IoBatch:
                         elapsed = now - last
                         run_total += elapsed
                         timed += n
-                        each = elapsed / n
+                        each = _time_block(tally.run_hist, keep, elapsed, n, quick)
                         if each > run_max:
                             run_max = each
-                        if n == 1:
-                            keep(elapsed)
-                        else:
-                            record(tally.run_hist, each, n)
                         n = 0
                     if not (self._take_nowait() if self.controlled else await self._refill()):
                         break
@@ -438,7 +438,7 @@ class _IoBatch:
                         value = await _awaitable(index, task)
                 except Exception as exc:
                     bad += 1
-                    block = 0  # time this block now: a failure may be slow, and rare
+                    block = 0  # close the block now: failures are rare, and may be slow
                     self._finish(index, False, exc)
                 except BaseException:
                     tally.cancelled += 1  # the batch or its caller was cancelled
@@ -459,11 +459,14 @@ class _IoBatch:
                         each = elapsed
                         keep(elapsed)
                     else:
-                        each = elapsed / n
-                        record(tally.run_hist, each, n)
+                        each = _time_block(tally.run_hist, keep, elapsed, n, quick)
                     if each > run_max:
                         run_max = each
-                    block = 1 if each >= _TRIVIAL else min(n + n, _BLOCK_MAX)
+                    if each < _TRIVIAL:
+                        quick = each
+                        block = n + n if n < _BLOCK_MAX else _BLOCK_MAX
+                    else:
+                        block = 1
                     n = 0
                     if timed >= _FLUSH_EVERY:
                         _add_figures(tally, timed - bad, timed, run_total, run_max, times)
@@ -476,9 +479,7 @@ class _IoBatch:
                 elapsed = clock() - last
                 run_total += elapsed
                 timed += n
-                each = elapsed / n
-                run_max = max(run_max, each)
-                record(tally.run_hist, each, n)
+                run_max = max(run_max, _time_block(tally.run_hist, keep, elapsed, n, quick))
             _add_figures(tally, timed - bad, timed, run_total, run_max, times)
             if results is not None:
                 batch.filled += filled + timed - bad
@@ -605,6 +606,34 @@ def _awaitable(index: int, task: Any) -> Any:
             "for sync code"
         )
     return awaitable
+
+
+def _time_block(
+    hist: dict[int, int], keep: Callable[[float], None], elapsed: float, n: int, quick: float
+) -> float:
+    """Count `n` tasks timed together (`elapsed` seconds in all) into the run-time
+    histogram `hist` (or `keep`, for one task); return the run time to report for the
+    max.
+
+    While the block is quick (a mean under `_TRIVIAL`), each of its tasks counts the
+    mean. A block that turns out slow after quick ones (a task in it waited, or
+    computed) is taken as `n - 1` tasks at `quick`, the mean of the quick block before
+    it, and one task that took the rest: a stall among quick tasks then shows in the
+    max and the percentiles as what it was, not as a mean `n` times smaller. (Several
+    slow tasks in that one block show as one, whose time is their sum: the reported
+    max may then be above the true one, never below it.)
+    """
+    if n == 1:
+        keep(elapsed)
+        return elapsed
+    each = elapsed / n
+    if each < _TRIVIAL:
+        record(hist, each, n)
+        return each
+    record(hist, quick, n - 1)
+    slow = elapsed - (n - 1) * quick
+    keep(slow)
+    return slow
 
 
 def _add_figures(
