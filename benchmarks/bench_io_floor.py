@@ -25,7 +25,6 @@ from typing import Any
 
 import tasklanes
 
-
 BACKEND = "asyncio"  # --backend: asyncio, uvloop or trio
 
 
