@@ -202,6 +202,12 @@ class _IoBatch:
         self.pulling = False  # a worker is pulling the next chunk
         self.pulled: anyio.Event | None = None  # set when that pull ends
         self.tally = Tally()
+        #: Run times of tasks timed one by one, for the percentiles, from every worker:
+        #: appended by the hot loops, bucketed in bulk when a worker merges the tally
+        #: into the lane's stats and when the batch ends. An append costs a fraction of
+        #: bucketing one value, and bucketing thousands at once a fraction of bucketing
+        #: them in small lots (`record_all` sorts them and takes a bucket at a time).
+        self.times: list[float] = []
         self.deadlines: Deadlines[_Worker] = Deadlines()
         self.spawn: Any = None
         #: limiter=/rate=/retry=: a worker holding an io slot never waits for the input
@@ -243,6 +249,7 @@ class _IoBatch:
                 self.lane.release_lag_sampler(key)
             if watching is not None:
                 watching.close()
+            record_all(self.tally.run_hist, self.times)
             stats.merge(self.tally)
 
     def _grow(self) -> None:
@@ -396,10 +403,7 @@ class _IoBatch:
         bad = 0  # of which failed (counted in the tally already, by `_finish`)
         run_total = 0.0
         run_max = 0.0
-        # Run times of tasks timed one by one, for the percentiles: appended here,
-        # bucketed in bulk at each flush (an append costs a fraction of bucketing one
-        # value inline).
-        times: list[float] = []
+        times = self.times
         keep = times.append
         block = 1  # tasks per clock read
         n = 0  # tasks run since the last read
@@ -469,10 +473,11 @@ class _IoBatch:
                         block = 1
                     n = 0
                     if timed >= _FLUSH_EVERY:
-                        _add_figures(tally, timed - bad, timed, run_total, run_max, times)
+                        _add_figures(tally, timed - bad, timed, run_total, run_max)
                         filled += timed - bad
                         timed = bad = 0
                         run_total = run_max = 0.0
+                        record_all(tally.run_hist, times)
                         self.lane.stats.merge(tally)
         finally:
             if n:  # the tasks run since the last read (the batch stopped)
@@ -480,7 +485,7 @@ class _IoBatch:
                 run_total += elapsed
                 timed += n
                 run_max = max(run_max, _time_block(tally.run_hist, keep, elapsed, n, quick))
-            _add_figures(tally, timed - bad, timed, run_total, run_max, times)
+            _add_figures(tally, timed - bad, timed, run_total, run_max)
             if results is not None:
                 batch.filled += filled + timed - bad
 
@@ -505,7 +510,7 @@ class _IoBatch:
         run_count = 0
         run_total = 0.0
         run_max = 0.0
-        times: list[float] = []  # run times, bucketed in bulk (see `_work_plain`)
+        times = self.times
         keep = times.append
         index = -1
         more = True
@@ -571,19 +576,20 @@ class _IoBatch:
                                 results[index] = value
                             if completed >= _FLUSH_EVERY:
                                 _add_figures(
-                                    tally, completed, run_count, run_total, run_max, times
+                                    tally, completed, run_count, run_total, run_max
                                 )
                                 filled += completed
                                 completed = run_count = 0
                                 run_total = run_max = 0.0
-                                self.lane.stats.merge(tally)
+                                record_all(tally.run_hist, times)
+                        self.lane.stats.merge(tally)
                 if worker.timed_out:
                     # The watchdog cancelled this worker's scope: the task overran.
                     worker.timed_out = False
                     count(tally, Outcome.TIMED_OUT)
                     self.batch.emit(index, False, TaskTimeout(index, timeout))
         finally:
-            _add_figures(tally, completed, run_count, run_total, run_max, times)
+            _add_figures(tally, completed, run_count, run_total, run_max)
             if results is not None:
                 batch.filled += filled + completed
 
@@ -642,15 +648,13 @@ def _add_figures(
     run_count: int,
     run_total: float,
     run_max: float,
-    times: list[float],
 ) -> None:
-    """Add a worker's locally summed figures to its batch's tally (and empty `times`):
-    the hot loops keep them in locals and hand them over every `_FLUSH_EVERY` tasks."""
+    """Add a worker's locally summed figures to its batch's tally: the hot loops keep
+    them in locals and hand them over every `_FLUSH_EVERY` tasks."""
     tally.completed += completed
     tally.run_count += run_count
     tally.run_total += run_total
     tally.run_max = max(tally.run_max, run_max)
-    record_all(tally.run_hist, times)
 
 
 # The frames that await a task: the advice watchdog looks just inside them.
