@@ -221,6 +221,9 @@ class _IoBatch:
         self.controlled = batch.controls is not None
         #: ``run_all``'s list, filled in place (see `Batch.results`), or None.
         self.results = batch.results
+        #: What a worker runs. Without a timeout, the hot loop itself: a task that
+        #: suspends then passes through one frame fewer each way.
+        self.worker = self._work_plain if batch.timeout is None else self._worker
 
     async def run(self) -> None:
         batch = self.batch
@@ -263,7 +266,7 @@ class _IoBatch:
 
         Workers are started on demand, not ``limit`` at once: a new worker only runs
         once the running ones have all suspended (the loop got control back), and it
-        then starts as many more as there are workers already (see ``_worker``), so
+        then starts as many more as there are workers already (see ``_admit``), so
         the pool doubles each time the loop comes round: ``limit`` = 1000 workers
         are up within ten loop iterations when tasks wait, while a batch of tasks
         that never suspend is run by one worker and costs one spare, not 999.
@@ -276,7 +279,7 @@ class _IoBatch:
         self.nworkers += n
         self.starting += n
         spawn = self.spawn
-        worker = self._worker
+        worker = self.worker
         for _ in range(n):
             spawn(worker)
 
@@ -344,14 +347,16 @@ class _IoBatch:
                 self.done = True
         if not self.done and not batch.stopping:
             self.starting += 1  # this worker's replacement (nworkers is unchanged)
-            self.spawn(self._worker)
+            self.spawn(self.worker)
         return False
 
-    async def _worker(self) -> None:
+    async def _admit(self) -> bool:
+        """A new worker's start: True once it holds an io capacity slot and should
+        run tasks (then it calls `_leave` when it ends), False if none are left."""
         batch = self.batch
         self.starting -= 1
         if batch.stopping or (not self.ready and not await self._refill()):
-            return
+            return False
         # Running means the workers before this one have suspended: tasks wait on
         # something, so start as many more workers as there are (up to ``limit``).
         if self.starting == 0 and self.nworkers < self.target:
@@ -369,14 +374,21 @@ class _IoBatch:
                 self.waiting -= 1
             self.tally.wait(clock() - t0)
         self.running += 1
+        return True
+
+    def _leave(self) -> None:
+        self.running -= 1
+        assert self.slots is not None
+        self.slots.give()
+
+    async def _worker(self) -> None:
+        """A worker of a batch with a timeout (without one, `_work_plain` is the worker)."""
+        if not await self._admit():
+            return
         try:
-            if batch.timeout is None:
-                await self._work_plain()
-            else:
-                await self._work(_Worker())
+            await self._work(_Worker())
         finally:
-            self.running -= 1
-            slots.give()
+            self._leave()
 
     def _finish(self, index: int, ok: bool, value: Any) -> None:
         """Hand one outcome over (off the hot path: failures and timeouts)."""
@@ -384,7 +396,7 @@ class _IoBatch:
         self.batch.emit(index, ok, value)
 
     async def _work_plain(self) -> None:
-        """Run tasks until the input ends: the hot loop of a batch without a timeout.
+        """A worker of a batch without a timeout: run tasks until the input ends.
 
         It pays only for what such a batch uses: a ``pop`` from the shared buffer,
         the ``stopping`` check, the await, the store of the result (``run_all``: in
@@ -399,6 +411,8 @@ class _IoBatch:
         mean stay exact; see `_time_block` for the max and the percentiles. The
         figures are summed in locals and merged into the tally now and then.
         """
+        if not await self._admit():
+            return
         batch = self.batch
         clock = batch.loop.clock
         emit_ok = batch.emit_ok
@@ -482,6 +496,7 @@ class _IoBatch:
                         record_all(tally.run_hist, times)
                         self.lane.stats.merge(tally)
         finally:
+            self._leave()
             if n:  # the tasks run since the last read (the batch stopped)
                 elapsed = clock() - last
                 run_total += elapsed
