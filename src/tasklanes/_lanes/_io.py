@@ -601,7 +601,7 @@ class _IoBatch:
                                 completed = run_count = 0
                                 run_total = run_max = 0.0
                                 record_all(tally.run_hist, times)
-                        self.lane.stats.merge(tally)
+                                self.lane.stats.merge(tally)
                 if worker.timed_out:
                     # The watchdog cancelled this worker's scope: the task overran.
                     worker.timed_out = False
