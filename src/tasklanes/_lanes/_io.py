@@ -22,7 +22,6 @@ its whole life, so the slot costs one acquire per worker, not per task.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable
 from itertools import repeat
 from types import CoroutineType
 from typing import Any
@@ -259,7 +258,7 @@ class _IoBatch:
                 self.lane.release_lag_sampler(key)
             if watching is not None:
                 watching.close()
-            record_all(self.tally.run_hist, self.times)
+            self._bucket()
             stats.merge(self.tally)
 
     def _grow(self) -> None:
@@ -406,11 +405,12 @@ class _IoBatch:
         The run-time figures come from one clock read per *block* of tasks (a task's
         run time is the time since the previous read: the worker goes from one task
         straight to the next). A block is one task while tasks take `_TRIVIAL` or
-        more, so each is timed on its own; while they are quicker, the block doubles
+        more, so each is timed on its own: its run time is appended to the batch's
+        `times`, and that is all it costs here (counts, sums and buckets are taken
+        from that list in bulk, `_bucket`). While tasks are quicker, the block doubles
         up to `_BLOCK_MAX` tasks (a clock read and a histogram entry cost as much as
-        such a task) and each of its tasks counts the block's mean. Count, total and
-        mean stay exact; see `_time_block` for the max and the percentiles. The
-        figures are summed in locals and merged into the tally now and then.
+        such a task) and each of its tasks counts the block's mean (`_timed`). Count,
+        total and mean stay exact; see `_time_block` for the max and the percentiles.
         """
         if not await self._admit():
             return
@@ -418,12 +418,6 @@ class _IoBatch:
         clock = batch.loop.clock
         emit_ok = batch.emit_ok
         results = self.results
-        tally = self.tally
-        filled = 0  # successes stored in ``results`` before the last flush
-        timed = 0  # tasks timed since the last flush
-        bad = 0  # of which failed (counted in the tally already, by `_finish`)
-        run_total = 0.0
-        run_max = 0.0
         times = self.times
         keep = times.append
         block = 1  # tasks per clock read
@@ -436,13 +430,7 @@ class _IoBatch:
             while True:
                 if not ready:
                     if n:  # close the block: the time to refill is no task's
-                        now = clock()
-                        elapsed = now - last
-                        run_total += elapsed
-                        timed += n
-                        each = _time_block(tally.run_hist, keep, elapsed, n, quick)
-                        if each > run_max:
-                            run_max = each
+                        self._timed(clock() - last, n, quick, n)
                         n = 0
                     if not (self._take_nowait() if self.controlled else await self._refill()):
                         break
@@ -458,65 +446,59 @@ class _IoBatch:
                     else:
                         value = await _awaitable(index, task)
                 except Exception as exc:
-                    bad += 1
-                    block = 0  # close the block now: failures are rare, and may be slow
+                    # Close the block with this task in it (failures are rare, and may
+                    # be slow); the next block starts from one task.
+                    now = clock()
+                    self._timed(now - last, n + 1, quick, n)
+                    last = now
+                    n = 0
+                    block = 1
                     self._finish(index, False, exc)
+                    continue
                 except BaseException:
-                    tally.cancelled += 1  # the batch or its caller was cancelled
+                    self.tally.cancelled += 1  # the batch or its caller was cancelled
                     raise
+                if results is None:
+                    emit_ok(index, value)
                 else:
-                    if results is None:
-                        emit_ok(index, value)
-                    else:
-                        results[index] = value
+                    results[index] = value
                 n += 1
                 if n >= block:
                     now = clock()
-                    elapsed = now - last
-                    last = now
-                    run_total += elapsed
-                    timed += n
                     if n == 1:
-                        each = elapsed
+                        elapsed = now - last
+                        last = now
+                        n = 0
                         keep(elapsed)
+                        if elapsed < _TRIVIAL:
+                            quick = elapsed
+                            block = 2
+                        if len(times) >= _FLUSH_EVERY:
+                            self._flush()
                     else:
-                        each = _time_block(tally.run_hist, keep, elapsed, n, quick)
-                    if each > run_max:
-                        run_max = each
-                    if each < _TRIVIAL:
-                        quick = each
-                        block = n + n if n < _BLOCK_MAX else _BLOCK_MAX
-                    else:
-                        block = 1
-                    n = 0
-                    if timed >= _FLUSH_EVERY:
-                        _add_figures(tally, timed - bad, timed, run_total, run_max)
-                        filled += timed - bad
-                        timed = bad = 0
-                        run_total = run_max = 0.0
-                        record_all(tally.run_hist, times)
-                        self.lane.stats.merge(tally)
+                        each = self._timed(now - last, n, quick, n)
+                        last = now
+                        if each < _TRIVIAL:
+                            quick = each
+                            block = n + n if n < _BLOCK_MAX else _BLOCK_MAX
+                        else:
+                            block = 1
+                        n = 0
         finally:
             self._leave()
             if n:  # the tasks run since the last read (the batch stopped)
-                elapsed = clock() - last
-                run_total += elapsed
-                timed += n
-                run_max = max(run_max, _time_block(tally.run_hist, keep, elapsed, n, quick))
-            _add_figures(tally, timed - bad, timed, run_total, run_max)
-            if results is not None:
-                batch.filled += filled + timed - bad
+                self._timed(clock() - last, n, quick, n)
             if len(times) >= _BUCKET_EVERY:
-                record_all(tally.run_hist, times)
+                self._bucket()
 
     async def _work(self, worker: _Worker) -> None:
-        """Run tasks until the input ends.
+        """Run tasks until the input ends (a batch with a timeout).
 
-        This is the hot loop: what it needs is held in locals, a task costs two clock
-        reads, and the run-time figures are summed locally and merged into the tally
-        now and then. Each pass of the outer loop is one long-lived cancel scope; the
-        watchdog cancels it when the running task overruns, and the next pass starts
-        a fresh one.
+        What it needs is held in locals, a task costs two clock reads and one entry
+        in the deadline heap; a success's run time is appended to the batch's `times`
+        (counted and bucketed in bulk, `_bucket`). Each pass of the outer loop is one
+        long-lived cancel scope; the watchdog cancels it when the running task
+        overruns, and the next pass starts a fresh one.
         """
         batch = self.batch
         clock = batch.loop.clock
@@ -524,12 +506,6 @@ class _IoBatch:
         emit_ok = batch.emit_ok
         results = self.results
         deadlines = self.deadlines
-        tally = self.tally
-        filled = 0  # successes stored in ``results``
-        completed = 0
-        run_count = 0
-        run_total = 0.0
-        run_max = 0.0
         times = self.times
         keep = times.append
         index = -1
@@ -563,12 +539,7 @@ class _IoBatch:
                             else:
                                 value = await _awaitable(index, task)
                         except Exception as exc:
-                            elapsed = clock() - start
-                            run_count += 1
-                            run_total += elapsed
-                            if elapsed > run_max:
-                                run_max = elapsed
-                            keep(elapsed)
+                            self._timed(clock() - start, 1, 0.0, 0)
                             if worker.timed_out:
                                 break  # overran, then raised on its way out: a timeout
                             if timeout is not None:
@@ -576,44 +547,71 @@ class _IoBatch:
                             self._finish(index, False, exc)
                         except BaseException:
                             if not worker.timed_out:  # the batch or its caller was cancelled
-                                tally.cancelled += 1
+                                self.tally.cancelled += 1
                             raise
                         else:
                             elapsed = clock() - start
-                            run_count += 1
-                            run_total += elapsed
-                            if elapsed > run_max:
-                                run_max = elapsed
-                            keep(elapsed)
                             if worker.timed_out:
-                                break  # overran, swallowed the cancellation: a timeout
+                                # Overran, swallowed the cancellation: a timeout.
+                                self._timed(elapsed, 1, 0.0, 0)
+                                break
+                            keep(elapsed)
                             if timeout is not None:
                                 deadlines.remove(worker)
-                            completed += 1
                             if results is None:
                                 emit_ok(index, value)
                             else:
                                 results[index] = value
-                            if completed >= _FLUSH_EVERY:
-                                _add_figures(
-                                    tally, completed, run_count, run_total, run_max
-                                )
-                                filled += completed
-                                completed = run_count = 0
-                                run_total = run_max = 0.0
-                                record_all(tally.run_hist, times)
-                                self.lane.stats.merge(tally)
+                            if len(times) >= _FLUSH_EVERY:
+                                self._flush()
                 if worker.timed_out:
                     # The watchdog cancelled this worker's scope: the task overran.
                     worker.timed_out = False
-                    count(tally, Outcome.TIMED_OUT)
+                    count(self.tally, Outcome.TIMED_OUT)
                     self.batch.emit(index, False, TaskTimeout(index, timeout))
         finally:
-            _add_figures(tally, completed, run_count, run_total, run_max)
-            if results is not None:
-                batch.filled += filled + completed
             if len(times) >= _BUCKET_EVERY:
-                record_all(tally.run_hist, times)
+                self._bucket()
+
+    def _timed(self, elapsed: float, n: int, quick: float, ok: int) -> float:
+        """Count `n` tasks timed together (`elapsed` seconds in all; `ok` of them
+        succeeded) into the tally; return the run time to report for the max (see
+        `_time_block`). Merges the tally into the lane's stats every `_FLUSH_EVERY`."""
+        tally = self.tally
+        tally.completed += ok
+        tally.run_count += n
+        tally.run_total += elapsed
+        each = _time_block(tally.run_hist, elapsed, n, quick)
+        if each > tally.run_max:
+            tally.run_max = each
+        if self.results is not None:
+            self.batch.filled += ok
+        if tally.run_count >= _FLUSH_EVERY:
+            self._flush()
+        return each
+
+    def _bucket(self) -> None:
+        """Count the run times in `times` (successes timed one by one) into the tally,
+        in bulk: the count, sum and max in C, the buckets by `record_all`."""
+        times = self.times
+        if not times:
+            return
+        k = len(times)
+        tally = self.tally
+        tally.completed += k
+        tally.run_count += k
+        tally.run_total += sum(times)
+        top = max(times)
+        if top > tally.run_max:
+            tally.run_max = top
+        if self.results is not None:
+            self.batch.filled += k
+        record_all(tally.run_hist, times)
+
+    def _flush(self) -> None:
+        """Merge what the batch has counted into the lane's stats (now and then)."""
+        self._bucket()
+        self.lane.stats.merge(self.tally)
 
     def _expired(self, worker: _Worker) -> None:
         """The watchdog's verdict: cancel the overrunning worker's scope, and only it."""
@@ -636,12 +634,9 @@ def _awaitable(index: int, task: Any) -> Any:
     return awaitable
 
 
-def _time_block(
-    hist: dict[int, int], keep: Callable[[float], None], elapsed: float, n: int, quick: float
-) -> float:
+def _time_block(hist: dict[int, int], elapsed: float, n: int, quick: float) -> float:
     """Count `n` tasks timed together (`elapsed` seconds in all) into the run-time
-    histogram `hist` (or `keep`, for one task); return the run time to report for the
-    max.
+    histogram `hist`; return the run time to report for the max.
 
     While the block is quick (a mean under `_TRIVIAL`), each of its tasks counts the
     mean. A block that turns out slow after quick ones (a task in it waited, or
@@ -652,7 +647,7 @@ def _time_block(
     max may then be above the true one, never below it.)
     """
     if n == 1:
-        keep(elapsed)
+        record(hist, elapsed)
         return elapsed
     each = elapsed / n
     if each < _TRIVIAL:
@@ -660,23 +655,8 @@ def _time_block(
         return each
     record(hist, quick, n - 1)
     slow = elapsed - (n - 1) * quick
-    keep(slow)
+    record(hist, slow)
     return slow
-
-
-def _add_figures(
-    tally: Tally,
-    completed: int,
-    run_count: int,
-    run_total: float,
-    run_max: float,
-) -> None:
-    """Add a worker's locally summed figures to its batch's tally: the hot loops keep
-    them in locals and hand them over every `_FLUSH_EVERY` tasks."""
-    tally.completed += completed
-    tally.run_count += run_count
-    tally.run_total += run_total
-    tally.run_max = max(tally.run_max, run_max)
 
 
 # The frames that await a task: the advice watchdog looks just inside them.
