@@ -8,7 +8,9 @@ tasks pulling from one shared iterator and storing results by index. Three cases
 * the same with a list input (target <= 1.3x);
 * 10k x 10 ms sleeps, limit=1000 (target <= 1.1x).
 
-Run: ``python benchmarks/bench_io_floor.py [--rounds 5] [--n 100000]``.
+Run: ``python benchmarks/bench_io_floor.py [--rounds 5] [--n 100000] [--backend asyncio]``;
+``--backend uvloop`` runs both sides on uvloop, ``--backend trio`` on trio, where the floor
+is the same loop of workers in a nursery (no targets there: for information).
 """
 
 from __future__ import annotations
@@ -23,13 +25,20 @@ from typing import Any
 
 import tasklanes
 
+BACKEND = "asyncio"  # --backend: asyncio, uvloop or trio
+
 
 async def trivial(i: int) -> int:
     return i
 
 
 async def sleepy(i: int) -> int:
-    await asyncio.sleep(0.01)
+    if BACKEND == "trio":
+        import trio
+
+        await trio.sleep(0.01)
+    else:
+        await asyncio.sleep(0.01)
     return i
 
 
@@ -42,9 +51,16 @@ async def floor(tasks: Iterable[Coroutine[Any, Any, Any]], limit: int) -> list[A
         for index, coro in it:
             results[index] = await coro
 
-    async with asyncio.TaskGroup() as tg:
-        for _ in range(limit):
-            tg.create_task(worker())
+    if BACKEND == "trio":
+        import trio
+
+        async with trio.open_nursery() as nursery:
+            for _ in range(limit):
+                nursery.start_soon(worker)
+    else:
+        async with asyncio.TaskGroup() as tg:
+            for _ in range(limit):
+                tg.create_task(worker())
     return [results[i] for i in range(len(results))]
 
 
@@ -62,6 +78,14 @@ def timed(run: Callable[[], Coroutine[Any, Any, list[Any]]], n: int) -> float:
         assert len(out) == n
         return took
 
+    if BACKEND == "trio":
+        import trio
+
+        return trio.run(main)
+    if BACKEND == "uvloop":
+        import uvloop
+
+        return uvloop.run(main())
     return asyncio.run(main())
 
 
@@ -73,6 +97,10 @@ def case(name: str, fn: Callable[[int], Any], n: int, as_list: bool, rounds: int
 
     ours: list[float] = []
     theirs: list[float] = []
+    # One untimed round each first (as benchmarks/run.py does): the first call imports
+    # and builds the default scheduler, which is no per-task cost.
+    timed(lambda: floor(make(), limit), n)
+    timed(lambda: lanes(make(), limit), n)
     for _ in range(rounds):
         theirs.append(timed(lambda: floor(make(), limit), n))
         ours.append(timed(lambda: lanes(make(), limit), n))
@@ -87,7 +115,10 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--n", type=int, default=100_000)
     parser.add_argument("--sleeps", type=int, default=10_000)
+    parser.add_argument("--backend", choices=("asyncio", "uvloop", "trio"), default="asyncio")
     args = parser.parse_args()
+    global BACKEND
+    BACKEND = args.backend
     case(f"{args.n} trivial, generator input (<= 1.5x)", trivial, args.n, False, args.rounds)
     case(f"{args.n} trivial, list input (<= 1.3x)", trivial, args.n, True, args.rounds)
     case(f"{args.sleeps} x 10 ms sleeps, list input (<= 1.1x)", sleepy, args.sleeps, True,

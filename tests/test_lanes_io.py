@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import inspect
+import itertools
 import time
+from collections.abc import Coroutine, Iterator
+from typing import Any
 
 import anyio
 import pytest
@@ -86,3 +90,118 @@ async def test_stats_count_what_happened() -> None:
     assert (snap.completed, snap.failed, snap.timed_out, snap.cancelled) == (7, 1, 1, 0)
     assert snap.run.count == 8  # the timed-out one ran until cancelled
     assert snap.running == 0 and snap.waiting == 0
+
+
+# -- lazy input, results filled in place, run times timed in blocks (issue 14) ------------
+
+
+async def test_generator_that_raises_midway_fails_the_batch_and_leaves_nothing_open() -> None:
+    ran: list[int] = []
+    made: list[Coroutine[Any, Any, int]] = []
+
+    async def task(i: int) -> int:
+        ran.append(i)
+        return i
+
+    def tasks() -> Iterator[object]:
+        for i in range(300):
+            made.append(task(i))
+            yield made[-1]
+        raise LookupError("the input broke")
+
+    with pytest.raises(LookupError, match="the input broke"):
+        await run_all(tasks(), limit=1000, return_exceptions=True)
+    # The tasks before the break ran once each, or were closed unstarted when the
+    # failure stopped the batch: none twice, none left pending.
+    assert len(ran) == len(set(ran)) and set(ran) <= set(range(300))
+    assert len(made) == 300
+    assert all(inspect.getcoroutinestate(c) == inspect.CORO_CLOSED for c in made)
+
+
+@pytest.mark.parametrize("suspends", [False, True], ids=["trivial", "sleep0"])
+async def test_an_endless_generator_is_pulled_only_a_bounded_way_ahead(suspends: bool) -> None:
+    limit = 1000
+    chunk = 256  # the most a lazy input is pulled at once (`_PULL_CHUNK`)
+    pulled = finished = lead = 0
+
+    async def task(i: int) -> int:
+        nonlocal finished
+        if suspends:
+            await anyio.sleep(0)
+        if i == 20_000:
+            raise OverflowError("enough")
+        finished += 1
+        return i
+
+    def endless() -> Iterator[object]:
+        nonlocal pulled, lead
+        for i in itertools.count():
+            lead = max(lead, pulled - finished)
+            pulled += 1
+            yield task(i)
+
+    with pytest.raises(OverflowError, match="enough"):
+        await run_all(endless(), limit=limit)
+    assert lead <= limit + chunk, lead  # never the whole input: the running tasks + a chunk
+    # (the failure cancels the tasks still running: those pulled with the failing one)
+    assert finished >= 20_000 - limit - chunk, finished
+    assert pulled <= 20_001 + limit + chunk, pulled
+
+
+async def test_results_stats_and_errors_of_a_large_lazy_batch() -> None:
+    async def task(i: int) -> int:
+        if i % 1000 == 7:
+            raise ValueError(i)
+        return i * 2
+
+    n = 10_000
+    with Scheduler() as sched:
+        results = await run_all((task(i) for i in range(n)), limit=100,
+                                return_exceptions=True, scheduler=sched)
+        snap = sched.stats()["io"]
+    for i, r in enumerate(results):
+        if i % 1000 == 7:
+            assert isinstance(r, ValueError) and r.args == (i,)
+        else:
+            assert r == i * 2
+    assert (snap.completed, snap.failed, snap.cancelled) == (n - 10, 10, 0)
+    assert snap.run.count == n
+    assert 0 < snap.run.mean <= snap.run.max
+    assert snap.run.p50 <= snap.run.p90 <= snap.run.p99 <= snap.run.max
+
+
+async def test_a_stall_among_quick_tasks_shows_in_the_max() -> None:
+    # Quick tasks are timed in blocks (one clock read for up to 64 of them); a block
+    # that turns slow is counted as quick tasks plus one slow one, so a 50 ms stall
+    # is reported as about 50 ms, not as a block's mean.
+    async def quick(i: int) -> int:
+        return i
+
+    async def stall() -> str:
+        await anyio.sleep(0.05)
+        return "late"
+
+    with Scheduler() as sched:
+        tasks = [quick(i) for i in range(3000)] + [stall()] + [quick(i) for i in range(100)]
+        results = await run_all(tasks, limit=1, scheduler=sched)
+        snap = sched.stats()["io"]
+    assert results[3000] == "late" and results[:3000] == list(range(3000))
+    assert snap.run.count == 3101
+    assert snap.run.max >= 0.04, snap.run.max
+    assert snap.run.p50 < 0.01, "the median is a quick task"
+    assert 0.04 <= snap.run.mean * 3101 <= 5.0, "the total run time is the batch's"
+
+
+async def test_generator_input_with_timeouts_keeps_order_and_reports_each() -> None:
+    async def task(i: int) -> int:
+        await anyio.sleep(5 if i % 50 == 3 else 0)
+        return i
+
+    results = await run_all((task(i) for i in range(500)), limit=100, timeout=0.2,
+                            return_exceptions=True)
+    assert len(results) == 500
+    for i, r in enumerate(results):
+        if i % 50 == 3:
+            assert isinstance(r, TaskTimeout) and r.index == i
+        else:
+            assert r == i

@@ -14,7 +14,16 @@ from hypothesis import strategies as st
 import tasklanes
 from tasklanes import call, run_all
 from tasklanes._processes._workers import cpu_seconds, rss_bytes
-from tasklanes._stats import BUCKETS, FLOOR, LaneStats, Tally, percentiles, record
+from tasklanes._stats import (
+    BUCKETS,
+    FLOOR,
+    GAMMA,
+    LaneStats,
+    Tally,
+    percentiles,
+    record,
+    record_all,
+)
 
 from ._tasks import double
 
@@ -96,6 +105,42 @@ def test_error_rate_counts_failed_timed_out_and_crashed_over_finished() -> None:
     tally = Tally(completed=6, failed=1, timed_out=1, crashed=2, cancelled=5)
     stats.merge(tally)
     assert stats.snapshot().error_rate == pytest.approx(0.4)
+
+
+def one_by_one(values: list[float]) -> dict[int, int]:
+    hist: dict[int, int] = {}
+    for v in values:
+        record(hist, v)
+    return hist
+
+
+# Durations as run times come: clustered (alike tasks), spread, zeros, and values within
+# rounding of a bucket's bound (where sorting and bisecting could disagree with `record`).
+bounds = st.integers(1, 1300).map(lambda k: FLOOR * GAMMA**k)
+near_bounds = st.tuples(bounds, st.sampled_from([1 - 2e-16, 1.0, 1 + 2e-16, GAMMA])).map(
+    lambda pair: pair[0] * pair[1]
+)
+clustered = st.floats(1e-3, 2e-3).flatmap(
+    lambda base: st.lists(st.floats(base, base * 1.2), min_size=1, max_size=600)
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.one_of(
+        clustered,
+        st.lists(durations, min_size=0, max_size=600),
+        st.lists(st.one_of(near_bounds, st.sampled_from([0.0, FLOOR, FLOOR / 2])), max_size=200),
+    )
+)
+def test_record_all_buckets_exactly_as_record_does(values: list[float]) -> None:
+    hist: dict[int, int] = {5: 1}  # it adds to what is there
+    times = list(values)
+    record_all(hist, times)
+    expected = one_by_one(values)
+    expected[5] = expected.get(5, 0) + 1
+    assert hist == expected
+    assert times == [], "it empties the list it was given"
 
 
 def test_limited_is_a_counter_the_runner_bumps() -> None:

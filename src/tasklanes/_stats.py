@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import threading
+from bisect import bisect_right
 from collections import Counter
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -48,22 +49,49 @@ def record(hist: dict[int, int], seconds: float, count: int = 1) -> None:
     hist[k] = hist.get(k, 0) + count
 
 
+def _key(seconds: float) -> int:
+    """The bucket of a duration above `FLOOR` (as `record` computes it)."""
+    return int(_log(seconds * _INV_FLOOR) * _INV_LOG_GAMMA) + 1
+
+
 def record_all(hist: dict[int, int], times: list[float]) -> None:
     """Count many durations into a sparse histogram, and empty `times`.
 
-    The io lane's hot loop only appends run times and calls this now and then: the
-    common case (every duration above `FLOOR`) is bucketed by a chain of C-level
-    `map`s and counted by `Counter`, several times cheaper than `record` per value.
+    The io lane's hot loop only appends run times and calls this now and then. Run
+    times cluster (a batch's tasks are alike), so the durations are sorted (in C) and
+    taken one bucket at a time: a logarithm and a bisection per bucket met, not a
+    logarithm per duration. A bucket taken so costs about as much as eight durations
+    bucketed in bulk by a chain of C-level `map`s counted by `Counter`: past one bucket
+    per eight durations (durations spread thin), the rest go that way. Either way the
+    buckets are exactly those of `record`.
     """
     if not times:
         return
-    if min(times) > FLOOR:
-        keys = map(int, map(_INV_LOG_GAMMA.__mul__, map(_log, map(_INV_FLOOR.__mul__, times))))
+    times.sort()
+    n = len(times)
+    i = 0
+    if times[0] <= FLOOR:
+        i = bisect_right(times, FLOOR)
+        hist[0] = hist.get(0, 0) + i
+    for _ in range(8 + n // 8):
+        if i >= n:
+            times.clear()
+            return
+        k = _key(times[i])
+        # Bucket k holds (FLOOR * GAMMA**(k-1), FLOOR * GAMMA**k]; the two loops settle
+        # a duration within rounding of that bound as `_key` does.
+        j = bisect_right(times, FLOOR * GAMMA**k, i + 1)
+        while j > i + 1 and _key(times[j - 1]) != k:
+            j -= 1
+        while j < n and _key(times[j]) == k:
+            j += 1
+        hist[k] = hist.get(k, 0) + (j - i)
+        i = j
+    if i < n:  # spread over many buckets: the rest in bulk
+        rest = times[i:] if i else times
+        keys = map(int, map(_INV_LOG_GAMMA.__mul__, map(_log, map(_INV_FLOOR.__mul__, rest))))
         for k, c in Counter(keys).items():
             hist[k + 1] = hist.get(k + 1, 0) + c
-    else:
-        for seconds in times:
-            record(hist, seconds)
     times.clear()
 
 

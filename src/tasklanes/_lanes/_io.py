@@ -8,11 +8,12 @@ time for a lazy input, a list at once), so a task costs one ``list.pop``, not a 
 through the input's iterator and its checks.
 
 What the common case (no timeout, no progress bar) pays per task: the pop, the
-``stopping`` check, the await, two clock reads for the run-time figures, and
-``batch.emit_ok`` (for ``run_all``, one dict store). Per-task timeouts add one entry
-in the batch's deadline heap: the watchdog cancels only the overrunning worker's
-long-lived cancel scope; that worker reports ``TaskTimeout`` and carries on under a
-fresh scope.
+``stopping`` check, the await, one store of the result (for ``run_all``, in place in
+the list it returns), a count, and one clock read per task, or per block of up to
+64 tasks while they take under 20 us each (see `_IoBatch._work_plain`). Per-task
+timeouts add one entry in the batch's deadline heap: the watchdog cancels only the
+overrunning worker's long-lived cancel scope; that worker reports ``TaskTimeout`` and
+carries on under a fresh scope.
 
 Capacity (``io_limit``) is per event loop: a worker holds one slot of its loop for
 its whole life, so the slot costs one acquire per worker, not per task.
@@ -21,6 +22,7 @@ its whole life, so the slot costs one acquire per worker, not per task.
 from __future__ import annotations
 
 from collections import deque
+from itertools import repeat
 from types import CoroutineType
 from typing import Any
 
@@ -31,17 +33,24 @@ from .._backend import worker_group
 from .._batch import Batch
 from .._errors import TaskTimeout
 from .._loop_lag import sample_loop_lag
-from .._stats import LaneStats, Tally, record_all
+from .._stats import LaneStats, Tally, record, record_all
 from .._tasks import CachedCheck, check_io_task, close_if_coroutine, describe
 from ._base import Deadlines, LaneBase, Outcome, classify, count, pull, watch
 
 __all__ = ["IoLane"]
 
 _FLUSH_EVERY = 512  # completions between merges of a batch's tally into the lane's stats
+#: Run times a batch's workers leave unbucketed as they end (sorting a few thousand at a
+#: time costs less per value than sorting a hundred thousand at the end).
+_BUCKET_EVERY = 4096
 #: Tasks taken from a lazy input at once: enough to spread the cost of a pull over
 #: many tasks, few enough that the input's memory bound holds (the running tasks plus
 #: a buffer of at most an eighth of ``limit``; one task for a ``limit`` under 16).
 _PULL_CHUNK = 256
+#: A task quicker than this is timed in a block with others (see `_IoBatch._work_plain`):
+#: a clock read and a histogram entry cost about as much as such a task.
+_TRIVIAL = 20e-6
+_BLOCK_MAX = 64  # the most tasks timed by one clock read
 
 
 class _NoScope:
@@ -112,6 +121,7 @@ class _Slots:
 
 class IoLane(LaneBase):
     kind = "io"
+    fills_results = True  # stores successes in ``batch.results`` (see `_IoBatch._work_plain`)
     advisor: Advisor | None = None  # set by the Scheduler (kind advice)
 
     def __init__(self, capacity: int) -> None:
@@ -176,7 +186,10 @@ class _IoBatch:
         #: Pulled tasks not started yet, last to run first (``pop()`` is O(1)); the
         #: task just popped has index ``top - len(ready)``. No pair per task: a
         #: hundred thousand small tuples cost more in allocation and garbage
-        #: collection than the trivial coroutines they carry.
+        #: collection than the trivial coroutines they carry. One list for the batch's
+        #: life, refilled in place: a worker holds it in a local, and with a thousand
+        #: workers a new list per chunk would send each of them through `_refill`
+        #: once per chunk just to pick the new one up.
         self.ready: list[Any] = []
         self.top = -1
         self.done = False  # the input has no more tasks
@@ -195,11 +208,22 @@ class _IoBatch:
         self.pulling = False  # a worker is pulling the next chunk
         self.pulled: anyio.Event | None = None  # set when that pull ends
         self.tally = Tally()
+        #: Run times of tasks timed one by one, for the percentiles, from every worker:
+        #: appended by the hot loops, bucketed in bulk when a worker merges the tally
+        #: into the lane's stats and when the batch ends. An append costs a fraction of
+        #: bucketing one value, and bucketing thousands at once a fraction of bucketing
+        #: them in small lots (`record_all` sorts them and takes a bucket at a time).
+        self.times: list[float] = []
         self.deadlines: Deadlines[_Worker] = Deadlines()
         self.spawn: Any = None
         #: limiter=/rate=/retry=: a worker holding an io slot never waits for the input
         #: (a task may be waiting for a limiter); see `_take_nowait`.
         self.controlled = batch.controls is not None
+        #: ``run_all``'s list, filled in place (see `Batch.results`), or None.
+        self.results = batch.results
+        #: What a worker runs. Without a timeout, the hot loop itself: a task that
+        #: suspends then passes through one frame fewer each way.
+        self.worker = self._work_plain if batch.timeout is None else self._worker
 
     async def run(self) -> None:
         batch = self.batch
@@ -234,6 +258,7 @@ class _IoBatch:
                 self.lane.release_lag_sampler(key)
             if watching is not None:
                 watching.close()
+            self._bucket()
             stats.merge(self.tally)
 
     def _grow(self) -> None:
@@ -241,7 +266,7 @@ class _IoBatch:
 
         Workers are started on demand, not ``limit`` at once: a new worker only runs
         once the running ones have all suspended (the loop got control back), and it
-        then starts as many more as there are workers already (see ``_worker``), so
+        then starts as many more as there are workers already (see ``_admit``), so
         the pool doubles each time the loop comes round: ``limit`` = 1000 workers
         are up within ten loop iterations when tasks wait, while a batch of tasks
         that never suspend is run by one worker and costs one spare, not 999.
@@ -254,7 +279,7 @@ class _IoBatch:
         self.nworkers += n
         self.starting += n
         spawn = self.spawn
-        worker = self._worker
+        worker = self.worker
         for _ in range(n):
             spawn(worker)
 
@@ -286,8 +311,10 @@ class _IoBatch:
         if not tasks:
             self.done = True
             return False
+        if self.results is not None:
+            self.results += repeat(None, len(tasks))  # a slot per task pulled
         tasks.reverse()
-        self.ready = tasks
+        self.ready += tasks  # in place: the workers hold it (empty until now) in a local
         self.top = start + len(tasks) - 1
         # (With limiter=, the tasks pulled hold their limiters already; a worker that
         # would wait for one gives its io capacity slot back first: `_take_nowait`.)
@@ -309,8 +336,10 @@ class _IoBatch:
                 batch.fail(exc)
                 return False
             if tasks:
+                if self.results is not None:
+                    self.results += repeat(None, len(tasks))
                 tasks.reverse()
-                self.ready = tasks
+                self.ready += tasks  # in place (see `_refill`)
                 self.top = source.pulled - 1
                 self._grow()
                 return True
@@ -318,14 +347,16 @@ class _IoBatch:
                 self.done = True
         if not self.done and not batch.stopping:
             self.starting += 1  # this worker's replacement (nworkers is unchanged)
-            self.spawn(self._worker)
+            self.spawn(self.worker)
         return False
 
-    async def _worker(self) -> None:
+    async def _admit(self) -> bool:
+        """A new worker's start: True once it holds an io capacity slot and should
+        run tasks (then it calls `_leave` when it ends), False if none are left."""
         batch = self.batch
         self.starting -= 1
         if batch.stopping or (not self.ready and not await self._refill()):
-            return
+            return False
         # Running means the workers before this one have suspended: tasks wait on
         # something, so start as many more workers as there are (up to ``limit``).
         if self.starting == 0 and self.nworkers < self.target:
@@ -343,14 +374,21 @@ class _IoBatch:
                 self.waiting -= 1
             self.tally.wait(clock() - t0)
         self.running += 1
+        return True
+
+    def _leave(self) -> None:
+        self.running -= 1
+        assert self.slots is not None
+        self.slots.give()
+
+    async def _worker(self) -> None:
+        """A worker of a batch with a timeout (without one, `_work_plain` is the worker)."""
+        if not await self._admit():
+            return
         try:
-            if batch.timeout is None:
-                await self._work_plain()
-            else:
-                await self._work(_Worker())
+            await self._work(_Worker())
         finally:
-            self.running -= 1
-            slots.give()
+            self._leave()
 
     def _finish(self, index: int, ok: bool, value: Any) -> None:
         """Hand one outcome over (off the hot path: failures and timeouts)."""
@@ -358,95 +396,117 @@ class _IoBatch:
         self.batch.emit(index, ok, value)
 
     async def _work_plain(self) -> None:
-        """Run tasks until the input ends: the hot loop of a batch without a timeout.
+        """A worker of a batch without a timeout: run tasks until the input ends.
 
         It pays only for what such a batch uses: a ``pop`` from the shared buffer,
-        the ``stopping`` check, the await, one clock read (a task's run time is the
-        time since the previous read: the worker goes from one task straight to the
-        next, so the few instructions between tasks count as run time), and
-        ``emit_ok``. The figures are summed in locals and merged into the tally now
-        and then.
+        the ``stopping`` check, the await, the store of the result (``run_all``: in
+        place in its list, see `Batch.results`; otherwise ``emit_ok``) and a count.
+
+        The run-time figures come from one clock read per *block* of tasks (a task's
+        run time is the time since the previous read: the worker goes from one task
+        straight to the next). A block is one task while tasks take `_TRIVIAL` or
+        more, so each is timed on its own: its run time is appended to the batch's
+        `times`, and that is all it costs here (counts, sums and buckets are taken
+        from that list in bulk, `_bucket`). While tasks are quicker, the block doubles
+        up to `_BLOCK_MAX` tasks (a clock read and a histogram entry cost as much as
+        such a task) and each of its tasks counts the block's mean (`_timed`). Count,
+        total and mean stay exact; see `_time_block` for the max and the percentiles.
         """
+        if not await self._admit():
+            return
         batch = self.batch
         clock = batch.loop.clock
         emit_ok = batch.emit_ok
-        tally = self.tally
-        completed = 0
-        run_total = 0.0
-        run_max = 0.0
-        # Run times for the percentiles: appended here, bucketed in bulk at each flush
-        # (an append costs a fraction of bucketing one value inline).
-        times: list[float] = []
+        results = self.results
+        times = self.times
         keep = times.append
-        ready = self.ready
-        top = self.top
+        block = 1  # tasks per clock read
+        n = 0  # tasks run since the last read
+        quick = 0.0  # the mean of the last block that was quick
+        ready = self.ready  # one list for the batch's life, refilled in place
         pop = ready.pop
         last = clock()
         try:
             while True:
                 if not ready:
+                    if n:  # close the block: the time to refill is no task's
+                        self._timed(clock() - last, n, quick, n)
+                        n = 0
                     if not (self._take_nowait() if self.controlled else await self._refill()):
                         break
-                    ready = self.ready
-                    top = self.top
-                    pop = ready.pop
                     last = clock()
                     continue
                 if batch.stopping:
                     break
                 task = pop()
-                index = top - len(ready)
+                index = self.top - len(ready)
                 try:
                     if type(task) is CoroutineType:
                         value = await task
                     else:
                         value = await _awaitable(index, task)
                 except Exception as exc:
+                    # Close the block with this task in it (failures are rare, and may
+                    # be slow); the next block starts from one task.
                     now = clock()
-                    tally.run(now - last)
+                    self._timed(now - last, n + 1, quick, n)
                     last = now
+                    n = 0
+                    block = 1
                     self._finish(index, False, exc)
+                    continue
                 except BaseException:
-                    tally.cancelled += 1  # the batch or its caller was cancelled
+                    self.tally.cancelled += 1  # the batch or its caller was cancelled
                     raise
-                else:
-                    now = clock()
-                    elapsed = now - last
-                    last = now
-                    run_total += elapsed
-                    if elapsed > run_max:
-                        run_max = elapsed
-                    keep(elapsed)
-                    completed += 1
+                if results is None:
                     emit_ok(index, value)
-                    if completed >= _FLUSH_EVERY:
-                        _add_figures(tally, completed, completed, run_total, run_max, times)
-                        completed = 0
-                        run_total = run_max = 0.0
-                        self.lane.stats.merge(tally)
+                else:
+                    results[index] = value
+                n += 1
+                if n >= block:
+                    now = clock()
+                    if n == 1:
+                        elapsed = now - last
+                        last = now
+                        n = 0
+                        keep(elapsed)
+                        if elapsed < _TRIVIAL:
+                            quick = elapsed
+                            block = 2
+                        if len(times) >= _FLUSH_EVERY:
+                            self._flush()
+                    else:
+                        each = self._timed(now - last, n, quick, n)
+                        last = now
+                        if each < _TRIVIAL:
+                            quick = each
+                            block = n + n if n < _BLOCK_MAX else _BLOCK_MAX
+                        else:
+                            block = 1
+                        n = 0
         finally:
-            _add_figures(tally, completed, completed, run_total, run_max, times)
+            self._leave()
+            if n:  # the tasks run since the last read (the batch stopped)
+                self._timed(clock() - last, n, quick, n)
+            if len(times) >= _BUCKET_EVERY:
+                self._bucket()
 
     async def _work(self, worker: _Worker) -> None:
-        """Run tasks until the input ends.
+        """Run tasks until the input ends (a batch with a timeout).
 
-        This is the hot loop: what it needs is held in locals, a task costs two clock
-        reads, and the run-time figures are summed locally and merged into the tally
-        now and then. Each pass of the outer loop is one long-lived cancel scope; the
-        watchdog cancels it when the running task overruns, and the next pass starts
-        a fresh one.
+        What it needs is held in locals, a task costs two clock reads and one entry
+        in the deadline heap; a success's run time is appended to the batch's `times`
+        (counted and bucketed in bulk, `_bucket`). Each pass of the outer loop is one
+        long-lived cancel scope; the watchdog cancels it when the running task
+        overruns, and the next pass starts a fresh one.
         """
         batch = self.batch
         clock = batch.loop.clock
         timeout = batch.timeout
         emit_ok = batch.emit_ok
+        results = self.results
         deadlines = self.deadlines
-        tally = self.tally
-        completed = 0
-        run_count = 0
-        run_total = 0.0
-        run_max = 0.0
-        times: list[float] = []  # run times, bucketed in bulk (see `_work_plain`)
+        times = self.times
         keep = times.append
         index = -1
         more = True
@@ -479,12 +539,7 @@ class _IoBatch:
                             else:
                                 value = await _awaitable(index, task)
                         except Exception as exc:
-                            elapsed = clock() - start
-                            run_count += 1
-                            run_total += elapsed
-                            if elapsed > run_max:
-                                run_max = elapsed
-                            keep(elapsed)
+                            self._timed(clock() - start, 1, 0.0, 0)
                             if worker.timed_out:
                                 break  # overran, then raised on its way out: a timeout
                             if timeout is not None:
@@ -492,35 +547,71 @@ class _IoBatch:
                             self._finish(index, False, exc)
                         except BaseException:
                             if not worker.timed_out:  # the batch or its caller was cancelled
-                                tally.cancelled += 1
+                                self.tally.cancelled += 1
                             raise
                         else:
                             elapsed = clock() - start
-                            run_count += 1
-                            run_total += elapsed
-                            if elapsed > run_max:
-                                run_max = elapsed
-                            keep(elapsed)
                             if worker.timed_out:
-                                break  # overran, swallowed the cancellation: a timeout
+                                # Overran, swallowed the cancellation: a timeout.
+                                self._timed(elapsed, 1, 0.0, 0)
+                                break
+                            keep(elapsed)
                             if timeout is not None:
                                 deadlines.remove(worker)
-                            completed += 1
-                            emit_ok(index, value)
-                            if completed >= _FLUSH_EVERY:
-                                _add_figures(
-                                    tally, completed, run_count, run_total, run_max, times
-                                )
-                                completed = run_count = 0
-                                run_total = run_max = 0.0
-                                self.lane.stats.merge(tally)
+                            if results is None:
+                                emit_ok(index, value)
+                            else:
+                                results[index] = value
+                            if len(times) >= _FLUSH_EVERY:
+                                self._flush()
                 if worker.timed_out:
                     # The watchdog cancelled this worker's scope: the task overran.
                     worker.timed_out = False
-                    count(tally, Outcome.TIMED_OUT)
+                    count(self.tally, Outcome.TIMED_OUT)
                     self.batch.emit(index, False, TaskTimeout(index, timeout))
         finally:
-            _add_figures(tally, completed, run_count, run_total, run_max, times)
+            if len(times) >= _BUCKET_EVERY:
+                self._bucket()
+
+    def _timed(self, elapsed: float, n: int, quick: float, ok: int) -> float:
+        """Count `n` tasks timed together (`elapsed` seconds in all; `ok` of them
+        succeeded) into the tally; return the run time to report for the max (see
+        `_time_block`). Merges the tally into the lane's stats every `_FLUSH_EVERY`."""
+        tally = self.tally
+        tally.completed += ok
+        tally.run_count += n
+        tally.run_total += elapsed
+        each = _time_block(tally.run_hist, elapsed, n, quick)
+        if each > tally.run_max:
+            tally.run_max = each
+        if self.results is not None:
+            self.batch.filled += ok
+        if tally.run_count >= _FLUSH_EVERY:
+            self._flush()
+        return each
+
+    def _bucket(self) -> None:
+        """Count the run times in `times` (successes timed one by one) into the tally,
+        in bulk: the count, sum and max in C, the buckets by `record_all`."""
+        times = self.times
+        if not times:
+            return
+        k = len(times)
+        tally = self.tally
+        tally.completed += k
+        tally.run_count += k
+        tally.run_total += sum(times)
+        top = max(times)
+        if top > tally.run_max:
+            tally.run_max = top
+        if self.results is not None:
+            self.batch.filled += k
+        record_all(tally.run_hist, times)
+
+    def _flush(self) -> None:
+        """Merge what the batch has counted into the lane's stats (now and then)."""
+        self._bucket()
+        self.lane.stats.merge(self.tally)
 
     def _expired(self, worker: _Worker) -> None:
         """The watchdog's verdict: cancel the overrunning worker's scope, and only it."""
@@ -543,21 +634,29 @@ def _awaitable(index: int, task: Any) -> Any:
     return awaitable
 
 
-def _add_figures(
-    tally: Tally,
-    completed: int,
-    run_count: int,
-    run_total: float,
-    run_max: float,
-    times: list[float],
-) -> None:
-    """Add a worker's locally summed figures to its batch's tally (and empty `times`):
-    the hot loops keep them in locals and hand them over every `_FLUSH_EVERY` tasks."""
-    tally.completed += completed
-    tally.run_count += run_count
-    tally.run_total += run_total
-    tally.run_max = max(tally.run_max, run_max)
-    record_all(tally.run_hist, times)
+def _time_block(hist: dict[int, int], elapsed: float, n: int, quick: float) -> float:
+    """Count `n` tasks timed together (`elapsed` seconds in all) into the run-time
+    histogram `hist`; return the run time to report for the max.
+
+    While the block is quick (a mean under `_TRIVIAL`), each of its tasks counts the
+    mean. A block that turns out slow after quick ones (a task in it waited, or
+    computed) is taken as `n - 1` tasks at `quick`, the mean of the quick block before
+    it, and one task that took the rest: a stall among quick tasks then shows in the
+    max and the percentiles as what it was, not as a mean `n` times smaller. (Several
+    slow tasks in that one block show as one, whose time is their sum: the reported
+    max may then be above the true one, never below it.)
+    """
+    if n == 1:
+        record(hist, elapsed)
+        return elapsed
+    each = elapsed / n
+    if each < _TRIVIAL:
+        record(hist, each, n)
+        return each
+    record(hist, quick, n - 1)
+    slow = elapsed - (n - 1) * quick
+    record(hist, slow)
+    return slow
 
 
 # The frames that await a task: the advice watchdog looks just inside them.
