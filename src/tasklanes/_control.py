@@ -22,6 +22,17 @@ The lane sees an ordinary source and an ordinary `emit`; this layer sits in both
   `WorkerCrashed` the lane made). What an attempt holds is kept by lane index: each
   attempt has its own, so a cpu worker reaped for an old attempt's timeout
   (`task_gone`, from the pool's manager thread) never mixes with a newer attempt.
+* **Lazy admission.** For the io lane and the blocking lane's threads, while the
+  call's limiters have room, admission moves to the moment a task starts: the lane
+  takes tasks in bulk, unadmitted, and admits each as it starts it, with one
+  non-blocking `try_acquire` (a blocking worker thread does it itself, under its
+  job's lock, so no task waits for a trip through the event loop). Tasks held at
+  most by the lane's workers are at most `limit`, so the call's bound holds. The
+  first task the limiters refuse goes back, with every task pulled after it, to the
+  waiting path above, which admits every later task of the call (`not_admitted`).
+  Only for fixed, concurrency-only limiters, no `retry=` and a sync input: a rate
+  limiter is binding by nature, and the lane indexes of lazily admitted tasks are
+  their real indexes, which a retry or an async input would break.
 * **Retry.** A failed outcome that the call's [`Retry`][tasklanes.Retry] wants again
   never reaches the batch's `emit`: the task waits out its backoff holding nothing,
   then goes back through admission. The source says `END` only when no task of the
@@ -38,7 +49,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 
 from ._errors import TaskTimeout, WorkerCrashed
-from ._limits import Limiter, acquire_all, resolve_limiter_arg, try_acquire_all
+from ._limits import Limiter, acquire_all, release_all, resolve_limiter_arg, try_acquire_all
 from ._retry import Retry, check_retry, check_retryable_task, note_attempts
 from ._stats import Tally
 from ._tasks import END
@@ -180,6 +191,41 @@ class _BlockingAttempt:
         return self.task
 
 
+class _LazyBlockingAttempt:
+    """A blocking task handed out before admission: the worker thread that starts it
+    admits it first (`admit`, under its job's lock) and releases its limiters when
+    its call returns. One that is never admitted holds nothing."""
+
+    __slots__ = ("admitted", "limiters", "task")
+
+    def __init__(self, task: Callable[[], Any], limiters: tuple[Limiter, ...]) -> None:
+        self.task = task
+        self.limiters = limiters
+        self.admitted = False
+
+    def admit(self) -> bool:
+        """Take the limiters now if they have room (never waits); any thread."""
+        limiters = self.limiters
+        if limiters[0].try_acquire() if len(limiters) == 1 else try_acquire_all(limiters):
+            self.admitted = True
+            return True
+        return False
+
+    def __call__(self) -> Any:
+        try:
+            return self.task()
+        finally:
+            if self.admitted:  # only the thread that admitted it runs it
+                release_all(self.limiters)
+
+    def __repr__(self) -> str:
+        return repr(self.task)
+
+    @property
+    def __tasklanes_wrapped__(self) -> Any:
+        return self.task
+
+
 def _renumbered(exc: BaseException, index: int) -> BaseException:
     """A `TaskTimeout` or `WorkerCrashed` the lane made with its lane index, made
     again with the task's real index (its message names the index too)."""
@@ -236,6 +282,20 @@ class ControlledSource:
         self.spawn: Callable[..., None] | None = None
         self._event: anyio.Event | None = None
         self.size = inner.size
+        # Lazy admission (see the module docstring), once a lane asks for it:
+        #: the call's fixed limiters, taken by the lane as it starts each task;
+        self.lazy: tuple[Limiter, ...] = ()
+        #: while True, `take` hands tasks out unadmitted (it ends for good at the
+        #: first task the limiters refuse);
+        self.lazy_on = False
+        #: lane indexes below this were handed out lazily: each is its real index,
+        #: and its limiters are taken by the lane (io: released at its outcome);
+        self.lazy_end = 0
+        #: io: lazily admitted tasks without an outcome yet (released at `close`).
+        self.lazy_held = 0
+        #: tasks that lazy admission refused, back in the waiting path's queue:
+        #: `(real index, task)`, in input order, taken before the input.
+        self.backlog: deque[tuple[int, Any]] = deque()
 
     # -- what a lane reads -------------------------------------------------------------
 
@@ -246,7 +306,9 @@ class ControlledSource:
 
     @property
     def in_memory(self) -> bool:
-        return False  # pull as the lane has room: each task passes admission
+        # Pull as the lane has room, each task passing admission; a list whose tasks
+        # the lane admits as it starts them may be taken whole.
+        return self.lazy_on and self.inner.in_memory
 
     @property
     def exhausted(self) -> bool:
@@ -254,7 +316,7 @@ class ControlledSource:
         return self.inner_done and self._ended()
 
     def _ended(self) -> bool:
-        if self.ready or self.pending or self.reading:
+        if self.ready or self.pending or self.reading or self.backlog:
             return False
         return self.retry is None or self.in_flight == 0  # (with retry) none can come back
 
@@ -282,6 +344,10 @@ class ControlledSource:
         for _, _, limiters in self.ready:
             _release(limiters)
         self.ready.clear()
+        self.backlog.clear()
+        for _ in range(self.lazy_held):  # io: started, admitted, and cancelled since
+            release_all(self.lazy)
+        self.lazy_held = 0
         for held in self.holds.values():
             _release(held)
         self.holds.clear()
@@ -298,6 +364,8 @@ class ControlledSource:
             exc, self.error = self.error, None
             self.inner_done = True
             raise exc
+        if self.lazy_on:
+            return self._take_lazily(n)
         out: list[Any] = []
         ready = self.ready
         while ready and len(out) < n:
@@ -321,9 +389,19 @@ class ControlledSource:
         )
         real = self.real
         holds = self.holds
+        backlog = self.backlog
         while len(out) < n and self.in_flight < self.cap:
+            room = min(n - len(out), self.cap - self.in_flight)
+            if backlog:  # refused by lazy admission: they come before the input
+                items = [backlog.popleft() for _ in range(min(room, len(backlog)))]
+                self.in_flight += len(items)
+                for index, task in items:
+                    admitted = self._admit(index, task)
+                    if admitted is not None:
+                        out.append(self._hand(*admitted))
+                continue
             start = inner.pulled
-            got = inner.take(min(n - len(out), self.cap - self.in_flight))
+            got = inner.take(room)
             if not got:
                 if inner.exhausted:
                     self.inner_done = True
@@ -352,6 +430,64 @@ class ControlledSource:
                 admitted = self._admit(index, task)
                 if admitted is not None:
                     out.append(self._hand(*admitted))
+
+    # -- lazy admission -------------------------------------------------------------
+
+    def lazy_admission(self) -> Callable[[], bool] | None:
+        """For a lane that can admit each task as it starts it: switch to lazy
+        admission if this call allows it, and return what admits one task (io: call it
+        as the task starts; blocking: the handed-out tasks' own `admit`, called by
+        the worker thread). None: admission stays here. Asked before the first pull."""
+        fixed = self.controls.fixed
+        if (
+            not fixed
+            or self.retry is not None
+            or self.inner.is_async
+            or self.handed
+            or any(limiter.rate is not None for limiter in fixed)
+        ):
+            return None
+        self.lazy = fixed
+        self.lazy_on = True
+        self.lazy_end = 1 << 62
+        return self._admit_lazily
+
+    def _admit_lazily(self) -> bool:
+        """io: the lane starts a lazily handed-out task: take its limiters, if they
+        have room (never waits). On False the lane calls `not_admitted`."""
+        lazy = self.lazy
+        if lazy[0].try_acquire() if len(lazy) == 1 else try_acquire_all(lazy):
+            self.lazy_held += 1
+            return True
+        return False
+
+    def _take_lazily(self, n: int) -> list[Any]:
+        """`take` while admission is lazy: straight from the input, in bulk. The
+        lane's workers bound what is admitted (at most `limit` run at once)."""
+        inner = self.inner
+        got = inner.take(n)
+        if not got:
+            if inner.exhausted:
+                self.inner_done = True
+            return got  # else a closed gate: `release` wakes the lane
+        self.in_flight += len(got)
+        self.handed += len(got)  # == inner.pulled: lane index == real index
+        if self.kind == "blocking":
+            lazy = self.lazy
+            return [_LazyBlockingAttempt(task, lazy) for task in got]
+        return got
+
+    def not_admitted(self, lane_index: int, tasks: list[Any]) -> None:
+        """The lane could not admit the lazily handed-out task `lane_index` (a
+        limiter is short): it and the tasks handed out after it and not started
+        (`tasks`, in order, from `lane_index` on) go the waiting way, and so does
+        every later task of the call: lazy admission is over for it."""
+        self.lazy_on = False
+        self.lazy_end = lane_index
+        self.in_flight -= len(tasks)
+        if self.kind == "blocking":
+            tasks = [attempt.task for attempt in tasks]
+        self.backlog.extend(zip(range(lane_index, lane_index + len(tasks)), tasks, strict=True))
 
     def _read_later(self) -> None:
         """An async input: read its next task in a small task of our own, so that the
@@ -442,14 +578,20 @@ class ControlledSource:
     # -- outcomes (lane indexes in, real indexes out) ------------------------------------
 
     def emit(self, lane_index: int, ok: bool, value: Any) -> None:
-        index = self.real.pop(lane_index)
-        if self.holds:
-            held = self.holds.pop(lane_index, None)
-            if held is not None and self.kind != "blocking":  # blocking: its thread releases
-                if not ok and self.gone_watched and isinstance(value, TaskTimeout):
-                    held = self._hold_until_gone(lane_index, held)
-                for limiter in held:
-                    limiter.release()
+        if lane_index < self.lazy_end:  # admitted by the lane as it started it
+            index = lane_index
+            if self.kind != "blocking":  # blocking: its thread releases
+                release_all(self.lazy)
+                self.lazy_held -= 1
+        else:
+            index = self.real.pop(lane_index)
+            if self.holds:
+                held = self.holds.pop(lane_index, None)
+                if held is not None and self.kind != "blocking":  # its thread releases
+                    if not ok and self.gone_watched and isinstance(value, TaskTimeout):
+                        held = self._hold_until_gone(lane_index, held)
+                    for limiter in held:
+                        limiter.release()
         if (
             not ok
             and index != lane_index
@@ -473,6 +615,20 @@ class ControlledSource:
 
     def emit_ok(self, lane_index: int, value: Any) -> None:
         """One success (the io lane's hot path): `emit(lane_index, True, value)`."""
+        if lane_index < self.lazy_end and self.kind != "blocking":  # admitted as it started
+            lazy = self.lazy
+            if len(lazy) == 1:
+                lazy[0].release()
+            else:
+                release_all(lazy)
+            self.lazy_held -= 1
+            self.in_flight -= 1
+            self.forward(lane_index, True, value)
+            event = self._event
+            if event is not None:
+                self._event = None
+                event.set()
+            return
         if self.attempt or self.kind == "blocking":
             self.emit(lane_index, True, value)
             return
@@ -492,7 +648,7 @@ class ControlledSource:
             event.set()
 
     def emit_ok_many(self, lane_indexes: list[int], values: list[Any]) -> None:
-        if self.holds or self.attempt:
+        if self.holds or self.attempt or self.lazy_end:
             for lane_index, value in zip(lane_indexes, values, strict=True):
                 self.emit(lane_index, True, value)
             return
