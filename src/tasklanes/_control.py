@@ -370,7 +370,7 @@ class ControlledSource:
         ready = self.ready
         while ready and len(out) < n:
             out.append(self._hand(*ready.popleft()))
-        if len(out) < n and not self.inner_done and not self.reading:
+        if len(out) < n and (self.backlog or not self.inner_done) and not self.reading:
             self._pull(n, out)
         return out
 
