@@ -296,6 +296,8 @@ class ControlledSource:
         #: tasks that lazy admission refused, back in the waiting path's queue:
         #: `(real index, task)`, in input order, taken before the input.
         self.backlog: deque[tuple[int, Any]] = deque()
+        #: Fixed limiters: tasks waiting for them, in input order (`_wait_in_order`).
+        self.queue: deque[tuple[int, Any]] = deque()
 
     # -- what a lane reads -------------------------------------------------------------
 
@@ -420,7 +422,7 @@ class ControlledSource:
                 out.extend(got)
                 continue
             for index, task in enumerate(got, start):
-                if single is not None and single.try_acquire():
+                if single is not None and not self.queue and single.try_acquire():
                     lane_index = self.handed
                     self.handed = lane_index + 1
                     real[lane_index] = index
@@ -532,8 +534,22 @@ class ControlledSource:
         if self.keep_tasks and index not in self.attempt:
             self.tasks[index] = task  # a lazy input: keep it to run it again
         limiters = self.controls.fixed
-        if limiters is None:
-            limiters = self.controls.limiters(task)
+        if limiters is not None:
+            # The same limiters for every task: one queue, one waiter, input order.
+            queue = self.queue
+            if not queue and (
+                not limiters
+                or (limiters[0].try_acquire() if len(limiters) == 1 else try_acquire_all(limiters))
+            ):
+                return (index, task, limiters)
+            queue.append((index, task))
+            self.pending += 1
+            self.stats.adjust(limited=1)
+            if len(queue) == 1:
+                assert self.spawn is not None
+                self.spawn(self._wait_in_order, limiters)
+            return None
+        limiters = self.controls.limiters(task)
         if not limiters or (
             limiters[0].try_acquire() if len(limiters) == 1 else try_acquire_all(limiters)
         ):
@@ -542,6 +558,31 @@ class ControlledSource:
         self.pending += 1
         self.spawn(self._wait_for, index, task, limiters)
         return None
+
+    async def _wait_in_order(self, limiters: tuple[Limiter, ...]) -> None:
+        """Admit the queued tasks one after another as the call's limiters allow.
+
+        One waiter, not one per task: the tasks are admitted in input order on every
+        loop (trio runs tasks started together in any order), and no task taken from
+        the input later can take a permit before them (`_admit` queues it behind).
+
+        Cancellation (the batch is over): what it took is given back
+        (`acquire_all`), and the queued tasks, holding nothing, are dropped.
+        """
+        queue = self.queue
+        try:
+            while queue:
+                await acquire_all(limiters)
+                index, task = queue.popleft()
+                self.pending -= 1
+                self.stats.adjust(limited=-1)
+                self.ready.append((index, task, limiters))
+                self._wake()
+        finally:
+            if queue:
+                self.stats.adjust(limited=-len(queue))
+                self.pending -= len(queue)
+                queue.clear()
 
     async def _wait_for(self, index: int, task: Any, limiters: tuple[Limiter, ...]) -> None:
         self.stats.adjust(limited=1)
