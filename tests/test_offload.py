@@ -233,7 +233,7 @@ async def test_a_failed_or_cancelled_map_gives_every_permit_back(kind: str) -> N
     with anyio.move_on_after(0.3):
         await work.map([0.05] * 50)
     limiter = work._limiter()
-    assert limiter is not None and limiter._free == 2 and not limiter._waiters
+    assert limiter is not None and limiter.held == 0 and limiter.waiting == 0
     assert await work.map([0.0] * 4) == [1] * 4
 
 
