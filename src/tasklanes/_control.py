@@ -254,7 +254,11 @@ class ControlledSource:
         self.retry = controls.retry
         self.batch = batch
         self.kind = lane.kind
-        self.stats = lane.stats
+        self.lane = lane
+        #: The `limited` gauge: how many of this call's tasks wait for a limiter, and
+        #: the lane figures they are counted in (see `_limited`).
+        self.limited = 0
+        self.limited_in = lane.stats
         self.forward = batch.emit
         self.forward_ok_many = batch.emit_ok_many
         self.ready: deque[_Admitted] = deque()
@@ -544,7 +548,7 @@ class ControlledSource:
                 return (index, task, limiters)
             queue.append((index, task))
             self.pending += 1
-            self.stats.adjust(limited=1)
+            self._limited(1)
             if len(queue) == 1:
                 assert self.spawn is not None
                 self.spawn(self._wait_in_order, limiters)
@@ -575,24 +579,37 @@ class ControlledSource:
                 await acquire_all(limiters)
                 index, task = queue.popleft()
                 self.pending -= 1
-                self.stats.adjust(limited=-1)
+                self._limited(-1)
                 self.ready.append((index, task, limiters))
                 self._wake()
         finally:
             if queue:
-                self.stats.adjust(limited=-len(queue))
+                self._limited(-len(queue))
                 self.pending -= len(queue)
                 queue.clear()
 
     async def _wait_for(self, index: int, task: Any, limiters: tuple[Limiter, ...]) -> None:
-        self.stats.adjust(limited=1)
+        self._limited(1)
         try:
             await acquire_all(limiters)
         finally:
-            self.stats.adjust(limited=-1)
+            self._limited(-1)
         self.pending -= 1
         self.ready.append((index, task, limiters))
         self._wake()
+
+    def _limited(self, change: int) -> None:
+        """Count tasks starting or ending a wait for a limiter in the `limited` figure of
+        the lane the call runs on. With `kind="auto"` that lane is chosen only after the
+        first task: what was counted before moves to it."""
+        stats = self.lane.stats
+        if stats is not self.limited_in:
+            if self.limited:
+                self.limited_in.adjust(limited=-self.limited)
+                stats.adjust(limited=self.limited)
+            self.limited_in = stats
+        self.limited += change
+        stats.adjust(limited=change)
 
     def _hand(self, index: int, task: Any, limiters: tuple[Limiter, ...]) -> Any:
         """Give an admitted task its lane index; what the lane runs."""
