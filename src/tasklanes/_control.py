@@ -41,6 +41,7 @@ The lane sees an ordinary source and an ordinary `emit`; this layer sits in both
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections import deque
 from collections.abc import Callable
@@ -48,6 +49,7 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
+from ._call import Call
 from ._errors import TaskTimeout, WorkerCrashed
 from ._limits import Limiter, acquire_all, release_all, resolve_limiter_arg, try_acquire_all
 from ._retry import Retry, check_retry, check_retryable_task, note_attempts
@@ -59,6 +61,9 @@ if TYPE_CHECKING:
     from ._tasks import Source
 
 __all__ = ["Controls", "ControlledSource", "make_controls"]
+
+#: Task types that can always run again (callables, never awaitables).
+_RUN_TWICE = frozenset({Call, functools.partial})
 
 
 class Controls:
@@ -89,6 +94,17 @@ class Controls:
             check_retryable_task(task, index)
             lane_check(task, index)
 
+        lane_check_many = getattr(lane_check, "check_many", None)
+        if lane_check_many is not None:
+
+            def check_many(tasks: list[Any] | tuple[Any, ...], start: int) -> None:
+                # A list of `call(...)`s or partials (never awaitable): in bulk.
+                if not set(map(type, tasks)) <= _RUN_TWICE:
+                    for index, task in enumerate(tasks, start):
+                        check_retryable_task(task, index)
+                lane_check_many(tasks, start)
+
+            check.check_many = check_many  # type: ignore[attr-defined]
         return check
 
     def limiters(self, task: Any) -> tuple[Limiter, ...]:
@@ -226,6 +242,10 @@ class _LazyBlockingAttempt:
         return self.task
 
 
+def _nothing() -> None:
+    return None
+
+
 def _renumbered(exc: BaseException, index: int) -> BaseException:
     """A `TaskTimeout` or `WorkerCrashed` the lane made with its lane index, made
     again with the task's real index (its message names the index too)."""
@@ -297,6 +317,9 @@ class ControlledSource:
         self.lazy_end = 0
         #: io: lazily admitted tasks without an outcome yet (released at `close`).
         self.lazy_held = 0
+        self.lazy_io = False  # the lane releases lazily taken limiters at the outcome
+        self._lazy_take: Callable[[], bool] = bool
+        self._lazy_give: Callable[[], None] = _nothing
         #: tasks that lazy admission refused, back in the waiting path's queue:
         #: `(real index, task)`, in input order, taken before the input.
         self.backlog: deque[tuple[int, Any]] = deque()
@@ -313,8 +336,9 @@ class ControlledSource:
     @property
     def in_memory(self) -> bool:
         # Pull as the lane has room, each task passing admission; a list whose tasks
-        # the lane admits as it starts them may be taken whole.
-        return self.lazy_on and self.inner.in_memory
+        # need no admission (retry= alone) or that the lane admits as it starts them
+        # may be taken whole.
+        return (self.lazy_on or self.controls.fixed == ()) and self.inner.in_memory
 
     @property
     def exhausted(self) -> bool:
@@ -456,13 +480,19 @@ class ControlledSource:
         self.lazy = fixed
         self.lazy_on = True
         self.lazy_end = 1 << 62
+        if len(fixed) == 1:
+            self._lazy_take = fixed[0].try_acquire
+            self._lazy_give = fixed[0].release
+        else:
+            self._lazy_take = functools.partial(try_acquire_all, fixed)
+            self._lazy_give = functools.partial(release_all, fixed)
+        self.lazy_io = self.kind != "blocking"  # blocking: the thread admits, releases
         return self._admit_lazily
 
     def _admit_lazily(self) -> bool:
         """io: the lane starts a lazily handed-out task: take its limiters, if they
         have room (never waits). On False the lane calls `not_admitted`."""
-        lazy = self.lazy
-        if lazy[0].try_acquire() if len(lazy) == 1 else try_acquire_all(lazy):
+        if self._lazy_take():
             self.lazy_held += 1
             return True
         return False
@@ -638,8 +668,8 @@ class ControlledSource:
     def emit(self, lane_index: int, ok: bool, value: Any) -> None:
         if lane_index < self.lazy_end:  # admitted by the lane as it started it
             index = lane_index
-            if self.kind != "blocking":  # blocking: its thread releases
-                release_all(self.lazy)
+            if self.lazy_io:  # (blocking: its thread releases)
+                self._lazy_give()
                 self.lazy_held -= 1
         else:
             index = self.real.pop(lane_index)
@@ -673,12 +703,8 @@ class ControlledSource:
 
     def emit_ok(self, lane_index: int, value: Any) -> None:
         """One success (the io lane's hot path): `emit(lane_index, True, value)`."""
-        if lane_index < self.lazy_end and self.kind != "blocking":  # admitted as it started
-            lazy = self.lazy
-            if len(lazy) == 1:
-                lazy[0].release()
-            else:
-                release_all(lazy)
+        if lane_index < self.lazy_end and self.lazy_io:  # admitted as it started
+            self._lazy_give()
             self.lazy_held -= 1
             self.in_flight -= 1
             self.forward(lane_index, True, value)
