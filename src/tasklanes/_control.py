@@ -318,6 +318,10 @@ class ControlledSource:
         #: io: lazily admitted tasks without an outcome yet (released at `close`).
         self.lazy_held = 0
         self.lazy_io = False  # the lane releases lazily taken limiters at the outcome
+        self.lazy_single: Limiter | None = None
+        #: io: a finished task's permit, passed on to the task its worker starts next
+        #: (`emit_ok`, `_admit_lazily`); given back at `close` if it never started.
+        self.passed_on = False
         self._lazy_take: Callable[[], bool] = bool
         self._lazy_give: Callable[[], None] = _nothing
         #: tasks that lazy admission refused, back in the waiting path's queue:
@@ -375,9 +379,10 @@ class ControlledSource:
             _release(limiters)
         self.ready.clear()
         self.backlog.clear()
-        for _ in range(self.lazy_held):  # io: started, admitted, and cancelled since
+        for _ in range(self.lazy_held + self.passed_on):  # io: started, then cancelled
             release_all(self.lazy)
         self.lazy_held = 0
+        self.passed_on = False
         for held in self.holds.values():
             _release(held)
         self.holds.clear()
@@ -467,7 +472,12 @@ class ControlledSource:
         """For a lane that can admit each task as it starts it: switch to lazy
         admission if this call allows it, and return what admits one task (io: call it
         as the task starts; blocking: the handed-out tasks' own `admit`, called by
-        the worker thread). None: admission stays here. Asked before the first pull."""
+        the worker thread). None: admission stays here. Asked before the first pull.
+
+        io: the lane reports a success (`emit_ok`) from the worker that ran the task,
+        and that worker, if tasks pulled are still unstarted, starts the next one
+        without awaiting in between: the finished task's permit is passed on to it
+        (`passed_on`) rather than released and taken again."""
         fixed = self.controls.fixed
         if (
             not fixed
@@ -487,11 +497,16 @@ class ControlledSource:
             self._lazy_take = functools.partial(try_acquire_all, fixed)
             self._lazy_give = functools.partial(release_all, fixed)
         self.lazy_io = self.kind != "blocking"  # blocking: the thread admits, releases
+        self.lazy_single = fixed[0] if len(fixed) == 1 and self.lazy_io else None
         return self._admit_lazily
 
     def _admit_lazily(self) -> bool:
         """io: the lane starts a lazily handed-out task: take its limiters, if they
         have room (never waits). On False the lane calls `not_admitted`."""
+        if self.passed_on:
+            self.passed_on = False  # the permit of the task that just ended
+            self.lazy_held += 1
+            return True
         if self._lazy_take():
             self.lazy_held += 1
             return True
@@ -519,6 +534,9 @@ class ControlledSource:
         (`tasks`, in order, from `lane_index` on) go the waiting way, and so does
         every later task of the call: lazy admission is over for it."""
         self.lazy_on = False
+        if self.passed_on:  # (cannot be: a passed-on permit admits the next task)
+            self.passed_on = False
+            self._lazy_give()
         self.lazy_end = lane_index
         self.in_flight -= len(tasks)
         if self.kind == "blocking":
@@ -704,9 +722,23 @@ class ControlledSource:
     def emit_ok(self, lane_index: int, value: Any) -> None:
         """One success (the io lane's hot path): `emit(lane_index, True, value)`."""
         if lane_index < self.lazy_end and self.lazy_io:  # admitted as it started
-            self._lazy_give()
             self.lazy_held -= 1
             self.in_flight -= 1
+            single = self.lazy_single
+            if (
+                single is not None
+                and self.in_flight > self.lazy_held
+                and not self.passed_on
+                and not single._waiters
+                and self.lazy_on
+            ):
+                # The io worker that reported this starts the next task at once, with
+                # no await in between (tasks pulled and not started: in_flight -
+                # lazy_held): pass it this permit instead of a release and an acquire.
+                # Nobody waits for the limiter, so nobody is overtaken.
+                self.passed_on = True
+            else:
+                self._lazy_give()
             self.forward(lane_index, True, value)
             event = self._event
             if event is not None:
