@@ -609,3 +609,69 @@ async def test_a_cancelled_blocking_batch_gives_back_what_lazy_admission_took() 
         tg.cancel_scope.cancel()
         release.set()
     assert lim.held == 0 and lim.waiting == 0
+
+
+@pytest.mark.parametrize("kind", ["io", "blocking"])
+async def test_a_failed_batch_gives_back_what_lazy_admission_took(kind: str) -> None:
+    lim = Limiter(concurrency=100)
+
+    def sync_task(i: int) -> None:
+        if i == 3:
+            raise KeyError("fail fast")
+        time.sleep(0.02)
+
+    async def async_task(i: int) -> None:
+        if i == 3:
+            raise KeyError("fail fast")
+        await anyio.sleep(10)
+
+    fn = async_task if kind == "io" else sync_task
+    with pytest.raises(KeyError):
+        await run_all([call(fn, i) for i in range(40)], kind=kind, limit=8, limiter=lim)
+    assert lim.held == 0 and lim.waiting == 0
+
+
+@pytest.mark.parametrize("concurrency", [50, 25])
+def test_lazy_admission_shared_by_two_loops_in_two_threads(concurrency: int) -> None:
+    """Two loops share one concurrency limiter; with room for both (50) or not (25:
+    both batches run short at times and hand over to the waiting path)."""
+    import trio
+
+    gauge = Gauge()
+    lim = Limiter(concurrency=concurrency)
+
+    async def task(i: int) -> int:
+        with gauge:
+            await anyio.sleep(0)
+        return i
+
+    def blocking_task(i: int) -> int:
+        with gauge:
+            pass
+        return i
+
+    async def main() -> None:
+        n = 2000
+        assert await run_all([call(task, i) for i in range(n)], limit=20, limiter=lim) == list(
+            range(n)
+        )
+        assert await run_all(
+            [call(blocking_task, i) for i in range(300)], kind="blocking", limit=20, limiter=lim
+        ) == list(range(300))
+
+    errors: list[BaseException] = []
+
+    def runner(which: str) -> None:
+        try:
+            trio.run(main) if which == "trio" else asyncio.run(main())
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=runner, args=(w,)) for w in ("asyncio", "trio")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not errors
+    assert gauge.started == 2 * 2300 and gauge.peak <= concurrency
+    assert lim.held == 0 and lim.waiting == 0
