@@ -37,6 +37,11 @@ The lane sees an ordinary source and an ordinary `emit`; this layer sits in both
   never reaches the batch's `emit`: the task waits out its backoff holding nothing,
   then goes back through admission. The source says `END` only when no task of the
   batch can come back any more.
+
+One file on purpose, past 500 lines: admission (eager, lazy, queued), the lane-index
+translation and the release points share `ControlledSource`'s counters
+(`in_flight`, `lazy_held`, `holds`, `backlog`), and each step relies on the others'
+invariants; split apart, those invariants would span modules.
 """
 
 from __future__ import annotations
