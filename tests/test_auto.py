@@ -413,3 +413,39 @@ async def test_limiters_and_retries_hold_across_the_switch(sched: Scheduler) -> 
     assert peak <= 3
     assert failed == {1, 5, 9}
     assert sched.stats()["blocking"].retried == 3
+
+
+async def test_tasks_waiting_for_a_limiter_show_in_the_chosen_lanes_limited_gauge() -> None:
+    """kind="auto" with limiter=: the tasks waiting for the limiter are counted in the
+    `limited` figure of the lane the batch runs on, not of a lane nobody sees."""
+    from tasklanes import Limiter
+
+    lim = Limiter(concurrency=1)
+    first_running = anyio.Event()
+    go_on = anyio.Event()
+
+    async def task(i: int) -> int:
+        if i == 0:
+            first_running.set()
+            await go_on.wait()
+        return i
+
+    with Scheduler() as sched:
+        async with anyio.create_task_group() as tg:
+            results: list[int] = []
+
+            async def batch() -> None:
+                results.extend(
+                    await sched.run_all([call(task, i) for i in range(4)], kind="auto",
+                                        limiter=lim)
+                )
+
+            tg.start_soon(batch)
+            with anyio.fail_after(10):
+                await first_running.wait()
+                while sched.stats()["io"].limited == 0:  # the three others wait
+                    await anyio.sleep(0.005)
+            assert sched.stats()["io"].limited == 3
+            go_on.set()
+        assert results == [0, 1, 2, 3]
+        assert sched.stats()["io"].limited == 0

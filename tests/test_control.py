@@ -505,3 +505,173 @@ async def test_async_input_with_a_limiter_and_retry() -> None:
     results = await run_all(tasks(), limiter=lim, retry=Retry(2, backoff=0.01))
     assert results == [0, 1, 2] and calls[0] == 2
     assert lim.held == 0
+
+
+# -- lazy admission (io and blocking: the lane admits each task as it starts it) ----------
+
+
+@pytest.mark.parametrize("kind", ["io", "blocking"])
+@pytest.mark.parametrize("lazy_input", [False, True])
+@pytest.mark.parametrize("timeout", [None, 30.0])
+async def test_lazy_admission_hands_over_to_the_waiting_path(
+    kind: str, lazy_input: bool, timeout: float | None
+) -> None:
+    """A limiter that runs short part-way: the task it refuses and every later one go
+    the waiting way, still admitted in input order, none lost, none run twice."""
+    lim = Limiter(concurrency=1)
+    order: list[int] = []
+    gauge = Gauge()
+
+    def sync_task(i: int) -> int:
+        with gauge:
+            order.append(i)
+            time.sleep(0.001)
+        return i
+
+    async def async_task(i: int) -> int:
+        with gauge:
+            order.append(i)
+            await anyio.sleep(0.001)
+        return i
+
+    fn = async_task if kind == "io" else sync_task
+    n = 25
+    tasks: Any = (call(fn, i) for i in range(n)) if lazy_input else [call(fn, i) for i in range(n)]
+    results = await run_all(tasks, kind=kind, limit=8, timeout=timeout, limiter=lim)
+    assert results == list(range(n))
+    assert order == list(range(n))  # concurrency=1: start order is admission order
+    assert gauge.peak == 1
+    assert lim.held == 0 and lim.waiting == 0
+
+
+@pytest.mark.parametrize("kind", ["io", "blocking"])
+async def test_lazy_admission_with_room_takes_the_limiter_only_while_tasks_run(
+    kind: str,
+) -> None:
+    lim = Limiter(concurrency=1000)
+    seen: list[int] = []
+
+    def sync_task(i: int) -> int:
+        seen.append(lim.held)
+        return i
+
+    async def async_task(i: int) -> int:
+        seen.append(lim.held)
+        await anyio.sleep(0)
+        return i
+
+    fn = async_task if kind == "io" else sync_task
+    results = await run_all([call(fn, i) for i in range(200)], kind=kind, limit=10, limiter=lim)
+    assert results == list(range(200))
+    assert 1 <= max(seen) <= 10  # never more than the running tasks
+    assert lim.held == 0
+
+
+@pytest.mark.parametrize("timeout", [None, 30.0])
+async def test_a_cancelled_io_batch_gives_back_what_lazy_admission_took(
+    timeout: float | None,
+) -> None:
+    lim = Limiter(concurrency=100)
+    started = 0
+    all_started = anyio.Event()
+
+    async def task() -> None:
+        nonlocal started
+        started += 1
+        if started == 10:
+            all_started.set()
+        await anyio.sleep_forever()
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(lambda: run_all([task] * 30, limit=10, timeout=timeout, limiter=lim))
+        with anyio.fail_after(10):
+            await all_started.wait()
+        assert lim.held == 10
+        tg.cancel_scope.cancel()
+    assert lim.held == 0 and lim.waiting == 0
+
+
+async def test_a_cancelled_blocking_batch_gives_back_what_lazy_admission_took() -> None:
+    lim = Limiter(concurrency=100)
+    release = threading.Event()
+    gauge = Gauge()
+
+    def task() -> None:
+        with gauge:
+            release.wait(10)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(lambda: run_all([task] * 30, kind="blocking", limit=4, limiter=lim))
+        with anyio.fail_after(10):
+            while gauge.now < 4:
+                await anyio.sleep(0.005)
+        assert lim.held == 4  # the running tasks only, not the 26 pulled ones
+        tg.cancel_scope.cancel()
+        release.set()
+    assert lim.held == 0 and lim.waiting == 0
+
+
+@pytest.mark.parametrize("kind", ["io", "blocking"])
+async def test_a_failed_batch_gives_back_what_lazy_admission_took(kind: str) -> None:
+    lim = Limiter(concurrency=100)
+
+    def sync_task(i: int) -> None:
+        if i == 3:
+            raise KeyError("fail fast")
+        time.sleep(0.02)
+
+    async def async_task(i: int) -> None:
+        if i == 3:
+            raise KeyError("fail fast")
+        await anyio.sleep(10)
+
+    fn = async_task if kind == "io" else sync_task
+    with pytest.raises(KeyError):
+        await run_all([call(fn, i) for i in range(40)], kind=kind, limit=8, limiter=lim)
+    assert lim.held == 0 and lim.waiting == 0
+
+
+@pytest.mark.parametrize("concurrency", [50, 25])
+def test_lazy_admission_shared_by_two_loops_in_two_threads(concurrency: int) -> None:
+    """Two loops share one concurrency limiter; with room for both (50) or not (25:
+    both batches run short at times and hand over to the waiting path)."""
+    import trio
+
+    gauge = Gauge()
+    lim = Limiter(concurrency=concurrency)
+
+    async def task(i: int) -> int:
+        with gauge:
+            await anyio.sleep(0)
+        return i
+
+    def blocking_task(i: int) -> int:
+        with gauge:
+            pass
+        return i
+
+    async def main() -> None:
+        n = 2000
+        assert await run_all([call(task, i) for i in range(n)], limit=20, limiter=lim) == list(
+            range(n)
+        )
+        assert await run_all(
+            [call(blocking_task, i) for i in range(300)], kind="blocking", limit=20, limiter=lim
+        ) == list(range(300))
+
+    errors: list[BaseException] = []
+
+    def runner(which: str) -> None:
+        try:
+            trio.run(main) if which == "trio" else asyncio.run(main())
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=runner, args=(w,)) for w in ("asyncio", "trio")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not errors
+    assert gauge.started == 2 * 2300 and gauge.peak <= concurrency
+    assert lim.held == 0 and lim.waiting == 0

@@ -233,7 +233,7 @@ async def test_a_failed_or_cancelled_map_gives_every_permit_back(kind: str) -> N
     with anyio.move_on_after(0.3):
         await work.map([0.05] * 50)
     limiter = work._limiter()
-    assert limiter is not None and limiter._free == 2 and not limiter._waiters
+    assert limiter is not None and limiter.held == 0 and limiter.waiting == 0
     assert await work.map([0.0] * 4) == [1] * 4
 
 
@@ -247,3 +247,52 @@ async def test_a_cpu_offload_defined_inside_a_function_travels_by_value() -> Non
 
     assert await scale(2) == 6
     assert await scale.map(range(4)) == [0, 3, 6, 9]
+
+
+@pytest.mark.parametrize("kind", ["blocking", "io"])
+async def test_a_retried_attempt_of_a_map_takes_the_functions_permit_again(kind: str) -> None:
+    """limit= and retry=: each attempt holds one of the function's permits, so a retry
+    never runs beside the task that took the permit its first attempt gave back."""
+    from tasklanes import Retry
+
+    gauge = Gauge()
+    attempts: dict[int, int] = {}
+
+    def body(x: int) -> None:
+        attempts[x] = attempts.get(x, 0) + 1
+        if x == 0 and attempts[x] == 1:
+            raise ConnectionError("first attempt")
+
+    if kind == "blocking":
+
+        @offload(kind="blocking", limit=1, retry=Retry(3, backoff=0.01, jitter=False))
+        def work(x: int) -> int:
+            with gauge:
+                body(x)
+                time.sleep(0.05)
+            return x
+
+    else:
+
+        @offload(kind="io", limit=1, retry=Retry(3, backoff=0.01, jitter=False))
+        async def work(x: int) -> int:  # type: ignore[misc]
+            with gauge:
+                body(x)
+                await anyio.sleep(0.05)
+            return x
+
+    results: dict[str, list[int]] = {}
+
+    async def run_map(name: str, items: list[int]) -> None:
+        results[name] = await work.map(items)
+
+    # Two maps share the function's one permit (a map alone never runs more than
+    # `limit` tasks at once anyway).
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(run_map, "a", [0, 1, 2])
+        tg.start_soon(run_map, "b", [10, 11, 12])
+    assert results == {"a": [0, 1, 2], "b": [10, 11, 12]}
+    assert attempts[0] == 2
+    assert gauge.peak == 1
+    limiter = work._limiter()
+    assert limiter is not None and limiter.held == 0 and limiter.waiting == 0

@@ -22,14 +22,31 @@ The lane sees an ordinary source and an ordinary `emit`; this layer sits in both
   `WorkerCrashed` the lane made). What an attempt holds is kept by lane index: each
   attempt has its own, so a cpu worker reaped for an old attempt's timeout
   (`task_gone`, from the pool's manager thread) never mixes with a newer attempt.
+* **Lazy admission.** For the io lane and the blocking lane's threads, while the
+  call's limiters have room, admission moves to the moment a task starts: the lane
+  takes tasks in bulk, unadmitted, and admits each as it starts it, with one
+  non-blocking `try_acquire` (a blocking worker thread does it itself, under its
+  job's lock, so no task waits for a trip through the event loop). Tasks held at
+  most by the lane's workers are at most `limit`, so the call's bound holds. The
+  first task the limiters refuse goes back, with every task pulled after it, to the
+  waiting path above, which admits every later task of the call (`not_admitted`).
+  Only for fixed, concurrency-only limiters, no `retry=` and a sync input: a rate
+  limiter is binding by nature, and the lane indexes of lazily admitted tasks are
+  their real indexes, which a retry or an async input would break.
 * **Retry.** A failed outcome that the call's [`Retry`][tasklanes.Retry] wants again
   never reaches the batch's `emit`: the task waits out its backoff holding nothing,
   then goes back through admission. The source says `END` only when no task of the
   batch can come back any more.
+
+One file on purpose, past 500 lines: admission (eager, lazy, queued), the lane-index
+translation and the release points share `ControlledSource`'s counters
+(`in_flight`, `lazy_held`, `holds`, `backlog`), and each step relies on the others'
+invariants; split apart, those invariants would span modules.
 """
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -37,8 +54,9 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
+from ._call import Call
 from ._errors import TaskTimeout, WorkerCrashed
-from ._limits import Limiter, acquire_all, resolve_limiter_arg, try_acquire_all
+from ._limits import Limiter, acquire_all, release_all, resolve_limiter_arg, try_acquire_all
 from ._retry import Retry, check_retry, check_retryable_task, note_attempts
 from ._stats import Tally
 from ._tasks import END
@@ -48,6 +66,9 @@ if TYPE_CHECKING:
     from ._tasks import Source
 
 __all__ = ["Controls", "ControlledSource", "make_controls"]
+
+#: Task types that can always run again (callables, never awaitables).
+_RUN_TWICE = frozenset({Call, functools.partial})
 
 
 class Controls:
@@ -78,6 +99,17 @@ class Controls:
             check_retryable_task(task, index)
             lane_check(task, index)
 
+        lane_check_many = getattr(lane_check, "check_many", None)
+        if lane_check_many is not None:
+
+            def check_many(tasks: list[Any] | tuple[Any, ...], start: int) -> None:
+                # A list of `call(...)`s or partials (never awaitable): in bulk.
+                if not set(map(type, tasks)) <= _RUN_TWICE:
+                    for index, task in enumerate(tasks, start):
+                        check_retryable_task(task, index)
+                lane_check_many(tasks, start)
+
+            check.check_many = check_many  # type: ignore[attr-defined]
         return check
 
     def limiters(self, task: Any) -> tuple[Limiter, ...]:
@@ -180,6 +212,45 @@ class _BlockingAttempt:
         return self.task
 
 
+class _LazyBlockingAttempt:
+    """A blocking task handed out before admission: the worker thread that starts it
+    admits it first (`admit`, under its job's lock) and releases its limiters when
+    its call returns. One that is never admitted holds nothing."""
+
+    __slots__ = ("admitted", "limiters", "task")
+
+    def __init__(self, task: Callable[[], Any], limiters: tuple[Limiter, ...]) -> None:
+        self.task = task
+        self.limiters = limiters
+        self.admitted = False
+
+    def admit(self) -> bool:
+        """Take the limiters now if they have room (never waits); any thread."""
+        limiters = self.limiters
+        if limiters[0].try_acquire() if len(limiters) == 1 else try_acquire_all(limiters):
+            self.admitted = True
+            return True
+        return False
+
+    def __call__(self) -> Any:
+        try:
+            return self.task()
+        finally:
+            if self.admitted:  # only the thread that admitted it runs it
+                release_all(self.limiters)
+
+    def __repr__(self) -> str:
+        return repr(self.task)
+
+    @property
+    def __tasklanes_wrapped__(self) -> Any:
+        return self.task
+
+
+def _nothing() -> None:
+    return None
+
+
 def _renumbered(exc: BaseException, index: int) -> BaseException:
     """A `TaskTimeout` or `WorkerCrashed` the lane made with its lane index, made
     again with the task's real index (its message names the index too)."""
@@ -208,7 +279,11 @@ class ControlledSource:
         self.retry = controls.retry
         self.batch = batch
         self.kind = lane.kind
-        self.stats = lane.stats
+        self.lane = lane
+        #: The `limited` gauge: how many of this call's tasks wait for a limiter, and
+        #: the lane figures they are counted in (see `_limited`).
+        self.limited = 0
+        self.limited_in = lane.stats
         self.forward = batch.emit
         self.forward_ok_many = batch.emit_ok_many
         self.ready: deque[_Admitted] = deque()
@@ -236,6 +311,29 @@ class ControlledSource:
         self.spawn: Callable[..., None] | None = None
         self._event: anyio.Event | None = None
         self.size = inner.size
+        # Lazy admission (see the module docstring), once a lane asks for it:
+        #: the call's fixed limiters, taken by the lane as it starts each task;
+        self.lazy: tuple[Limiter, ...] = ()
+        #: while True, `take` hands tasks out unadmitted (it ends for good at the
+        #: first task the limiters refuse);
+        self.lazy_on = False
+        #: lane indexes below this were handed out lazily: each is its real index,
+        #: and its limiters are taken by the lane (io: released at its outcome);
+        self.lazy_end = 0
+        #: io: lazily admitted tasks without an outcome yet (released at `close`).
+        self.lazy_held = 0
+        self.lazy_io = False  # the lane releases lazily taken limiters at the outcome
+        self.lazy_single: Limiter | None = None
+        #: io: a finished task's permit, passed on to the task its worker starts next
+        #: (`emit_ok`, `_admit_lazily`); given back at `close` if it never started.
+        self.passed_on = False
+        self._lazy_take: Callable[[], bool] = bool
+        self._lazy_give: Callable[[], None] = _nothing
+        #: tasks that lazy admission refused, back in the waiting path's queue:
+        #: `(real index, task)`, in input order, taken before the input.
+        self.backlog: deque[tuple[int, Any]] = deque()
+        #: Fixed limiters: tasks waiting for them, in input order (`_wait_in_order`).
+        self.queue: deque[tuple[int, Any]] = deque()
 
     # -- what a lane reads -------------------------------------------------------------
 
@@ -246,7 +344,10 @@ class ControlledSource:
 
     @property
     def in_memory(self) -> bool:
-        return False  # pull as the lane has room: each task passes admission
+        # Pull as the lane has room, each task passing admission; a list whose tasks
+        # need no admission (retry= alone) or that the lane admits as it starts them
+        # may be taken whole.
+        return (self.lazy_on or self.controls.fixed == ()) and self.inner.in_memory
 
     @property
     def exhausted(self) -> bool:
@@ -254,7 +355,7 @@ class ControlledSource:
         return self.inner_done and self._ended()
 
     def _ended(self) -> bool:
-        if self.ready or self.pending or self.reading:
+        if self.ready or self.pending or self.reading or self.backlog:
             return False
         return self.retry is None or self.in_flight == 0  # (with retry) none can come back
 
@@ -284,6 +385,11 @@ class ControlledSource:
         for _, _, limiters in self.ready:
             _release(limiters)
         self.ready.clear()
+        self.backlog.clear()
+        for _ in range(self.lazy_held + self.passed_on):  # io: started, then cancelled
+            release_all(self.lazy)
+        self.lazy_held = 0
+        self.passed_on = False
         for held in self.holds.values():
             _release(held)
         self.holds.clear()
@@ -300,11 +406,13 @@ class ControlledSource:
             exc, self.error = self.error, None
             self.inner_done = True
             raise exc
+        if self.lazy_on:
+            return self._take_lazily(n)
         out: list[Any] = []
         ready = self.ready
         while ready and len(out) < n:
             out.append(self._hand(*ready.popleft()))
-        if len(out) < n and not self.inner_done and not self.reading:
+        if len(out) < n and (self.backlog or not self.inner_done) and not self.reading:
             self._pull(n, out)
         return out
 
@@ -323,9 +431,19 @@ class ControlledSource:
         )
         real = self.real
         holds = self.holds
+        backlog = self.backlog
         while len(out) < n and self.in_flight < self.cap:
+            room = min(n - len(out), self.cap - self.in_flight)
+            if backlog:  # refused by lazy admission: they come before the input
+                items = [backlog.popleft() for _ in range(min(room, len(backlog)))]
+                self.in_flight += len(items)
+                for index, task in items:
+                    admitted = self._admit(index, task)
+                    if admitted is not None:
+                        out.append(self._hand(*admitted))
+                continue
             start = inner.pulled
-            got = inner.take(min(n - len(out), self.cap - self.in_flight))
+            got = inner.take(room)
             if not got:
                 if inner.exhausted:
                     self.inner_done = True
@@ -344,7 +462,7 @@ class ControlledSource:
                 out.extend(got)
                 continue
             for index, task in enumerate(got, start):
-                if single is not None and single.try_acquire():
+                if single is not None and not self.queue and single.try_acquire():
                     lane_index = self.handed
                     self.handed = lane_index + 1
                     real[lane_index] = index
@@ -354,6 +472,83 @@ class ControlledSource:
                 admitted = self._admit(index, task)
                 if admitted is not None:
                     out.append(self._hand(*admitted))
+
+    # -- lazy admission -------------------------------------------------------------
+
+    def lazy_admission(self) -> Callable[[], bool] | None:
+        """For a lane that can admit each task as it starts it: switch to lazy
+        admission if this call allows it, and return what admits one task (io: call it
+        as the task starts; blocking: the handed-out tasks' own `admit`, called by
+        the worker thread). None: admission stays here. Asked before the first pull.
+
+        io: the lane reports a success (`emit_ok`) from the worker that ran the task,
+        and that worker, if tasks pulled are still unstarted, starts the next one
+        without awaiting in between: the finished task's permit is passed on to it
+        (`passed_on`) rather than released and taken again."""
+        fixed = self.controls.fixed
+        if (
+            not fixed
+            or self.retry is not None
+            or self.inner.is_async
+            or self.handed
+            or any(limiter.rate is not None for limiter in fixed)
+        ):
+            return None
+        self.lazy = fixed
+        self.lazy_on = True
+        self.lazy_end = 1 << 62
+        if len(fixed) == 1:
+            self._lazy_take = fixed[0].try_acquire
+            self._lazy_give = fixed[0].release
+        else:
+            self._lazy_take = functools.partial(try_acquire_all, fixed)
+            self._lazy_give = functools.partial(release_all, fixed)
+        self.lazy_io = self.kind != "blocking"  # blocking: the thread admits, releases
+        self.lazy_single = fixed[0] if len(fixed) == 1 and self.lazy_io else None
+        return self._admit_lazily
+
+    def _admit_lazily(self) -> bool:
+        """io: the lane starts a lazily handed-out task: take its limiters, if they
+        have room (never waits). On False the lane calls `not_admitted`."""
+        if self.passed_on:
+            self.passed_on = False  # the permit of the task that just ended
+            self.lazy_held += 1
+            return True
+        if self._lazy_take():
+            self.lazy_held += 1
+            return True
+        return False
+
+    def _take_lazily(self, n: int) -> list[Any]:
+        """`take` while admission is lazy: straight from the input, in bulk. The
+        lane's workers bound what is admitted (at most `limit` run at once)."""
+        inner = self.inner
+        got = inner.take(n)
+        if not got:
+            if inner.exhausted:
+                self.inner_done = True
+            return got  # else a closed gate: `release` wakes the lane
+        self.in_flight += len(got)
+        self.handed += len(got)  # == inner.pulled: lane index == real index
+        if self.kind == "blocking":
+            lazy = self.lazy
+            return [_LazyBlockingAttempt(task, lazy) for task in got]
+        return got
+
+    def not_admitted(self, lane_index: int, tasks: list[Any]) -> None:
+        """The lane could not admit the lazily handed-out task `lane_index` (a
+        limiter is short): it and the tasks handed out after it and not started
+        (`tasks`, in order, from `lane_index` on) go the waiting way, and so does
+        every later task of the call: lazy admission is over for it."""
+        self.lazy_on = False
+        if self.passed_on:  # (cannot be: a passed-on permit admits the next task)
+            self.passed_on = False
+            self._lazy_give()
+        self.lazy_end = lane_index
+        self.in_flight -= len(tasks)
+        if self.kind == "blocking":
+            tasks = [attempt.task for attempt in tasks]
+        self.backlog.extend(zip(range(lane_index, lane_index + len(tasks)), tasks, strict=True))
 
     def _read_later(self) -> None:
         """An async input: read its next task in a small task of our own, so that the
@@ -398,8 +593,22 @@ class ControlledSource:
         if self.keep_tasks and index not in self.attempt:
             self.tasks[index] = task  # a lazy input: keep it to run it again
         limiters = self.controls.fixed
-        if limiters is None:
-            limiters = self.controls.limiters(task)
+        if limiters is not None:
+            # The same limiters for every task: one queue, one waiter, input order.
+            queue = self.queue
+            if not queue and (
+                not limiters
+                or (limiters[0].try_acquire() if len(limiters) == 1 else try_acquire_all(limiters))
+            ):
+                return (index, task, limiters)
+            queue.append((index, task))
+            self.pending += 1
+            self._limited(1)
+            if len(queue) == 1:
+                assert self.spawn is not None
+                self.spawn(self._wait_in_order, limiters)
+            return None
+        limiters = self.controls.limiters(task)
         if not limiters or (
             limiters[0].try_acquire() if len(limiters) == 1 else try_acquire_all(limiters)
         ):
@@ -409,15 +618,53 @@ class ControlledSource:
         self.spawn(self._wait_for, index, task, limiters)
         return None
 
+    async def _wait_in_order(self, limiters: tuple[Limiter, ...]) -> None:
+        """Admit the queued tasks one after another as the call's limiters allow.
+
+        One waiter, not one per task: the tasks are admitted in input order on every
+        loop (trio runs tasks started together in any order), and no task taken from
+        the input later can take a permit before them (`_admit` queues it behind).
+
+        Cancellation (the batch is over): what it took is given back
+        (`acquire_all`), and the queued tasks, holding nothing, are dropped.
+        """
+        queue = self.queue
+        try:
+            while queue:
+                await acquire_all(limiters)
+                index, task = queue.popleft()
+                self.pending -= 1
+                self._limited(-1)
+                self.ready.append((index, task, limiters))
+                self._wake()
+        finally:
+            if queue:
+                self._limited(-len(queue))
+                self.pending -= len(queue)
+                queue.clear()
+
     async def _wait_for(self, index: int, task: Any, limiters: tuple[Limiter, ...]) -> None:
-        self.stats.adjust(limited=1)
+        self._limited(1)
         try:
             await acquire_all(limiters)
         finally:
-            self.stats.adjust(limited=-1)
+            self._limited(-1)
         self.pending -= 1
         self.ready.append((index, task, limiters))
         self._wake()
+
+    def _limited(self, change: int) -> None:
+        """Count tasks starting or ending a wait for a limiter in the `limited` figure of
+        the lane the call runs on. With `kind="auto"` that lane is chosen only after the
+        first task: what was counted before moves to it."""
+        stats = self.lane.stats
+        if stats is not self.limited_in:
+            if self.limited:
+                self.limited_in.adjust(limited=-self.limited)
+                stats.adjust(limited=self.limited)
+            self.limited_in = stats
+        self.limited += change
+        stats.adjust(limited=change)
 
     def _hand(self, index: int, task: Any, limiters: tuple[Limiter, ...]) -> Any:
         """Give an admitted task its lane index; what the lane runs."""
@@ -444,14 +691,20 @@ class ControlledSource:
     # -- outcomes (lane indexes in, real indexes out) ------------------------------------
 
     def emit(self, lane_index: int, ok: bool, value: Any) -> None:
-        index = self.real.pop(lane_index)
-        if self.holds:
-            held = self.holds.pop(lane_index, None)
-            if held is not None and self.kind != "blocking":  # blocking: its thread releases
-                if not ok and self.gone_watched and isinstance(value, TaskTimeout):
-                    held = self._hold_until_gone(lane_index, held)
-                for limiter in held:
-                    limiter.release()
+        if lane_index < self.lazy_end:  # admitted by the lane as it started it
+            index = lane_index
+            if self.lazy_io:  # (blocking: its thread releases)
+                self._lazy_give()
+                self.lazy_held -= 1
+        else:
+            index = self.real.pop(lane_index)
+            if self.holds:
+                held = self.holds.pop(lane_index, None)
+                if held is not None and self.kind != "blocking":  # its thread releases
+                    if not ok and self.gone_watched and isinstance(value, TaskTimeout):
+                        held = self._hold_until_gone(lane_index, held)
+                    for limiter in held:
+                        limiter.release()
         if (
             not ok
             and index != lane_index
@@ -475,6 +728,30 @@ class ControlledSource:
 
     def emit_ok(self, lane_index: int, value: Any) -> None:
         """One success (the io lane's hot path): `emit(lane_index, True, value)`."""
+        if lane_index < self.lazy_end and self.lazy_io:  # admitted as it started
+            self.lazy_held -= 1
+            self.in_flight -= 1
+            single = self.lazy_single
+            if (
+                single is not None
+                and self.in_flight > self.lazy_held
+                and not self.passed_on
+                and not single._waiters
+                and self.lazy_on
+            ):
+                # The io worker that reported this starts the next task at once, with
+                # no await in between (tasks pulled and not started: in_flight -
+                # lazy_held): pass it this permit instead of a release and an acquire.
+                # Nobody waits for the limiter, so nobody is overtaken.
+                self.passed_on = True
+            else:
+                self._lazy_give()
+            self.forward(lane_index, True, value)
+            event = self._event
+            if event is not None:
+                self._event = None
+                event.set()
+            return
         if self.attempt or self.kind == "blocking":
             self.emit(lane_index, True, value)
             return
@@ -494,7 +771,7 @@ class ControlledSource:
             event.set()
 
     def emit_ok_many(self, lane_indexes: Sequence[int], values: list[Any]) -> None:
-        if self.holds or self.attempt:
+        if self.holds or self.attempt or self.lazy_end:
             for lane_index, value in zip(lane_indexes, values, strict=True):
                 self.emit(lane_index, True, value)
             return

@@ -57,6 +57,10 @@ class Inbox:
         self._poked = True
         self._event.set()
 
+    def poke_threadsafe(self) -> None:
+        """Any thread: `poke` on the loop."""
+        self._call(self.poke)
+
     def _wake(self) -> None:
         self._event.set()
 

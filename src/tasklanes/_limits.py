@@ -231,7 +231,10 @@ class Limiter:
 
     @property
     def waiting(self) -> int:
-        """Tasks and threads queued for this limiter now."""
+        """Waiters queued for this limiter now: threads and tasks that wait for it
+        themselves, and one per call whose tasks wait for it (a call admits its tasks
+        in input order, one after another; how many wait is its lane's `limited`
+        figure in `stats()`)."""
         return len(self._waiters)
 
     def idle(self) -> bool:

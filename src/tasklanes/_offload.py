@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import enum
 import functools
 import threading
 import types
 import weakref
-from collections import deque
 from collections.abc import (
-    AsyncGenerator,
     AsyncIterable,
     Awaitable,
     Callable,
@@ -20,62 +17,19 @@ from typing import Any, Generic, Literal, ParamSpec, TypeVar, overload
 import anyio
 
 from ._backend import LoopHandle
-from ._batch import annotate
 from ._call import Call
 from ._control import make_controls
-from ._errors import TaskTimeout, WorkerCrashed
 from ._limits import Limiter, LimiterArg, with_rate
 from ._processes._pickling import importable_by_name
 from ._retry import Retry
 from ._scheduler import Scheduler, check_scheduler, scheduler_or_default
-from ._tasks import END, Source, check_kind, check_limit, check_timeout
+from ._tasks import check_kind, check_limit, check_timeout
 
 __all__ = ["Offloaded", "offload"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
 W = TypeVar("W")  # what the original returns: R for sync functions, Awaitable[R] for io
-
-
-class _ProcessLimiter:
-    """A counting semaphore that works across event loops and threads.
-
-    ``@offload(limit=N)`` bounds a function's concurrent calls across the whole
-    process, whatever loop they come from; anyio's limiters belong to one loop.
-    A waiter is woken on its own loop through ``call_soon_threadsafe``.
-    """
-
-    def __init__(self, total: int) -> None:
-        self._lock = threading.Lock()
-        self._free = total
-        self._waiters: deque[list[Any]] = deque()
-
-    async def acquire(self) -> None:
-        with self._lock:
-            if self._free > 0 and not self._waiters:
-                self._free -= 1
-                return
-            waiter: list[Any] = [False, anyio.Event(), LoopHandle().call_soon_threadsafe]
-            self._waiters.append(waiter)
-        try:
-            await waiter[1].wait()
-        except BaseException:
-            with self._lock:
-                granted = waiter[0]
-                if not granted:
-                    self._waiters.remove(waiter)
-            if granted:
-                self.release()  # handed to us as we were cancelled: pass it on
-            raise
-
-    def release(self) -> None:
-        with self._lock:
-            if self._waiters:
-                waiter = self._waiters.popleft()
-                waiter[0] = True
-                waiter[2](waiter[1].set)
-                return
-            self._free += 1
 
 
 def _invoke(fn: Offloaded[..., Any, Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
@@ -111,10 +65,12 @@ class Offloaded(Generic[P, R, W]):
         self.limit = limit
         self.timeout = timeout
         self._scheduler = scheduler
-        self._process_limiter = None if limit is None else _ProcessLimiter(limit)
+        # The function's `limit`: a Limiter that every attempt of every call and map
+        # takes (through `limiter=`, so per attempt, waiting without lane capacity).
+        self._process_limiter = None if limit is None else Limiter(concurrency=limit)
         # io: one budget per event loop, keyed weakly so that it goes with its loop
         # (an asyncio loop, or a trio run's token): every asyncio.run would leak one.
-        self._loop_limiters: weakref.WeakKeyDictionary[object, _ProcessLimiter] = (
+        self._loop_limiters: weakref.WeakKeyDictionary[object, Limiter] = (
             weakref.WeakKeyDictionary()
         )
         self._lock = threading.Lock()
@@ -122,7 +78,7 @@ class Offloaded(Generic[P, R, W]):
         self._limiter_arg = with_rate(limiter, None if rate is None else Limiter(rate=rate))
         self._retry = retry
 
-    def _limiter(self) -> _ProcessLimiter | None:
+    def _limiter(self) -> Limiter | None:
         if self.limit is None:
             return None
         if self.kind != "io":
@@ -131,7 +87,7 @@ class Offloaded(Generic[P, R, W]):
         with self._lock:
             limiter = self._loop_limiters.get(key)
             if limiter is None:
-                limiter = self._loop_limiters[key] = _ProcessLimiter(self.limit)
+                limiter = self._loop_limiters[key] = Limiter(concurrency=self.limit)
             return limiter
 
     def _task(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
@@ -153,26 +109,24 @@ class Offloaded(Generic[P, R, W]):
 
     async def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
         sched = scheduler_or_default(self._scheduler)
-        limiter = self._limiter()
-        if limiter is not None:
-            await limiter.acquire()
         try:
             results = await sched.run_all(
                 [self._task(args, kwargs)],
                 self.kind,
                 1,
                 self.timeout,
-                limiter=self._limiter_arg,
+                limiter=self._limiters(),
                 retry=self._retry,
             )
         except BaseException as exc:
             _drop_batch_note(exc)
             raise
-        finally:
-            if limiter is not None:
-                limiter.release()
         result: R = results[0]
         return result
+
+    def _limiters(self) -> LimiterArg:
+        """`limiter=` of a call or map: the decorator's, plus the function's `limit`."""
+        return with_rate(self._limiter_arg, self._limiter())
 
     async def map(
         self,
@@ -184,10 +138,10 @@ class Offloaded(Generic[P, R, W]):
         """Call the function on each item, as one [run_all][tasklanes.run_all] batch.
 
         ``many = await render.map(frames, limit=4)``. The decorator's ``limit`` still
-        bounds the function's calls across the process: each task of the batch takes
-        one of the function's permits when it starts and gives it back when it ends,
-        exactly like a single call, so maps and single calls share the permits and
-        none of them ever waits for a permit held by a task that is not running.
+        bounds the function's calls across the process: it is a
+        [`Limiter`][tasklanes.Limiter] that each attempt of a task takes, exactly like
+        a single call's (and like `limiter=`: a retried attempt takes it again, and
+        holds nothing during its backoff), so maps and single calls share the permits.
         Waiting for a permit takes no thread, worker or lane slot.
 
         Cancellation: as for [run_all][tasklanes.run_all]; permits taken for tasks
@@ -196,15 +150,6 @@ class Offloaded(Generic[P, R, W]):
         sched = scheduler_or_default(self._scheduler)
         check_limit(limit)
         seconds = self.timeout if timeout is None else check_timeout(timeout)
-        limiter = self._limiter()
-        if limiter is not None and self.kind not in ("cpu", "auto"):
-            if not isinstance(items, (AsyncIterable, Iterable)):
-                raise TypeError(
-                    f"map() needs an iterable or async iterable, got {type(items).__name__}"
-                )
-            return await self._map_permitted(
-                sched, limiter, items, limit, seconds, return_exceptions
-            )
         if isinstance(items, AsyncIterable):
 
             async def agen() -> Any:
@@ -212,132 +157,32 @@ class Offloaded(Generic[P, R, W]):
                     yield self._task((item,), {})
 
             tasks: Any = agen()
-        else:
+        elif isinstance(items, Iterable):
             tasks = [self._task((item,), {}) for item in items]
-        if limiter is None:
-            try:
-                return await sched.run_all(
-                    tasks,
-                    self.kind,
-                    limit,
-                    seconds,
-                    return_exceptions,
-                    limiter=self._limiter_arg,
-                    retry=self._retry,
-                )
-            finally:
-                if not isinstance(tasks, list):  # our generator: close it, finished or not
-                    with anyio.CancelScope(shield=True):
-                        await tasks.aclose()
-        # cpu (or auto, which may choose cpu) with a limit: a worker process cannot
-        # give a permit back, so workers here take one per task around a batch of one.
-        return await self._map_with_permits(
-            sched, limiter, tasks, self._width(limit), seconds, return_exceptions
-        )
+        else:
+            raise TypeError(
+                f"map() needs an iterable or async iterable, got {type(items).__name__}"
+            )
+        try:
+            return await sched.run_all(
+                tasks,
+                self.kind,
+                limit if self.limit is None else self._width(limit),
+                seconds,
+                return_exceptions,
+                limiter=self._limiters(),
+                retry=self._retry,
+            )
+        finally:
+            if not isinstance(tasks, list):  # our generator: close it, finished or not
+                with anyio.CancelScope(shield=True):
+                    await tasks.aclose()
 
     def _width(self, limit: int | None) -> int:
         """How many tasks of a ``map`` run at once: its own ``limit`` within the
         decorator's."""
         assert self.limit is not None
         return self.limit if limit is None else min(limit, self.limit)
-
-    async def _map_permitted(
-        self,
-        sched: Scheduler,
-        limiter: _ProcessLimiter,
-        items: Iterable[Any] | AsyncIterable[Any],
-        limit: int | None,
-        seconds: float | None,
-        return_exceptions: bool,
-    ) -> list[Any]:
-        """``map`` of an io or blocking function with a ``limit``: one batch whose tasks
-        each take a permit before they are handed to the lane and give it back when
-        they end, like single calls. Taking the batch's permits up front would let two
-        maps each hold part of them and wait for the rest for ever."""
-        held: set[_Permit] = set()
-        tasks = _permitted(items, self.__wrapped__, self.kind, limiter, held)
-        try:
-            return await sched.run_all(
-                tasks,
-                self.kind,
-                self._width(limit),
-                seconds,
-                return_exceptions,
-                limiter=self._limiter_arg,
-                retry=self._retry,
-            )
-        finally:
-            # A batch that failed or was cancelled leaves the generator unfinished:
-            # close it here (trio warns about one left to the garbage collector).
-            with anyio.CancelScope(shield=True):
-                await tasks.aclose()
-            for permit in list(held):
-                permit.unused()  # taken for a task the batch never started
-
-    async def _map_with_permits(
-        self,
-        sched: Scheduler,
-        limiter: _ProcessLimiter,
-        tasks: Any,
-        width: int,
-        seconds: float | None,
-        return_exceptions: bool,
-    ) -> list[Any]:
-        """``map`` of a cpu function with a ``limit``: ``width`` workers, each taking one
-        of the function's permits per task, exactly like single calls (a cpu task runs
-        in a worker process, which cannot give a permit back itself).
-
-        Why not take ``width`` permits up front: two maps that each hold part of them
-        would wait for the rest forever. A worker holds at most one permit, and only
-        while its task runs, so every permit taken is given back.
-        """
-        lane = sched._lane(self.kind)
-        source = Source(tasks, lane.check_task)  # a list is checked before anything runs
-        results: dict[int, Any] = {}
-        failure: list[BaseException] = []
-
-        async def worker(scope: anyio.CancelScope) -> None:
-            while True:
-                item = await source.next()
-                if item is END:
-                    return
-                index, task = item
-                await limiter.acquire()
-                try:
-                    value = (
-                        await sched.run_all(
-                            [task],
-                            self.kind,
-                            1,
-                            seconds,
-                            limiter=self._limiter_arg,
-                            retry=self._retry,
-                        )
-                    )[0]
-                except Exception as exc:
-                    _drop_batch_note(exc)
-                    if isinstance(exc, (TaskTimeout, WorkerCrashed)):
-                        exc.index = index  # it ran as task 0 of a batch of one
-                    annotate(exc, index)
-                    if not return_exceptions:
-                        if not failure:
-                            failure.append(exc)
-                        scope.cancel()
-                        return
-                    value = exc
-                finally:
-                    limiter.release()
-                results[index] = value
-
-        try:
-            async with anyio.create_task_group() as tg:
-                for _ in range(width):
-                    tg.start_soon(worker, tg.cancel_scope)
-        finally:
-            source.close()
-        if failure:
-            raise failure[0]
-        return [results[i] for i in range(source.pulled)]
 
     def __repr__(self) -> str:
         return f"<offloaded {self.__qualname__} kind={self.kind!r}>"
@@ -369,80 +214,6 @@ class _AutoCall:
 
     def __repr__(self) -> str:
         return f"call({self.fn.__qualname__}, ...)"
-
-
-class _PermitState(enum.Enum):
-    HELD = "held"  # taken for a task not started yet
-    RUNNING = "running"  # its task runs: the task gives it back
-    RETURNED = "returned"
-
-
-class _Permit:
-    """One of a function's permits, taken for one task of a ``map``: given back once,
-    by the task when it ends (on any thread), or by the map if the task never ran."""
-
-    __slots__ = ("_held", "_limiter", "_lock", "state")
-
-    def __init__(self, limiter: _ProcessLimiter, held: set[_Permit]) -> None:
-        self._limiter = limiter
-        self._held = held
-        self._lock = threading.Lock()
-        self.state = _PermitState.HELD
-        held.add(self)
-
-    def start(self) -> None:
-        with self._lock:
-            self.state = _PermitState.RUNNING
-
-    def give_back(self) -> None:
-        with self._lock:
-            if self.state is _PermitState.RETURNED:
-                return
-            self.state = _PermitState.RETURNED
-        self._held.discard(self)
-        self._limiter.release()
-
-    def unused(self) -> None:
-        with self._lock:
-            if self.state is not _PermitState.HELD:
-                return  # its task ran and gives it back itself
-        self.give_back()
-
-
-def _run_blocking_with_permit(permit: _Permit, fn: Callable[[Any], Any], item: Any) -> Any:
-    permit.start()
-    try:
-        return fn(item)
-    finally:
-        permit.give_back()
-
-
-async def _run_io_with_permit(permit: _Permit, fn: Callable[[Any], Any], item: Any) -> Any:
-    permit.start()
-    try:
-        return await fn(item)
-    finally:
-        permit.give_back()
-
-
-async def _permitted(
-    items: Iterable[Any] | AsyncIterable[Any],
-    fn: Callable[[Any], Any],
-    kind: str,
-    limiter: _ProcessLimiter,
-    held: set[_Permit],
-) -> AsyncGenerator[Call[Any], None]:
-    """The tasks of a limited ``map``: each one yielded only once it holds a permit, so
-    waiting for a permit takes no thread and no lane slot."""
-    run = _run_io_with_permit if kind == "io" else _run_blocking_with_permit
-    if isinstance(items, AsyncIterable):
-        async for item in items:
-            await limiter.acquire()
-            yield Call(run, (_Permit(limiter, held), fn, item), {})
-    else:
-        for item in items:
-            await limiter.acquire()
-            yield Call(run, (_Permit(limiter, held), fn, item), {})
 
 
 def _drop_batch_note(exc: BaseException) -> None:

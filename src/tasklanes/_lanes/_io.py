@@ -200,6 +200,9 @@ class _IoBatch:
             target = min(target, batch.source.size)
         self.target = max(target, 1)
         source = batch.source
+        #: limiter= with room: each task is admitted here as it starts (see `_refused`).
+        lazy = getattr(source, "lazy_admission", None) if batch.controls is not None else None
+        self.admit: Any = None if lazy is None else lazy()
         # A list is materialised already: take it whole. A lazy input a chunk at a time.
         if source.in_memory and source.size:
             self.chunk = source.size
@@ -350,6 +353,15 @@ class _IoBatch:
             self.spawn(self.worker)
         return False
 
+    def _refused(self, index: int, task: Any) -> None:
+        """Lazy admission: a limiter had no room for the task just popped. It and the
+        tasks pulled after it go back to the controls, which make them wait holding no
+        io slot, and admit every later task before handing it out."""
+        rest = self.ready[::-1]
+        self.ready.clear()  # in place: the other workers share this list
+        self.admit = None
+        self.batch.source.not_admitted(index, [task, *rest])  # type: ignore[attr-defined]
+
     async def _admit(self) -> bool:
         """A new worker's start: True once it holds an io capacity slot and should
         run tasks (then it calls `_leave` when it ends), False if none are left."""
@@ -425,6 +437,7 @@ class _IoBatch:
         quick = 0.0  # the mean of the last block that was quick
         ready = self.ready  # one list for the batch's life, refilled in place
         pop = ready.pop
+        admit = self.admit
         last = clock()
         try:
             while True:
@@ -434,12 +447,16 @@ class _IoBatch:
                         n = 0
                     if not (self._take_nowait() if self.controlled else await self._refill()):
                         break
+                    admit = self.admit
                     last = clock()
                     continue
                 if batch.stopping:
                     break
                 task = pop()
                 index = self.top - len(ready)
+                if admit is not None and not admit():
+                    self._refused(index, task)
+                    continue
                 try:
                     if type(task) is CoroutineType:
                         value = await task
@@ -530,6 +547,9 @@ class _IoBatch:
                             break
                         task = ready.pop()
                         index = self.top - len(ready)
+                        if self.admit is not None and not self.admit():
+                            self._refused(index, task)
+                            continue
                         start = clock()
                         if timeout is not None:
                             deadlines.add(start + timeout, worker)

@@ -47,7 +47,8 @@ class _ThreadJob:
     """One batch as the worker threads see it."""
 
     __slots__ = (
-        "cancelled", "closed", "inbox", "lock", "ready", "running", "serving", "started", "timed"
+        "admit", "cancelled", "closed", "inbox", "lock", "ready", "refused", "running",
+        "serving", "started", "timed",
     )
 
     def __init__(self, inbox: Inbox, timed: bool) -> None:
@@ -62,6 +63,12 @@ class _ThreadJob:
         self.cancelled = False
         self.closed = False  # its Scheduler was closed under it
         self.inbox = inbox
+        #: limiter= with room: the ready tasks are not admitted yet; the thread that
+        #: takes one admits it first (`admit()`, never waiting), in input order.
+        self.admit = False
+        #: A limiter refused the head task: threads leave the job alone until the
+        #: loop has taken its ready tasks back (`_ThreadBatch._take_back`).
+        self.refused = False
 
 
 class ThreadPool:
@@ -123,8 +130,15 @@ class ThreadPool:
         jobs = self._jobs
         while True:
             with lock:
-                if job.cancelled or not ready:
+                if job.cancelled or job.refused or not ready:
                     job.serving -= 1
+                    return
+                if job.admit and not ready[0][1].admit():
+                    # No room in a limiter: the loop makes the task wait instead (no
+                    # thread waits for a limiter).
+                    job.refused = True
+                    job.serving -= 1
+                    inbox.poke_threadsafe()
                     return
                 ticket, fn, queued_at = ready.popleft()
                 start = _monotonic()
@@ -258,6 +272,9 @@ class _ThreadBatch:
         self.inbox = Inbox(batch.loop)
         batch.wake = self.inbox.poke  # limiter=/retry=: a task is ready to pull
         self.job = _ThreadJob(self.inbox, timed=batch.timeout is not None)
+        if batch.controls is not None:  # limiter= with room: the threads admit (`_serve`)
+            lazy = getattr(batch.source, "lazy_admission", None)
+            self.job.admit = lazy is not None and lazy() is not None
         self.outstanding = 0  # handed to the job and not yet returned by a thread
         self.buffer = batch.limit  # ready tasks kept beyond those running
         self.deadlines: Deadlines[Ticket] = Deadlines()
@@ -306,6 +323,8 @@ class _ThreadBatch:
         enough threads serve the job."""
         batch = self.batch
         job = self.job
+        if job.refused:
+            self._take_back()
         want = batch.limit + self.buffer - self.outstanding
         if want <= 0:
             return
@@ -325,6 +344,22 @@ class _ThreadBatch:
                 job.serving += threads
         if threads > 0:
             pool.offer(job, threads)
+
+    def _take_back(self) -> None:
+        """A thread found no room in a limiter for the head task: hand the job's ready
+        tasks (none admitted) back to the controls, which make them wait on the loop
+        and admit every later task before handing it out."""
+        job = self.job
+        with job.lock:
+            entries = list(job.ready)
+            job.ready.clear()
+            job.admit = job.refused = False
+        self.outstanding -= len(entries)
+        if entries:
+            first = entries[0][0].index
+            self.batch.source.not_admitted(  # type: ignore[attr-defined]
+                first, [fn for _, fn, _ in entries]
+            )
 
     def _deliver(self, items: list[Any]) -> None:
         batch = self.batch
