@@ -615,8 +615,11 @@ def test_expect_sizes_the_first_chunks_of_a_job(pool: ProcessPool) -> None:
     job.close_input()
     assert c.settled.wait(30)
     pids = [c.outcomes[i][1] for i in range(4000)]
-    # Without the hint the first chunk holds one task, the next goes elsewhere.
-    assert len(set(pids[:1000])) == 1
+    # Without the hint the first chunk holds one task, the next goes elsewhere. With
+    # it the first chunk is big (2000: half the queue); its worker may still hand the
+    # rest back after the chunk's 20 ms budget (each `getpid_after(0.0)` costs a
+    # syscall or two), so look only at the first 200 tasks, a few ms of work.
+    assert len(set(pids[:200])) == 1
 
 
 @pytest.mark.parametrize("form", ["int", "float", "str", "list"])
