@@ -34,6 +34,8 @@ from .._tasks import CachedCheck, check_cpu_task
 from ._base import LaneBase, Outcome, classify, count, pull
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from .._batch import Batch
     from .._inbox import Inbox
     from .._snapshots import WorkerResources
@@ -134,21 +136,35 @@ class ProcessLane(LaneBase):
         runner = _CpuBatch(self, batch, inbox)
         self.open_run(runner)
         try:
-            runner.job = self.pool.open_job(
-                limit=min(batch.limit, self.capacity),
-                timeout=batch.timeout,
-                deliver=inbox.put_many,
-                # The job settles once no worker works on it any more.
-                on_settled=lambda: inbox.put(_SETTLED),
-                on_gone=None if watch_gone is None else watch_gone(),
-                runs=True,
-            )
+            self._open_job(runner, inbox, None if watch_gone is None else watch_gone())
             await runner.run()
         finally:
-            self.close_run(runner)
-            if runner.job is not None:
-                self.stats.merge(runner.figures(runner.job))
-                self._remember(runner.fn, runner.job)
+            self._close_job(runner)
+
+    def _open_job(
+        self,
+        runner: _CpuBatch,
+        inbox: Inbox | _BlockingInbox,
+        on_gone: Callable[[int], None] | None = None,
+    ) -> None:
+        """The pool job of a batch, the same whether its caller waits on the loop
+        (`run`) or in its own thread (`run_blocking`)."""
+        batch = runner.batch
+        runner.job = self.pool.open_job(
+            limit=min(batch.limit, self.capacity),
+            timeout=batch.timeout,
+            deliver=inbox.put_many,
+            # The job settles once no worker works on it any more.
+            on_settled=lambda: inbox.put(_SETTLED),
+            on_gone=on_gone,
+            runs=True,
+        )
+
+    def _close_job(self, runner: _CpuBatch) -> None:
+        self.close_run(runner)
+        if runner.job is not None:
+            self.stats.merge(runner.figures(runner.job))
+            self._remember(runner.fn, runner.job)
 
     def expected_seconds(self, fn: object) -> float | None:
         """How long a task of `fn` took in its last batch here (per task), if known."""
@@ -170,17 +186,10 @@ class ProcessLane(LaneBase):
         runner = _CpuBatch(self, batch, inbox)
         self.open_run(runner)
         try:
-            runner.job = self.pool.open_job(
-                limit=min(batch.limit, self.capacity),
-                timeout=batch.timeout,
-                deliver=inbox.put_many,
-                on_settled=lambda: inbox.put(_SETTLED),
-            )
+            self._open_job(runner, inbox)
             runner.run_blocking()
         finally:
-            self.close_run(runner)
-            if runner.job is not None:
-                self.stats.merge(runner.figures(runner.job))
+            self._close_job(runner)
 
 
 class _BlockingInbox:
