@@ -4,6 +4,7 @@ die or stall in the middle of one, or send a corrupt one; and the parent's memor
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib.util
 import itertools
@@ -69,45 +70,76 @@ class FakeWorker:
     """What a reader keeps of its worker: nothing it touches."""
 
 
+class PipeReader:
+    """A reader of a `size`-byte payload on a real pipe (non-blocking read end, as the
+    pool's), `first` standing for what the manager had already read. `write` feeds the
+    pipe, `close_writer` closes its write end (end of file), `kill_writer` fires the
+    writer's sentinel (a pipe) while the data pipe stays open."""
+
+    def __init__(self, first: bytes, size: int) -> None:
+        self.r, self.w = os.pipe()
+        self.sentinel_r, self.sentinel_w = os.pipe()
+        os.set_blocking(self.r, False)
+        self.done = threading.Event()
+        self.reader = BigFrameReader(
+            FakeWorker(),  # type: ignore[arg-type]
+            self.r,
+            self.sentinel_r,
+            memoryview(first),
+            size,
+            lambda _: self.done.set(),
+        )
+        self.reader.start()
+
+    def write(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(self.w, view) :]
+
+    def close_writer(self) -> None:
+        os.close(self.w)
+        self.w = -1
+
+    def kill_writer(self) -> None:
+        os.close(self.sentinel_w)
+        self.sentinel_w = -1
+
+    def ended(self) -> BigFrameReader:
+        assert self.done.wait(20), "the reader did not end"
+        self.reader.thread.join(5)
+        assert not self.reader.thread.is_alive()
+        return self.reader
+
+    def close(self) -> None:
+        self.reader.abandon()
+        self.reader.thread.join(5)
+        for fd in (self.r, self.w, self.sentinel_r, self.sentinel_w):
+            if fd >= 0:
+                os.close(fd)
+
+
+@contextlib.contextmanager
+def pipe_reader(first: bytes, size: int) -> Iterator[PipeReader]:
+    pipe = PipeReader(first, size)
+    try:
+        yield pipe
+    finally:
+        pipe.close()
+
+
 def read_frame(
     chunks: list[bytes], size: int, *, close_writer: bool = False, pause: float = 0.0
 ) -> BigFrameReader:
-    """Feed `chunks` through a real pipe (non-blocking read end, as the pool's) to a
-    reader of a `size`-byte payload, the first chunk standing for what the manager had
-    already read. `close_writer`: the writer dies after the chunks (its sentinel, a
-    pipe, fires). Returns the reader once it ended."""
-    r, w = os.pipe()
-    sentinel_r, sentinel_w = os.pipe()
-    os.set_blocking(r, False)
-    done = threading.Event()
-    reader = BigFrameReader(
-        FakeWorker(),  # type: ignore[arg-type]
-        r,
-        sentinel_r,
-        memoryview(chunks[0]),
-        size,
-        lambda _: done.set(),
-    )
-    reader.start()
-    try:
+    """Feed `chunks` through a real pipe to a reader of a `size`-byte payload, the first
+    chunk standing for what the manager had already read. `close_writer`: the writer
+    dies after the chunks (its sentinel fires). Returns the reader once it ended."""
+    with pipe_reader(chunks[0], size) as pipe:
         for chunk in chunks[1:]:
             time.sleep(pause)
-            view = memoryview(chunk)
-            while view:
-                view = view[os.write(w, view) :]
+            pipe.write(chunk)
         if close_writer:
-            os.close(sentinel_w)
-            sentinel_w = -1
-        assert done.wait(20), "the reader did not end"
-        reader.thread.join(5)
-        assert not reader.thread.is_alive()
-        return reader
-    finally:
-        reader.abandon()
-        reader.thread.join(5)
-        for fd in (r, w, sentinel_r, sentinel_w):
-            if fd >= 0:
-                os.close(fd)
+            pipe.kill_writer()
+        return pipe.ended()
 
 
 def pieces(data: bytes, *cuts: int) -> list[bytes]:
@@ -137,30 +169,11 @@ def test_reader_stops_at_the_frame_end_and_skips_what_follows_the_pickle() -> No
     # The pickle ends before the frame: the rest is skipped (nothing of the next frame
     # is read: the bytes after the frame stay in the pipe).
     body = bytes([TAG_OK]) + pickle.dumps(b"ok") + b"\0" * (2 * MB)
-    r, w = os.pipe()
-    sentinel_r, sentinel_w = os.pipe()
-    os.set_blocking(r, False)
-    done = threading.Event()
-    reader = BigFrameReader(
-        FakeWorker(),  # type: ignore[arg-type]
-        r,
-        sentinel_r,
-        memoryview(body[:10]),
-        len(body),
-        lambda _: done.set(),
-    )
-    try:
-        reader.start()
-        rest = memoryview(body[10:] + b"NEXT")
-        while rest:
-            rest = rest[os.write(w, rest) :]
-        assert done.wait(20)
-        reader.thread.join(5)
+    with pipe_reader(body[:10], len(body)) as pipe:
+        pipe.write(body[10:] + b"NEXT")
+        reader = pipe.ended()
         assert reader.end is StreamEnd.WHOLE and reader.ok and reader.value == b"ok"
-        assert os.read(r, 100) == b"NEXT"
-    finally:
-        for fd in (r, w, sentinel_r, sentinel_w):
-            os.close(fd)
+        assert os.read(pipe.r, 100) == b"NEXT"
 
 
 def test_reader_reports_a_corrupt_frame_and_stays_in_step() -> None:
@@ -188,30 +201,10 @@ def test_reader_ends_cut_when_the_writer_dies_mid_frame() -> None:
 
 def test_reader_ends_cut_at_end_of_file_mid_frame() -> None:
     payload = bytes([TAG_OK]) + pickle.dumps(b"x" * (4 * MB), 5)
-    r, w = os.pipe()
-    sentinel_r, sentinel_w = os.pipe()
-    os.set_blocking(r, False)
-    done = threading.Event()
-    reader = BigFrameReader(
-        FakeWorker(),  # type: ignore[arg-type]
-        r,
-        sentinel_r,
-        memoryview(payload[:64]),
-        len(payload),
-        lambda _: done.set(),
-    )
-    try:
-        reader.start()
-        os.write(w, payload[64:1000])
-        os.close(w)
-        w = -1
-        assert done.wait(20)
-        reader.thread.join(5)
-        assert reader.end is StreamEnd.CUT
-    finally:
-        for fd in (r, w, sentinel_r, sentinel_w):
-            if fd >= 0:
-                os.close(fd)
+    with pipe_reader(payload[:64], len(payload)) as pipe:
+        pipe.write(payload[64:1000])
+        pipe.close_writer()
+        assert pipe.ended().end is StreamEnd.CUT
 
 
 def test_write_big_frames_as_the_protocol_does() -> None:
