@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import multiprocessing
 import os
 import pickle
@@ -429,3 +430,39 @@ def test_a_blocking_task_may_close_its_own_scheduler(caplog: pytest.LogCaptureFi
     assert sched.closed
     assert not [r for r in caplog.records if r.name.startswith("tasklanes")]
     wait_for(lambda: not tasklanes_threads(), 10, "the scheduler's threads to stop")
+
+
+def test_a_plain_io_batch_loads_no_process_controls_or_progress_code(tmp_path: Path) -> None:
+    # A script that only runs coroutines pays for what it uses: multiprocessing, the
+    # controls (limiters, retries) and progress reporting are imported by the calls
+    # that use them, not by every call.
+    script = tmp_path / "job.py"
+    script.write_text(
+        "import asyncio, json, sys\n"
+        "from tasklanes import call, run_all\n"
+        "async def one(i):\n"
+        "    await asyncio.sleep(0)\n"
+        "    return i\n"
+        "async def main():\n"
+        "    got = await run_all([one(i) for i in range(100)], limit=10)\n"
+        "    before = [m for m in ('multiprocessing', 'tasklanes._control',\n"
+        "                          'tasklanes._progress', 'random') if m in sys.modules]\n"
+        "    again = await run_all([call(one, i) for i in range(3)], retry=2,\n"
+        "                          progress=lambda u: None)\n"
+        "    after = [m for m in ('tasklanes._control', 'tasklanes._progress') if m in sys.modules]\n"
+        "    print(json.dumps({'got': got + again, 'before': before, 'after': after}))\n"
+        "asyncio.run(main())\n"
+    )
+    src = Path(tasklanes.__file__).resolve().parent.parent
+    proc = subprocess.run(
+        [sys.executable, str(script)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={"PYTHONPATH": str(src), "PATH": "/usr/bin:/bin"},
+    )
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert out["got"] == [*range(100), 0, 1, 2]
+    assert out["before"] == []
+    assert out["after"] == ["tasklanes._control", "tasklanes._progress"]

@@ -11,7 +11,12 @@ import logging
 import math
 import os
 from concurrent.futures import Executor
-from multiprocessing.context import BaseContext
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    # Annotations only: importing multiprocessing costs a few milliseconds that a
+    # script using the io or blocking lanes alone would otherwise pay.
+    from multiprocessing.context import BaseContext
 
 __all__ = [
     "ADVICE_THRESHOLD",

@@ -11,7 +11,6 @@ import time
 import weakref
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable
 from concurrent.futures import Executor
-from multiprocessing.context import BaseContext
 from typing import TYPE_CHECKING, Any
 
 from ._defaults import (
@@ -28,11 +27,14 @@ from ._tasks import KINDS, check_kind, check_limit, check_timeout
 # it is used: `run_all_sync(kind="cpu")` in a plain script runs without a loop and
 # never loads it (see `Scheduler.run_all_sync`).
 if TYPE_CHECKING:
+    from multiprocessing.context import BaseContext
+
     from ._advice import Advisor
     from ._auto import AutoRouter
     from ._batch import BatchIterator, Lane
+    from ._control import Controls
     from ._limits import LimiterArg
-    from ._progress import ProgressArg
+    from ._progress import Progress, ProgressArg
     from ._retry import Retry
     from ._snapshots import LaneSnapshot
 
@@ -272,17 +274,15 @@ class Scheduler:
         """``run_all`` on this scheduler; see [run_all][tasklanes.run_all]."""
         lane, call_limit, seconds = self._resolve(kind, limit, timeout)
         from ._batch import collect
-        from ._control import make_controls
-        from ._progress import make_progress
 
-        controls = make_controls(limiter, rate, retry)
+        controls = _controls(limiter, rate, retry)
         return await collect(
             lane,
             tasks,
             call_limit,
             seconds,
             bool(return_exceptions),
-            make_progress(progress),
+            _progress(progress),
             controls,
         )
 
@@ -301,10 +301,8 @@ class Scheduler:
         """``as_completed`` on this scheduler; see [as_completed][tasklanes.as_completed]."""
         lane, call_limit, seconds = self._resolve(kind, limit, timeout)
         from ._batch import BatchIterator
-        from ._control import make_controls
-        from ._progress import make_progress
 
-        controls = make_controls(limiter, rate, retry)
+        controls = _controls(limiter, rate, retry)
         return BatchIterator(
             lane,
             tasks,
@@ -313,7 +311,7 @@ class Scheduler:
             bool(return_exceptions),
             ordered=False,
             with_index=True,
-            progress=make_progress(progress),
+            progress=_progress(progress),
             controls=controls,
         )
 
@@ -336,11 +334,9 @@ class Scheduler:
             raise TypeError(f"amap() needs a callable first, got {type(fn).__name__}")
         lane, call_limit, seconds = self._resolve(kind, limit, timeout)
         from ._batch import BatchIterator
-        from ._control import make_controls
-        from ._progress import make_progress
 
         # A limiter= callable gets the item: the task is Call(fn, (item,), {}).
-        controls = make_controls(limiter, rate, retry, per_item=_item_of)
+        controls = _controls(limiter, rate, retry, per_item=_item_of)
         lane.check_task(_probe_task(fn), 0)  # a wrong fn fails now, not per item
         return BatchIterator(
             lane,
@@ -350,7 +346,7 @@ class Scheduler:
             bool(return_exceptions),
             ordered=bool(ordered),
             with_index=False,
-            progress=make_progress(progress),
+            progress=_progress(progress),
             controls=controls,
         )
 
@@ -386,9 +382,8 @@ class Scheduler:
             lane, call_limit, seconds = self._resolve(kind, limit, timeout)
             return collect_blocking(lane, tasks, call_limit, seconds, bool(return_exceptions))
         from ._backend import run_sync
-        from ._control import make_controls
 
-        make_controls(limiter, rate, retry)  # bad arguments fail before a loop starts
+        _controls(limiter, rate, retry)  # bad arguments fail before a loop starts
         if kind == "cpu" and self._cpu_executor is None and "cpu" not in self._lanes:
             self._start_forkserver_early()
         return run_sync(
@@ -526,6 +521,27 @@ class Scheduler:
         if self._cpu_capacity is None:
             self._cpu_capacity = cpu_capacity(self._cpu_limit, self._cpu_executor)
         return self._cpu_capacity
+
+
+def _controls(
+    limiter: object, rate: object, retry: object, per_item: Callable[[Any], Any] | None = None
+) -> Controls | None:
+    """`limiter=`, `rate=`, `retry=` checked (`make_controls`), or None when none is given.
+    The controls' module (and its imports) is loaded only by a call that uses them."""
+    if limiter is None and rate is None and retry is None:
+        return None
+    from ._control import make_controls
+
+    return make_controls(limiter, rate, retry, per_item)
+
+
+def _progress(arg: object) -> Progress | None:
+    """`progress=` checked (`make_progress`), or None for none; loaded only when used."""
+    if arg is None or arg is False:
+        return None
+    from ._progress import make_progress
+
+    return make_progress(arg)  # type: ignore[arg-type]
 
 
 def _item_of(task: Any) -> Any:
