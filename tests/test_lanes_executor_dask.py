@@ -7,6 +7,7 @@ from __future__ import annotations
 import gc
 import os
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -152,6 +153,37 @@ async def test_dask_a_failing_task_fails_only_itself(dask_client: Any) -> None:
         assert "task 1" in " ".join(getattr(info.value, "__notes__", ()))
         stats = sched.stats()["cpu"]
         assert stats.failed >= 2 and stats.completed >= 2
+
+
+@pytest.mark.timeout(120)
+async def test_dask_run_all_holds_successes_but_not_failures(dask_client: Any) -> None:
+    # run_all without progress fetches a map's successes in one gather at its end
+    # (`Batch.streams`); a failure must still stop the batch at once, not after the
+    # slow tasks beside it.
+    await wait_idle(dask_client)
+    tasks = [call(T.sleep_return, 6, "slow"), call(T.raise_custom, "early")]
+    tasks += [call(T.double, i) for i in range(2, 20)]
+    with Scheduler(cpu_executor=dask_client.get_executor()) as sched:
+        start = time.monotonic()
+        with pytest.raises(T.CustomError, match="early"):
+            await sched.run_all(tasks, kind="cpu")
+        assert time.monotonic() - start < 4.5  # the slow task takes 6 s
+        await wait_idle(dask_client)
+        # The same with return_exceptions: every outcome, in order, once all are in.
+        quick = [call(T.double, 1), call(T.raise_custom, "x"), *tasks[2:]]
+        results = await sched.run_all(quick, kind="cpu", return_exceptions=True)
+        assert results[0] == 2 and type(results[1]) is T.CustomError
+        assert results[2:] == [2 * i for i in range(2, 20)]
+        # With progress, successes are handed over as they finish (here: before the
+        # slow task's end, which is last).
+        seen: list[int] = []
+        await sched.run_all(
+            [call(T.sleep_return, 2, "slow"), *[call(T.double, i) for i in range(5)]],
+            kind="cpu",
+            progress=lambda update: seen.append(update.done),
+        )
+        assert seen[-1] == 6 and len(set(seen)) >= 2
+    assert await wait_released(dask_client) == []
 
 
 @pytest.mark.timeout(120)

@@ -81,6 +81,7 @@ class Batch:
         "scope",
         "source",
         "stopping",
+        "streams",
         "timeout",
         "wake",
         "widen",
@@ -134,6 +135,11 @@ class Batch:
         #: ``filled``; everything else still goes through ``emit``.
         self.results: list[Any] | None = None
         self.filled = 0
+        #: Whether anyone looks at outcomes before the batch is over (an iterator's
+        #: consumer, a progress bar). ``run_all`` without progress does not: a lane
+        #: that pays per hand-over (a Dask cluster's fetches) may then hand its
+        #: successes over in fewer, larger lots. Failures still come at once.
+        self.streams = True
 
     def _emit_ok_one(self, index: int, value: Any) -> None:
         self.emit(index, True, value)
@@ -306,6 +312,7 @@ def _collecting(
     batch = Batch(
         source, limit, timeout, emit, loop, progress, emit_ok_many, emit_ok, controls
     )
+    batch.streams = progress is not None
     return batch, source, store, runs
 
 

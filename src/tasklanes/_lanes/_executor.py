@@ -345,12 +345,26 @@ class _DaskBatch:
         one every `_GATHER_INTERVAL`."""
         import asyncio  # the client's loop is Tornado's on asyncio
 
+        # ``run_all`` without progress reads nothing before the end (`Batch.streams`):
+        # the map's successes are then fetched in one gather once they are all done,
+        # as ``client.map`` + ``gather`` does. A failure or a cancellation is still
+        # handed over as soon as it is known (with the successes held so far), so
+        # fail-fast and timeouts keep their timing.
+        holding = not self.batch.streams and self.batch.timeout is None
+        held: list[Any] = []
         try:
             finishing = self._as_completed(futures, loop=self.client.loop)
             async for first in finishing:
                 done = [first, *finishing.next_batch(block=False)]
+                if holding:
+                    held += done
+                    if not finishing.is_empty() and all(
+                        f.status == "finished" for f in done
+                    ):
+                        continue
+                    done, held = held, []
                 self._post(await self._outcomes(done))
-                if not finishing.is_empty():
+                if not holding and not finishing.is_empty():
                     # Each gather costs the cluster's scheduler a trip to the workers,
                     # and for small tasks that scheduler is the bottleneck: fetch at
                     # most every few ms (the first results are never held back).
