@@ -32,6 +32,27 @@ from ._tasks import Gauge
 pytestmark = pytest.mark.anyio
 
 
+def run_on_asyncio_and_trio(main: Any, timeout: float) -> list[BaseException]:
+    """Run `main` on an asyncio loop and a trio loop at once, each in its own thread;
+    return what either raised."""
+    import trio
+
+    errors: list[BaseException] = []
+
+    def runner(which: str) -> None:
+        try:
+            trio.run(main) if which == "trio" else asyncio.run(main())
+        except BaseException as exc:  # pragma: no cover - reported by the caller
+            errors.append(exc)
+
+    threads = [threading.Thread(target=runner, args=(w,)) for w in ("asyncio", "trio")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout)
+    return errors
+
+
 def overlaps(intervals: list[tuple[float, float]]) -> int:
     """The most intervals open at one moment."""
     events = sorted([(s, 1) for s, _ in intervals] + [(e, -1) for _, e in intervals])
@@ -224,7 +245,6 @@ async def test_a_timed_out_blocking_task_holds_its_limiter_until_its_thread_retu
 
 
 def test_two_event_loops_in_two_threads_share_a_limiter_through_run_all() -> None:
-    import trio
 
     gauge = Gauge()
     lim = Limiter(concurrency=1)
@@ -241,20 +261,7 @@ def test_two_event_loops_in_two_threads_share_a_limiter_through_run_all() -> Non
         await run_all([task] * 10, limiter=lim)
         await run_all([blocking_task] * 10, kind="blocking", limiter=lim)
 
-    errors: list[BaseException] = []
-
-    def runner(which: str) -> None:
-        try:
-            trio.run(main) if which == "trio" else asyncio.run(main())
-        except BaseException as exc:  # pragma: no cover - reported below
-            errors.append(exc)
-
-    threads = [threading.Thread(target=runner, args=(w,)) for w in ("asyncio", "trio")]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
-    assert not errors
+    assert run_on_asyncio_and_trio(main, 60) == []
     assert gauge.started == 40 and gauge.peak == 1
 
 
@@ -635,7 +642,6 @@ async def test_a_failed_batch_gives_back_what_lazy_admission_took(kind: str) -> 
 def test_lazy_admission_shared_by_two_loops_in_two_threads(concurrency: int) -> None:
     """Two loops share one concurrency limiter; with room for both (50) or not (25:
     both batches run short at times and hand over to the waiting path)."""
-    import trio
 
     gauge = Gauge()
     lim = Limiter(concurrency=concurrency)
@@ -659,19 +665,6 @@ def test_lazy_admission_shared_by_two_loops_in_two_threads(concurrency: int) -> 
             [call(blocking_task, i) for i in range(300)], kind="blocking", limit=20, limiter=lim
         ) == list(range(300))
 
-    errors: list[BaseException] = []
-
-    def runner(which: str) -> None:
-        try:
-            trio.run(main) if which == "trio" else asyncio.run(main())
-        except BaseException as exc:  # pragma: no cover - reported below
-            errors.append(exc)
-
-    threads = [threading.Thread(target=runner, args=(w,)) for w in ("asyncio", "trio")]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(120)
-    assert not errors
+    assert run_on_asyncio_and_trio(main, 120) == []
     assert gauge.started == 2 * 2300 and gauge.peak <= concurrency
     assert lim.held == 0 and lim.waiting == 0
