@@ -245,7 +245,6 @@ async def test_a_timed_out_blocking_task_holds_its_limiter_until_its_thread_retu
 
 
 def test_two_event_loops_in_two_threads_share_a_limiter_through_run_all() -> None:
-
     gauge = Gauge()
     lim = Limiter(concurrency=1)
 
@@ -642,7 +641,6 @@ async def test_a_failed_batch_gives_back_what_lazy_admission_took(kind: str) -> 
 def test_lazy_admission_shared_by_two_loops_in_two_threads(concurrency: int) -> None:
     """Two loops share one concurrency limiter; with room for both (50) or not (25:
     both batches run short at times and hand over to the waiting path)."""
-
     gauge = Gauge()
     lim = Limiter(concurrency=concurrency)
 
