@@ -122,14 +122,25 @@ async def test_a_prime_counter_moves_to_the_cpu_lane(sched: Scheduler, caught: C
     assert len(caught.about(decision.function)) == 1
 
 
-async def test_hashing_big_buffers_stays_on_threads(sched: Scheduler) -> None:
+async def test_hashing_big_buffers_stays_on_threads() -> None:
     # sha256 computes, but with the GIL released: two threads compute at once, so
     # threads serve it as well as processes would, without pickling 64 MB a task.
+    # The pair stage measures two threads' CPU shares; on a shared 2-core machine
+    # another job can starve one of them below the "parallel" share for the whole
+    # measurement, so a misjudged measurement is taken again, with a fresh Scheduler
+    # (a decision is kept per Scheduler), up to three times.
     data = b"x" * (64 << 20)
-    results = await sched.run_all([call(sha256_hex, data) for _ in range(16)], kind="auto")
-    assert results == [sha256_hex(data)] * 16
-    stats = sched.stats()
-    decision = decisions(sched, "blocking")[f"{sha256_hex.__module__}.sha256_hex"]
+    key = f"{sha256_hex.__module__}.sha256_hex"
+    for _ in range(3):
+        with Scheduler(blocking_limit=8, cpu_limit=2) as sched:
+            results = await sched.run_all([call(sha256_hex, data) for _ in range(16)], kind="auto")
+            assert results == [sha256_hex(data)] * 16
+            stats = sched.stats()
+            if key in decisions(sched, "blocking"):
+                break
+            # Misjudged: the batch went to the cpu lane, whole and correct.
+            assert key in decisions(sched, "cpu")
+    decision = decisions(sched, "blocking")[key]
     assert decision.cpu_share is not None and decision.cpu_share >= 0.8
     assert "releases the GIL" in decision.reason
     assert stats["cpu"].completed == 0 and stats["blocking"].completed == 16
@@ -436,8 +447,7 @@ async def test_tasks_waiting_for_a_limiter_show_in_the_chosen_lanes_limited_gaug
 
             async def batch() -> None:
                 results.extend(
-                    await sched.run_all([call(task, i) for i in range(4)], kind="auto",
-                                        limiter=lim)
+                    await sched.run_all([call(task, i) for i in range(4)], kind="auto", limiter=lim)
                 )
 
             tg.start_soon(batch)
