@@ -1,11 +1,24 @@
-"""Helpers shared by the tests: waiting for a condition, and asking whether a process
-lives. One definition each, so that every test means the same thing by them."""
+"""Helpers shared by the tests: waiting for a condition, asking whether a process
+lives, running a script as a user would. One definition each, so that every test
+means the same thing by them."""
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
+import textwrap
 import time
 from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import tasklanes
+
+#: The folder that holds the package under test: a script run in a fresh interpreter
+#: imports this tasklanes, whatever is installed.
+SRC = Path(tasklanes.__file__).resolve().parent.parent
 
 
 def wait_for(predicate: Callable[[], object], seconds: float = 10.0, what: str = "") -> bool:
@@ -50,3 +63,25 @@ def tasklanes_threads() -> list[str]:
     import threading
 
     return [t.name for t in threading.enumerate() if t.name.startswith("tasklanes")]
+
+
+def run_json_script(tmp_path: Path, body: str, *args: str, timeout: float = 50) -> dict[str, Any]:
+    """Run ``body`` (dedented) as ``tmp_path/job.py`` in a fresh interpreter, with only
+    the package under test on its path, and return the JSON object its last line of
+    output prints (plus its ``stdout`` and ``stderr``). Fails the test if it exits
+    with an error."""
+    script = tmp_path / "job.py"
+    script.write_text(textwrap.dedent(body))
+    proc = subprocess.run(
+        [sys.executable, str(script), *args],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={"PYTHONPATH": str(SRC), "PATH": "/usr/bin:/bin"},
+    )
+    assert proc.returncode == 0, proc.stderr
+    out: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
+    out["stderr"] = proc.stderr
+    out["stdout"] = proc.stdout
+    return out

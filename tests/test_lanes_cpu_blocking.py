@@ -7,25 +7,20 @@ tests/test_reliability_interrupts.py's ``cpu`` mode.
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-import textwrap
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-import tasklanes
 from tasklanes import Scheduler, TaskTimeout, WorkerCrashed, call
 
 from . import _pool_tasks as P
 from . import _tasks as T
+from ._helpers import run_json_script
 
 pytestmark = [pytest.mark.timeout(60)]
 
-SRC = Path(tasklanes.__file__).resolve().parent.parent
 
 
 @pytest.fixture
@@ -43,10 +38,9 @@ def sched(monkeypatch: pytest.MonkeyPatch) -> Iterator[Scheduler]:
 
 
 def test_a_script_runs_a_cpu_list_without_importing_an_event_loop(tmp_path: Path) -> None:
-    script = tmp_path / "job.py"
-    script.write_text(
-        textwrap.dedent(
-            """
+    out = run_json_script(
+        tmp_path,
+        """
             import json, sys
             from tasklanes import call, run_all_sync, get_scheduler
 
@@ -60,18 +54,8 @@ def test_a_script_runs_a_cpu_list_without_importing_an_event_loop(tmp_path: Path
                 loaded = [m for m in ("anyio", "asyncio", "trio") if m in sys.modules]
                 completed = get_scheduler().stats()["cpu"]["completed"]
                 print(json.dumps({"results": results, "loaded": loaded, "completed": completed}))
-            """
-        )
+            """,
     )
-    proc = subprocess.run(
-        [sys.executable, str(script)],
-        capture_output=True,
-        text=True,
-        timeout=50,
-        env={"PYTHONPATH": str(SRC), "PATH": "/usr/bin:/bin"},
-    )
-    assert proc.returncode == 0, proc.stderr
-    out = json.loads(proc.stdout)
     assert out["results"] == [i * i for i in range(20)]
     assert out["loaded"] == []
     assert out["completed"] == 20

@@ -6,39 +6,13 @@ pool's start is known (a pytest process may hold threads of other tests' plugins
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-import textwrap
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-import tasklanes
+from ._helpers import run_json_script as run_script
 
 pytestmark = [pytest.mark.timeout(60)]
-
-SRC = Path(tasklanes.__file__).resolve().parent.parent
-
-
-def run_script(tmp_path: Path, body: str, *args: str) -> dict[str, Any]:
-    script = tmp_path / "job.py"
-    script.write_text(textwrap.dedent(body))
-    env = {"PYTHONPATH": str(SRC), "PATH": "/usr/bin:/bin"}
-    proc = subprocess.run(
-        [sys.executable, str(script), *args],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=50,
-        env=env,
-    )
-    assert proc.returncode == 0, proc.stderr
-    out: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
-    out["stderr"] = proc.stderr
-    out["stdout"] = proc.stdout
-    return out
 
 
 COMMON = """

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import multiprocessing
 import os
 import pickle
@@ -21,7 +20,7 @@ import tasklanes
 from tasklanes import LaneSnapshot, Scheduler, TaskTimeout, call, get_scheduler, run_all
 
 from . import _tasks as T
-from ._helpers import pid_exists, tasklanes_threads, wait_for
+from ._helpers import pid_exists, run_json_script, tasklanes_threads, wait_for
 
 pytestmark = pytest.mark.anyio
 
@@ -436,8 +435,8 @@ def test_a_plain_io_batch_loads_no_process_controls_or_progress_code(tmp_path: P
     # A script that only runs coroutines pays for what it uses: multiprocessing, the
     # controls (limiters, retries) and progress reporting are imported by the calls
     # that use them, not by every call.
-    script = tmp_path / "job.py"
-    script.write_text(
+    out = run_json_script(
+        tmp_path,
         "import asyncio, json, sys\n"
         "from tasklanes import call, run_all\n"
         "async def one(i):\n"
@@ -453,16 +452,6 @@ def test_a_plain_io_batch_loads_no_process_controls_or_progress_code(tmp_path: P
         "    print(json.dumps({'got': got + again, 'before': before, 'after': after}))\n"
         "asyncio.run(main())\n"
     )
-    src = Path(tasklanes.__file__).resolve().parent.parent
-    proc = subprocess.run(
-        [sys.executable, str(script)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env={"PYTHONPATH": str(src), "PATH": "/usr/bin:/bin"},
-    )
-    assert proc.returncode == 0, proc.stderr
-    out = json.loads(proc.stdout)
     assert out["got"] == [*range(100), 0, 1, 2]
     assert out["before"] == []
     assert out["after"] == ["tasklanes._control", "tasklanes._progress"]
