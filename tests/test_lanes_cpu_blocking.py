@@ -22,7 +22,6 @@ from ._helpers import run_json_script
 pytestmark = [pytest.mark.timeout(60)]
 
 
-
 @pytest.fixture
 def sched(monkeypatch: pytest.MonkeyPatch) -> Iterator[Scheduler]:
     # Proof that the batches below take the loop-free path: the loop path would
