@@ -1583,6 +1583,62 @@ def floor_oneshot(s: Suite) -> None:
     case["floor_s"] = seconds * 8 / usable_cpus()
 
 
+# The io cases as whole one-shot scripts: interpreter start, imports (tasklanes and the
+# anyio backend it runs on, against asyncio alone), 100k coroutines, exit.
+IO_SCRIPTS = {
+    TASKLANES: """
+import asyncio
+from tasklanes import run_all
+
+async def job(i):
+    await asyncio.sleep(0)
+    return i
+
+async def main():
+    r = await run_all({input}, limit=1000)
+    assert len(r) == {n}
+
+asyncio.run(main())
+""",
+    "hand-written loop (1000 asyncio workers, shared iterator)": """
+import asyncio
+
+async def job(i):
+    await asyncio.sleep(0)
+    return i
+
+async def main():
+    results = [None] * {n}
+    it = enumerate({input})
+
+    async def worker():
+        for i, coro in it:
+            results[i] = await coro
+
+    async with asyncio.TaskGroup() as tg:
+        for _ in range(1000):
+            tg.create_task(worker())
+    assert len(results) == {n}
+
+asyncio.run(main())
+""",
+}
+
+
+def floor_io_scripts(s: Suite) -> None:
+    rounds = 1 if s.quick else max(5, s.rounds)
+    n = 1_000 if s.quick else 100_000
+    hand = "hand-written loop (1000 asyncio workers, shared iterator)"
+    for case_id, shape, source, target in (
+        ("floor.io.gen_script", "generator", f"(job(i) for i in range({n}))", 1.5),
+        ("floor.io.list_script", "list", f"[job(i) for i in range({n})]", 1.3),
+    ):
+        scripts = {k: v.format(input=source, n=n) for k, v in IO_SCRIPTS.items()}
+        compare_scripts(s, case_id, f"io: a whole one-shot script, {n:,} x asyncio.sleep(0), "
+                        f"{shape} input, limit 1000 (interpreter start, imports, tasks, exit)",
+                        n, scripts, [(hand, target, "0.2.0 target, as a whole process")], rounds)
+
+
 def floor_dask(s: Suite) -> None:
     if skip_missing("distributed", "Dask floor case"):
         return
@@ -1698,7 +1754,8 @@ def floor_big_result(s: Suite) -> None:
 
 def bench_floor(s: Suite) -> None:
     """Issue 14's table: each case against the hand-tuned floor it names."""
-    for part in (floor_io, floor_cpu_warm, floor_oneshot, floor_dask, floor_big_result):
+    for part in (floor_io, floor_io_scripts, floor_cpu_warm, floor_oneshot, floor_dask,
+                 floor_big_result):
         try:
             part(s)
         except Exception as exc:  # one broken case must not lose the others
