@@ -326,13 +326,21 @@ class _IoBatch:
 
     def _take_nowait(self) -> bool:
         """With controls: the next tasks for a worker holding an io slot, if they need
-        no waiting. Otherwise (False) the worker ends and a fresh one, holding no slot,
-        waits in `_refill` instead: waiting for a limiter takes no io capacity."""
+        no waiting. Otherwise (False) the worker ends, and one worker holding no slot
+        waits in `_refill` instead (a fresh one, unless one waits or is on its way
+        already): waiting for a limiter or a retry takes no io capacity."""
         if self.ready:  # another worker pulled a chunk meanwhile
             return True
         batch = self.batch
+        source = batch.source
+        if self.results is not None and not self.done:
+            # retry= alone: the source counts the successes stored in place
+            # (`batch.filled`) to tell when none can come back; this worker's are
+            # counted already (its block), those of `times` now.
+            self._bucket()
+            if self.pulling and source.exhausted:
+                source.recheck()  # type: ignore[attr-defined]  # the waiting worker ends
         if not self.done and not self.pulling and not batch.stopping:
-            source = batch.source
             try:
                 tasks = source.take(self.chunk)
             except Exception as exc:
@@ -349,8 +357,11 @@ class _IoBatch:
             if source.exhausted:
                 self.done = True
         if not self.done and not batch.stopping:
-            self.starting += 1  # this worker's replacement (nworkers is unchanged)
-            self.spawn(self.worker)
+            if self.pulling or self.starting:
+                self.nworkers -= 1  # a worker waits for the input already, or will
+            else:
+                self.starting += 1  # this worker's replacement (nworkers is unchanged)
+                self.spawn(self.worker)
         return False
 
     def _refused(self, index: int, task: Any) -> None:
