@@ -325,6 +325,9 @@ class ControlledSource:
         #: Then a success stored under a retry's lane index is moved to its real index
         #: at the end (`move_filled`), and `in_flight` still counts every success.
         self.filled_by: Batch | None = batch if batch.results is not None else None
+        #: ... and successes it timed one by one, in this list until it counts them
+        #: into `batch.filled` in bulk: one entry each (set by the io lane).
+        self.uncounted: list[float] = []
         #: With limiters, a success may make room for the next admission: wake a
         #: waiting lane on each. retry= alone: only when none is left in flight.
         self.wake_on_ok = controls.fixed != ()
@@ -393,12 +396,12 @@ class ControlledSource:
         # With retry, none can come back once none is in flight.
         in_flight = self.in_flight
         if self.filled_by is not None:  # successes stored in place, counted by the lane
-            in_flight -= self.filled_by.filled
+            in_flight -= self.filled_by.filled + len(self.uncounted)
         return in_flight == 0
 
     def recheck(self) -> None:
-        """The io lane counted successes it stored in place (`filled_by`): a lane
-        waiting for the input (`next`) looks again whether any task can come back."""
+        """The io lane has counted successes it stored in place (`filled_by`): a
+        lane waiting for the input (`next`) looks again whether any can come back."""
         event = self._event
         if event is not None:
             self._event = None

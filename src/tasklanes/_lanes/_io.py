@@ -224,6 +224,10 @@ class _IoBatch:
         self.controlled = batch.controls is not None
         #: ``run_all``'s list, filled in place (see `Batch.results`), or None.
         self.results = batch.results
+        if self.results is not None and self.controlled:
+            # retry= alone (see `_take_nowait`): the controls count the successes
+            # timed one by one from `times` until they are bucketed into `filled`.
+            source.uncounted = self.times  # type: ignore[attr-defined]
         #: What a worker runs. Without a timeout, the hot loop itself: a task that
         #: suspends then passes through one frame fewer each way.
         self.worker = self._work_plain if batch.timeout is None else self._worker
@@ -333,13 +337,12 @@ class _IoBatch:
             return True
         batch = self.batch
         source = batch.source
-        if self.results is not None and not self.done:
-            # retry= alone: the source counts the successes stored in place
-            # (`batch.filled`) to tell when none can come back; this worker's are
-            # counted already (its block), those of `times` now.
-            self._bucket()
-            if self.pulling and source.exhausted:
-                source.recheck()  # type: ignore[attr-defined]  # the waiting worker ends
+        if self.results is not None and self.pulling and source.exhausted:
+            # retry= alone: the source counts the successes stored in place to tell
+            # when none can come back (`batch.filled`, and `times`: see `__init__`).
+            # This worker's block is counted now: if it was the last, the waiting
+            # worker ends.
+            source.recheck()  # type: ignore[attr-defined]
         if not self.done and not self.pulling and not batch.stopping:
             try:
                 tasks = source.take(self.chunk)
