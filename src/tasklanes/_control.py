@@ -37,6 +37,12 @@ The lane sees an ordinary source and an ordinary `emit`; this layer sits in both
   never reaches the batch's `emit`: the task waits out its backoff holding nothing,
   then goes back through admission. The source says `END` only when no task of the
   batch can come back any more.
+* **`retry=` alone** (no limiter): tasks taken from a sync input before any retry is
+  handed out keep their real index as lane index (`direct_end`): a success goes
+  straight to the caller's `emit_ok`, with nothing to translate or release. For
+  `run_all` on a list on the io lane, the lane stores successes in place in the list
+  it returns, as without controls, and only counts them (`filled_by`); a retry's
+  success, stored under its lane index, is moved to its real index at the end.
 
 One file on purpose, past 500 lines: admission (eager, lazy, queued), the lane-index
 translation and the release points share `ControlledSource`'s counters
