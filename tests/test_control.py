@@ -513,6 +513,142 @@ async def test_async_input_with_a_limiter_and_retry() -> None:
     assert lim.held == 0
 
 
+# -- retry= alone on a list: first attempts keep their indexes (io: results stored in place) --
+
+
+@pytest.mark.parametrize("kind", ["io", "blocking", "cpu"])
+async def test_retry_alone_on_a_list_keeps_input_order(kind: str, tmp_path: Path) -> None:
+    """Every fifth task fails once; its retry runs under a new lane index while the
+    other tasks' first attempts report under their own: all land at their place."""
+    n = 60
+    flaky = set(range(0, n, 5))
+    calls: dict[int, int] = {}
+
+    async def io_task(i: int) -> int:
+        calls[i] = calls.get(i, 0) + 1
+        await anyio.sleep(0)
+        if i in flaky and calls[i] == 1:
+            raise ConnectionResetError(f"{i} reset")
+        return i * 10
+
+    def sync_task(i: int) -> int:
+        if i in flaky:
+            return fail_until(str(tmp_path / f"t{i}"), 1, i * 10)  # type: ignore[return-value]
+        return i * 10
+
+    with Scheduler(cpu_limit=2) as sched:
+        tasks: list[Any] = [
+            call(io_task if kind == "io" else sync_task, i) for i in range(n)
+        ]
+        if kind == "cpu":
+            tasks = [
+                call(fail_until, str(tmp_path / f"t{i}"), 1, i * 10)
+                if i in flaky
+                else call(int, str(i * 10))
+                for i in range(n)
+            ]
+        results = await sched.run_all(tasks, kind=kind, limit=4, retry=Retry(3, backoff=0.01))
+        assert results == [i * 10 for i in range(n)]
+        assert sched.stats()[kind].retried == len(flaky)
+        assert sched.stats()[kind].completed == n
+
+
+@pytest.mark.parametrize("timeout", [None, 10.0])
+async def test_io_retry_alone_final_errors_and_notes_land_in_place(timeout: float | None) -> None:
+    """Successes stored in place by the io lane, retried successes moved to their
+    index, final failures (retried or not) at theirs with their notes."""
+    calls: dict[int, int] = {}
+
+    async def task(i: int) -> int:
+        calls[i] = calls.get(i, 0) + 1
+        if i % 7 == 3:
+            raise ConnectionError(f"{i} always")  # retried, then the final error
+        if i % 7 == 5:
+            raise ValueError(f"{i} not retryable")
+        if i % 7 == 1 and calls[i] < 3:
+            raise TimeoutError(f"{i} twice")  # the third attempt works
+        return -i
+
+    with Scheduler() as sched:
+        results = await sched.run_all(
+            [call(task, i) for i in range(40)],
+            limit=3,
+            timeout=timeout,
+            retry=Retry(3, backoff=0.001),
+            return_exceptions=True,
+        )
+        assert len(results) == 40
+        for i, got in enumerate(results):
+            if i % 7 == 3:
+                assert isinstance(got, ConnectionError) and str(got) == f"{i} always"
+                assert "(tasklanes: failed after 3 attempts)" in got.__notes__
+                assert f"(tasklanes: raised by task {i} of the batch)" in got.__notes__
+                assert calls[i] == 3
+            elif i % 7 == 5:
+                assert isinstance(got, ValueError) and calls[i] == 1
+                assert not any("attempts" in note for note in got.__notes__)
+            else:
+                assert got == -i
+                assert calls[i] == (3 if i % 7 == 1 else 1)
+        stats = sched.stats()["io"]
+        # i % 7 == 3: 6 tasks, 2 retries each; i % 7 == 1: 6 tasks, 2 retries each;
+        # i % 7 == 5: 5 tasks. The lane counts each failed attempt.
+        assert stats.retried == 24
+        assert stats.completed == 40 - 6 - 5 and stats.failed == 6 * 3 + 6 * 2 + 5
+
+
+async def test_io_retries_that_come_back_after_every_worker_ended() -> None:
+    """Every first attempt fails; the retries come back once the io workers have
+    run out of tasks and ended (one waits for them): the lane grows again to `limit`.
+    The second attempts wait for one another, so fewer than `limit` workers hang."""
+    limit = 5
+    running = 0
+    together = anyio.Event()
+    calls: dict[int, int] = {}
+
+    async def task(i: int) -> int:
+        nonlocal running
+        calls[i] = calls.get(i, 0) + 1
+        if calls[i] == 1:
+            raise ConnectionError("first")
+        running += 1
+        if running == limit:
+            together.set()
+        with anyio.fail_after(10):
+            await together.wait()
+        return i
+
+    results = await run_all(
+        [call(task, i) for i in range(20)],
+        limit=limit,
+        retry=Retry(2, backoff=0.05, jitter=False),
+    )
+    assert results == list(range(20))
+    assert all(c == 2 for c in calls.values())
+
+
+async def test_retry_alone_on_a_list_with_as_completed_and_amap() -> None:
+    calls: dict[int, int] = {}
+
+    async def flaky(i: int) -> int:
+        calls[i] = calls.get(i, 0) + 1
+        if calls[i] == 1 and i % 3 == 0:
+            raise ConnectionError("once")
+        return i
+
+    seen = {
+        i: v
+        async for i, v in as_completed(
+            [call(flaky, i) for i in range(30)], limit=4, retry=Retry(2, backoff=0.001)
+        )
+    }
+    assert seen == {i: i for i in range(30)}
+    ordered = [
+        v async for v in amap(flaky, list(range(30, 60)), limit=4, retry=Retry(2, backoff=0.001))
+    ]
+    assert ordered == list(range(30, 60))
+
+
 # -- lazy admission (io and blocking: the lane admits each task as it starts it) ----------
 
 

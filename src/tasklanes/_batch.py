@@ -232,9 +232,15 @@ async def collect(
     """``run_all``: every outcome, in input order."""
     from ._backend import LoopHandle
 
-    if progress is None and controls is None and getattr(lane, "fills_results", False):
-        source = Source(tasks, lane.check_task)
-        return await _collect_filled(lane, source, limit, timeout, return_exceptions)
+    if progress is None and getattr(lane, "fills_results", False):
+        if controls is None:
+            source = Source(tasks, lane.check_task)
+            return await _collect_filled(lane, source, limit, timeout, return_exceptions)
+        if controls.retry is not None and controls.fixed == () and isinstance(tasks, (list, tuple)):
+            # retry= alone on a list: first attempts keep their indexes, and the lane
+            # stores successes in place as without it (`ControlledSource.filled_by`).
+            source = Source(tasks, controls.check(lane.check_task))
+            return await _collect_filled(lane, source, limit, timeout, return_exceptions, controls)
     batch, source, store, runs = _collecting(
         lane, tasks, limit, timeout, return_exceptions, progress, controls, LoopHandle()
     )
@@ -334,11 +340,17 @@ def _in_order(
 
 
 async def _collect_filled(
-    lane: Lane, source: Source, limit: int, timeout: float | None, return_exceptions: bool
+    lane: Lane,
+    source: Source,
+    limit: int,
+    timeout: float | None,
+    return_exceptions: bool,
+    controls: Controls | None = None,
 ) -> list[Any]:
     """``run_all`` on a lane that stores successes in ``batch.results`` itself (the
-    io lane, without progress or controls): the list it fills is the answer, with no
-    dict and no copy. Failures, and anything a lane hands to ``emit``, land in it too."""
+    io lane, without progress, and without controls or with ``retry=`` alone on a
+    list): the list it fills is the answer, with no dict and no copy. Failures, and
+    anything a lane hands to ``emit``, land in it too."""
     from ._backend import LoopHandle
 
     results: list[Any] = []
@@ -354,9 +366,11 @@ async def _collect_filled(
         results[index] = value
         emitted += 1
 
-    batch = Batch(source, limit, timeout, emit, LoopHandle())
+    batch = Batch(source, limit, timeout, emit, LoopHandle(), controls=controls)
     batch.results = results
     await run_batch(lane, batch)
+    if controls is not None:  # retried successes stored under later lane indexes
+        batch.source.move_filled(results)  # type: ignore[attr-defined]
     pulled = source.pulled
     if len(results) != pulled or batch.filled + emitted != pulled:  # pragma: no cover
         raise RuntimeError(  # a bug in a lane, never silent

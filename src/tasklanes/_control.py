@@ -37,6 +37,12 @@ The lane sees an ordinary source and an ordinary `emit`; this layer sits in both
   never reaches the batch's `emit`: the task waits out its backoff holding nothing,
   then goes back through admission. The source says `END` only when no task of the
   batch can come back any more.
+* **`retry=` alone** (no limiter): tasks taken from a sync input before any retry is
+  handed out keep their real index as lane index (`direct_end`): a success goes
+  straight to the caller's `emit_ok`, with nothing to translate or release. For
+  `run_all` on a list on the io lane, the lane stores successes in place in the list
+  it returns, as without controls, and only counts them (`filled_by`); a retry's
+  success, stored under its lane index, is moved to its real index at the end.
 
 One file on purpose, past 500 lines: admission (eager, lazy, queued), the lane-index
 translation and the release points share `ControlledSource`'s counters
@@ -251,6 +257,17 @@ def _nothing() -> None:
     return None
 
 
+def _ok_one(emit: Callable[[int, bool, Any], None], index: int, value: Any) -> None:
+    emit(index, True, value)
+
+
+def _ok_each(
+    emit: Callable[[int, bool, Any], None], indexes: Sequence[int], values: list[Any]
+) -> None:
+    for index, value in zip(indexes, values, strict=True):
+        emit(index, True, value)
+
+
 def _renumbered(exc: BaseException, index: int) -> BaseException:
     """A `TaskTimeout` or `WorkerCrashed` the lane made with its lane index, made
     again with the task's real index (its message names the index too)."""
@@ -284,8 +301,16 @@ class ControlledSource:
         #: the lane figures they are counted in (see `_limited`).
         self.limited = 0
         self.limited_in = lane.stats
-        self.forward = batch.emit
+        self.forward = emit = batch.emit
+        #: A success straight to the caller's own `emit_ok` (for `run_all`, a dict
+        #: store). The batch's defaults call `batch.emit`, which is ours from now on:
+        #: they are replaced by the same over the caller's `emit`.
+        self.forward_ok = batch.emit_ok
         self.forward_ok_many = batch.emit_ok_many
+        if getattr(self.forward_ok, "__self__", None) is batch:
+            self.forward_ok = functools.partial(_ok_one, emit)
+        if getattr(self.forward_ok_many, "__self__", None) is batch:
+            self.forward_ok_many = functools.partial(_ok_each, emit)
         self.ready: deque[_Admitted] = deque()
         self.in_flight = 0  # pulled from the input and without a final outcome yet
         self.pending = 0  # waiting for a limiter or a backoff
@@ -297,6 +322,21 @@ class ControlledSource:
         self.error: Exception | None = None  # the input failed while read in the background
         self.handed = 0  # tasks handed to the lane: the next lane index
         self.real: dict[int, int] = {}  # lane index -> the task's index in the input
+        #: retry= alone: lane indexes below this are first attempts handed out in bulk
+        #: straight from a sync input, each under its real index (not in `real`), and
+        #: holding nothing. A retry takes a new lane index past them.
+        self.direct_end = 0
+        #: The io lane stores `run_all`'s successes in place (`batch.results`, by lane
+        #: index) and only counts them (`batch.filled`): they never reach `emit_ok`.
+        #: Then a success stored under a retry's lane index is moved to its real index
+        #: at the end (`move_filled`), and `in_flight` still counts every success.
+        self.filled_by: Batch | None = batch if batch.results is not None else None
+        #: ... and successes it timed one by one, in this list until it counts them
+        #: into `batch.filled` in bulk: one entry each (set by the io lane).
+        self.uncounted: list[float] = []
+        #: With limiters, a success may make room for the next admission: wake a
+        #: waiting lane on each. retry= alone: only when none is left in flight.
+        self.wake_on_ok = controls.fixed != ()
         #: The limiters of each attempt handed out, by lane index: a `_Hold` for
         #: blocking tasks (their thread releases it), the limiters themselves else.
         self.holds: dict[int, Any] = {}
@@ -357,7 +397,29 @@ class ControlledSource:
     def _ended(self) -> bool:
         if self.ready or self.pending or self.reading or self.backlog:
             return False
-        return self.retry is None or self.in_flight == 0  # (with retry) none can come back
+        if self.retry is None:
+            return True
+        # With retry, none can come back once none is in flight.
+        in_flight = self.in_flight
+        if self.filled_by is not None:  # successes stored in place, counted by the lane
+            in_flight -= self.filled_by.filled + len(self.uncounted)
+        return in_flight == 0
+
+    def recheck(self) -> None:
+        """The io lane has counted successes it stored in place (`filled_by`): a
+        lane waiting for the input (`next`) looks again whether any can come back."""
+        event = self._event
+        if event is not None:
+            self._event = None
+            event.set()
+
+    def move_filled(self, results: list[Any]) -> None:
+        """`filled_by`, once the batch is over: move each success stored under a
+        retry's lane index (the entries left in `real`: a failure pops its own) to the
+        task's real index, then drop the lane indexes past the input."""
+        for lane_index, index in self.real.items():
+            results[index] = results[lane_index]
+        del results[self.inner.pulled :]
 
     def take_rest(self) -> None:
         return None
@@ -456,7 +518,11 @@ class ControlledSource:
                 handed = self.handed
                 self.handed = handed + len(got)
                 indexes = range(start, start + len(got))
-                real.update(zip(range(handed, self.handed), indexes, strict=True))
+                if handed == start == self.direct_end:
+                    # No retry handed out before them: their own indexes (`direct_end`).
+                    self.direct_end = self.handed
+                else:
+                    real.update(zip(range(handed, self.handed), indexes, strict=True))
                 if self.keep_tasks:
                     self.tasks.update(zip(indexes, got, strict=True))
                 out.extend(got)
@@ -691,7 +757,12 @@ class ControlledSource:
     # -- outcomes (lane indexes in, real indexes out) ------------------------------------
 
     def emit(self, lane_index: int, ok: bool, value: Any) -> None:
-        if lane_index < self.lazy_end:  # admitted by the lane as it started it
+        if lane_index < self.direct_end:  # a first attempt under its own index
+            if ok:
+                self._direct_ok(lane_index, value)
+                return
+            index = lane_index
+        elif lane_index < self.lazy_end:  # admitted by the lane as it started it
             index = lane_index
             if self.lazy_io:  # (blocking: its thread releases)
                 self._lazy_give()
@@ -720,14 +791,32 @@ class ControlledSource:
             if self.keep_tasks:
                 del self.tasks[index]
         self.in_flight -= 1
-        self.forward(index, ok, value)
+        if ok:
+            self.forward_ok(index, value)
+        else:
+            self.forward(index, ok, value)
         event = self._event
         if event is not None:  # io workers wait for room or for the end
             self._event = None
             event.set()
 
+    def _direct_ok(self, index: int, value: Any) -> None:
+        """A first attempt's success under its own index (`direct_end`): nothing to
+        translate, release or count as a retry; straight to the caller's `emit_ok`."""
+        if self.keep_tasks:
+            del self.tasks[index]
+        self.in_flight -= 1
+        self.forward_ok(index, value)
+        event = self._event
+        if event is not None and (self.wake_on_ok or self.in_flight == 0):
+            self._event = None
+            event.set()
+
     def emit_ok(self, lane_index: int, value: Any) -> None:
         """One success (the io lane's hot path): `emit(lane_index, True, value)`."""
+        if lane_index < self.direct_end:
+            self._direct_ok(lane_index, value)
+            return
         if lane_index < self.lazy_end and self.lazy_io:  # admitted as it started
             self.lazy_held -= 1
             self.in_flight -= 1
@@ -746,7 +835,7 @@ class ControlledSource:
                 self.passed_on = True
             else:
                 self._lazy_give()
-            self.forward(lane_index, True, value)
+            self.forward_ok(lane_index, value)
             event = self._event
             if event is not None:
                 self._event = None
@@ -764,14 +853,28 @@ class ControlledSource:
         if self.keep_tasks:
             del self.tasks[index]
         self.in_flight -= 1
-        self.forward(index, True, value)
+        self.forward_ok(index, value)
         event = self._event
-        if event is not None:
+        if event is not None and (self.wake_on_ok or self.in_flight == 0):
             self._event = None
             event.set()
 
     def emit_ok_many(self, lane_indexes: Sequence[int], values: list[Any]) -> None:
-        if self.holds or self.attempt or self.lazy_end:
+        direct_end = self.direct_end
+        if direct_end and not self.attempt and lane_indexes:
+            last = lane_indexes[-1] if type(lane_indexes) is range else max(lane_indexes)
+            if last < direct_end:  # first attempts, each under its own index
+                self.in_flight -= len(values)
+                if self.keep_tasks:
+                    for index in lane_indexes:
+                        del self.tasks[index]
+                self.forward_ok_many(lane_indexes, values)
+                event = self._event
+                if event is not None and (self.wake_on_ok or self.in_flight == 0):
+                    self._event = None
+                    event.set()
+                return
+        if self.holds or self.attempt or self.lazy_end or direct_end:
             for lane_index, value in zip(lane_indexes, values, strict=True):
                 self.emit(lane_index, True, value)
             return
@@ -783,7 +886,7 @@ class ControlledSource:
                 del self.tasks[index]
         self.forward_ok_many(indexes, values)
         event = self._event
-        if event is not None:
+        if event is not None and (self.wake_on_ok or self.in_flight == 0):
             self._event = None
             event.set()
 

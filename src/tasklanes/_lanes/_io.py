@@ -224,6 +224,10 @@ class _IoBatch:
         self.controlled = batch.controls is not None
         #: ``run_all``'s list, filled in place (see `Batch.results`), or None.
         self.results = batch.results
+        if self.results is not None and self.controlled:
+            # retry= alone (see `_take_nowait`): the controls count the successes
+            # timed one by one from `times` until they are bucketed into `filled`.
+            source.uncounted = self.times  # type: ignore[attr-defined]
         #: What a worker runs. Without a timeout, the hot loop itself: a task that
         #: suspends then passes through one frame fewer each way.
         self.worker = self._work_plain if batch.timeout is None else self._worker
@@ -326,13 +330,20 @@ class _IoBatch:
 
     def _take_nowait(self) -> bool:
         """With controls: the next tasks for a worker holding an io slot, if they need
-        no waiting. Otherwise (False) the worker ends and a fresh one, holding no slot,
-        waits in `_refill` instead: waiting for a limiter takes no io capacity."""
+        no waiting. Otherwise (False) the worker ends, and one worker holding no slot
+        waits in `_refill` instead (a fresh one, unless one waits or is on its way
+        already): waiting for a limiter or a retry takes no io capacity."""
         if self.ready:  # another worker pulled a chunk meanwhile
             return True
         batch = self.batch
+        source = batch.source
+        if self.results is not None and self.pulling and source.exhausted:
+            # retry= alone: the source counts the successes stored in place to tell
+            # when none can come back (`batch.filled`, and `times`: see `__init__`).
+            # This worker's block is counted now: if it was the last, the waiting
+            # worker ends.
+            source.recheck()  # type: ignore[attr-defined]
         if not self.done and not self.pulling and not batch.stopping:
-            source = batch.source
             try:
                 tasks = source.take(self.chunk)
             except Exception as exc:
@@ -349,8 +360,11 @@ class _IoBatch:
             if source.exhausted:
                 self.done = True
         if not self.done and not batch.stopping:
-            self.starting += 1  # this worker's replacement (nworkers is unchanged)
-            self.spawn(self.worker)
+            if self.pulling or self.starting:
+                self.nworkers -= 1  # a worker waits for the input already, or will
+            else:
+                self.starting += 1  # this worker's replacement (nworkers is unchanged)
+                self.spawn(self.worker)
         return False
 
     def _refused(self, index: int, task: Any) -> None:
