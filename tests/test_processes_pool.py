@@ -571,6 +571,34 @@ def test_crash_behind_held_outcomes_blames_only_the_running_task(pool: ProcessPo
     assert pool.stats()["crashed"] == 1
 
 
+@pytest.mark.parametrize("timeout", [None, 60.0])
+def test_bare_chunk_crash_in_the_middle_costs_one_task(
+    pool: ProcessPool, timeout: float | None
+) -> None:
+    # One argument per task: chunks travel bare. Untimed, the worker publishes no
+    # start per task, and the crash is pinned on the first task without an outcome
+    # once the pipe and the journal are read; timed, from the shared slot.
+    n, bad = 4000, 3333
+    tasks = [P(T.exit_if_negative, -1 if i == bad else i) for i in range(n)]
+    c = run(pool, tasks, timeout=timeout, runs=True)
+    assert [i for i in range(n) if not c.outcomes[i][0]] == [bad]
+    value = c.outcomes[bad][1]
+    assert isinstance(value, WorkerCrashed) and value.index == bad
+    assert all(c.outcomes[i] == (True, i) for i in range(n) if i != bad)
+    assert pool.stats()["crashed"] == 1
+
+
+def test_bare_chunk_timeout_kills_the_right_task(pool: ProcessPool) -> None:
+    n, slow = 4000, 3000
+    tasks = [P(T.stall_if_negative, -1 if i == slow else i) for i in range(n)]
+    c = run(pool, tasks, timeout=1.0, runs=True)
+    assert [i for i in range(n) if not c.outcomes[i][0]] == [slow]
+    value = c.outcomes[slow][1]
+    assert isinstance(value, TaskTimeout) and value.index == slow
+    assert all(c.outcomes[i] == (True, i) for i in range(n) if i != slow)
+    assert pool.stats()["timed_out"] == 1
+
+
 def test_a_job_with_runs_gets_bulk_successes_as_blocks(pool: ProcessPool) -> None:
     n = 5000
     c = run(pool, [P(T.inc, i) for i in range(n)], runs=True)

@@ -38,10 +38,23 @@ P = functools.partial
 
 
 def test_encode_chunk_sends_a_shared_function_once() -> None:
-    fn, seq = pickle.loads(encode_chunk([P(T.inc, 1), P(T.inc, 2)]))
-    assert fn is T.inc and seq == [(1,), (2,)]
-    fn, seq = pickle.loads(encode_chunk([call(T.inc, 1), call(T.inc, 7)]))
-    assert fn is T.inc and seq == [(1,), (7,)]
+    fn, seq = pickle.loads(encode_chunk([P(T.sleep_then, 0, 2), P(T.sleep_then, 0, 4)]))
+    assert fn is T.sleep_then and seq == [(0, 2), (0, 4)]
+    fn, seq = pickle.loads(encode_chunk([call(T.sleep_then, 0, 2), call(T.sleep_then, 0, 8)]))
+    assert fn is T.sleep_then and seq == [(0, 2), (0, 8)]
+
+
+def test_encode_chunk_sends_single_arguments_bare() -> None:
+    # One argument each: the arguments themselves, no tuple each, and a flag.
+    assert pickle.loads(encode_chunk([P(T.inc, 1), P(T.inc, 2)])) == (T.inc, [1, 2], True)
+    assert pickle.loads(encode_chunk([call(T.inc, (1,)), call(T.inc, 7)])) == (
+        T.inc,
+        [(1,), 7],
+        True,
+    )
+    # Any other count of arguments in the chunk: tuples, as ever.
+    fn, seq = pickle.loads(encode_chunk([call(T.inc, 1), call(T.inc)]))
+    assert fn is T.inc and seq == [(1,), ()]
 
 
 def test_encode_chunk_mixed_tasks_travel_whole() -> None:

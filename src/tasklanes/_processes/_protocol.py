@@ -13,8 +13,11 @@ Parent -> worker:
   positional arguments only (``call(f, x)``, ``functools.partial(f, x)``: the common
   case of a batch), ``fn`` is that function and ``seq`` the list of argument tuples:
   the function is pickled once and the worker calls ``fn(*args)``. Otherwise ``fn`` is
-  None and ``seq`` the list of tasks. Pickling one list is several times cheaper per
-  task than pickling tasks one by one, and this form cheaper again. No indices travel:
+  None and ``seq`` the list of tasks. When every task of such a chunk has exactly one
+  argument, the pickle is ``(fn, args, True)`` instead, ``args`` the list of the
+  arguments themselves (a *bare* chunk: no tuple per task to pickle, load and unpack;
+  the worker calls ``fn(arg)``). Pickling one list is several times cheaper per
+  task than pickling tasks one by one, and these forms cheaper again. No indices travel:
   the parent knows which tasks it put in which chunk. The header is outside the pickle
   so that a worker can hand back a chunk it has not started without unpickling it.
 

@@ -125,11 +125,20 @@ def main(tasks: Connection, results: Connection, alive: Connection, block: mmap.
             return
         chunk_id, budget = unpack_header(raw)
         try:
-            fn, seq = _loads(memoryview(raw)[header_size:])
+            loaded = _loads(memoryview(raw)[header_size:])
+            fn, seq = loaded[0], loaded[1]
         except BaseException as exc:
             _send_other(out, _with_traceback(("unloadable", chunk_id), exc))
             continue
         del raw
+        # One call per task, `fn(item)`: a bare chunk's items are the arguments
+        # themselves; a chunk of tasks runs each through `_run_task`.
+        if fn is None:
+            fn = _run_task
+            bare = True
+        else:
+            bare = len(loaded) > 2
+        del loaded
         started = clock()
         cpu_started = cpu_clock()
         last = len(seq) - 1
@@ -145,7 +154,7 @@ def main(tasks: Connection, results: Connection, alive: Connection, block: mmap.
             seq[k] = None
             payload: bytes | None
             try:
-                value = task() if fn is None else fn(*task)
+                value = fn(task) if bare else fn(*task)
             except BaseException as exc:
                 now = clock()
                 seconds = now - started if k == last else None
@@ -227,6 +236,11 @@ def main(tasks: Connection, results: Connection, alive: Connection, block: mmap.
                     return
                 break
         del seq, fn
+
+
+def _run_task(task: Callable[[], Any]) -> Any:
+    """Run a task of a chunk that is not bare (mixed functions, keyword arguments)."""
+    return task()
 
 
 class _Journal:
@@ -423,6 +437,8 @@ def _with_traceback(head: tuple[object, ...], exc: BaseException) -> tuple[objec
     tb = exc.__traceback__
     if tb is not None and tb.tb_next is not None:
         tb = tb.tb_next  # skip the frame of our own loop
+        if tb.tb_frame.f_code is _run_task.__code__ and tb.tb_next is not None:
+            tb = tb.tb_next  # and of `_run_task`
     try:
         text = "".join(traceback.format_exception(type(exc), exc, tb))
     except BaseException:
