@@ -599,6 +599,20 @@ def test_bare_chunk_timeout_kills_the_right_task(pool: ProcessPool) -> None:
     assert pool.stats()["timed_out"] == 1
 
 
+def test_timed_job_after_untimed_ones_times_out_the_right_task(pool: ProcessPool) -> None:
+    # Untimed chunks publish no start per task, yet the count of tasks started that
+    # a timed chunk publishes afterwards must still line up with the parent's.
+    for _ in range(2):
+        c = run(pool, [P(T.inc, i) for i in range(3000)])
+        assert c.outcomes == {i: (True, i + 1) for i in range(3000)}
+        tasks: list[Callable[[], object]] = [P(T.inc, i) for i in range(2000)]
+        tasks[1500] = P(T.sleep_then, 30.0, "never")
+        c = run(pool, tasks, timeout=1.0)
+        assert [i for i in range(2000) if not c.outcomes[i][0]] == [1500]
+        assert isinstance(c.outcomes[1500][1], TaskTimeout)
+        heal(pool)
+
+
 def test_a_job_with_runs_gets_bulk_successes_as_blocks(pool: ProcessPool) -> None:
     n = 5000
     c = run(pool, [P(T.inc, i) for i in range(n)], runs=True)

@@ -13,6 +13,7 @@ import pytest
 from tasklanes import call
 from tasklanes._processes._protocol import (
     CHUNK_HEADER,
+    CHUNK_TIMED,
     JOURNAL_HEADER,
     MANY_HEADER,
     RECORD_LEN,
@@ -81,8 +82,12 @@ def test_chunk_message_is_a_frame_with_its_header() -> None:
     splitter = FrameSplitter()
     data, spans = splitter.feed(msg)
     [(start, end)] = spans
-    assert CHUNK_HEADER.unpack_from(data, start) == (42, 0.5)
+    assert CHUNK_HEADER.unpack_from(data, start) == (42, 0.5, 0)
     assert data[start + CHUNK_HEADER.size : end] == b"payload"
+    msg = chunk_message(7, 0.25, b"timed", CHUNK_TIMED)
+    data, [(start, end)] = FrameSplitter().feed(msg)
+    assert CHUNK_HEADER.unpack_from(data, start) == (7, 0.25, CHUNK_TIMED)
+    assert data[start + CHUNK_HEADER.size : end] == b"timed"
 
 
 def _payloads(splitter: FrameSplitter, data: bytes) -> list[bytes]:

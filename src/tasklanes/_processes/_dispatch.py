@@ -19,6 +19,7 @@ from typing import Any
 from ._job import JobCore, size_for
 from ._log import log
 from ._pickling import dumps_task
+from ._protocol import CHUNK_TIMED
 from ._results import ResultReader
 from ._wire import chunk_message, encode_chunk
 from ._workers import READY, RETIRING, Chunk, WorkerHandle
@@ -120,7 +121,8 @@ class Dispatcher(ResultReader):
         stats = self.stats
         stats["chunks"] += 1
         stats["tasks"] += len(tasks)
-        self._write(w, chunk_message(chunk_id, CHUNK_BUDGET_SECONDS, payload))
+        flags = 0 if job.timeout is None else CHUNK_TIMED
+        self._write(w, chunk_message(chunk_id, CHUNK_BUDGET_SECONDS, payload, flags))
         if budget is not None:
             w.assigned += len(tasks)
             if w.assigned >= budget:

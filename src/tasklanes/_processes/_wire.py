@@ -88,9 +88,9 @@ def _dumps_args(fn: object, args: list[tuple[Any, ...]]) -> bytes:
     return dumps_chunk(fn, bare, True)
 
 
-def chunk_message(chunk_id: int, budget: float, payload: bytes) -> bytes:
-    """The framed message that carries a chunk to a worker."""
-    return frame(CHUNK_HEADER.pack(chunk_id, budget) + payload)
+def chunk_message(chunk_id: int, budget: float, payload: bytes, flags: int = 0) -> bytes:
+    """The framed message that carries a chunk to a worker (`flags`: `CHUNK_TIMED`)."""
+    return frame(CHUNK_HEADER.pack(chunk_id, budget, flags) + payload)
 
 
 class FrameSplitter:

@@ -5,9 +5,10 @@ task's outcome back. Quick successes are held for up to ``FLUSH_SECONDS`` and se
 together (one write, and one wake-up of the parent, for many tasks: most of the cost
 of a tiny task);
 a failure, the end of a chunk, or a task that ran long sends at once. Before each
-task the worker publishes how many tasks it has started in a shared slot, which is
-what lets the parent name the task that was running when the worker dies or
-overruns its timeout. Held outcomes are written to a journal in shared memory as
+task of a job with a per-task timeout the worker publishes how many tasks it has
+started, and when, in a shared slot: what lets the parent time that task and name it
+when it overruns. A worker that dies is blamed on the first task without an outcome,
+once its pipe and journal are read. Held outcomes are written to a journal in shared memory as
 they finish, so a worker that dies before sending them loses none: the parent reads
 them from the journal.
 
@@ -32,6 +33,7 @@ from typing import Any
 
 from ._protocol import (
     CHUNK_HEADER,
+    CHUNK_TIMED,
     FRAME_HEADER,
     FRAME_HEADER_LONG,
     JOURNAL_FLOATS,
@@ -85,9 +87,10 @@ def main(tasks: Connection, results: Connection, alive: Connection, block: mmap.
 
     ``tasks`` carries chunks from the parent, ``results`` carries messages back (written
     with raw ``os.write`` calls). ``block`` is memory shared with the parent: its slot,
-    two doubles where we store each task's start time, then how many tasks we have
-    started, before we run it, so the parent knows which task runs even while finished
-    outcomes wait here; and the journal, where those held outcomes are written, so
+    two doubles where, for a job with a per-task timeout (a chunk flagged
+    ``CHUNK_TIMED``), we store each task's start time, then how many tasks we have
+    started, before we run it, so the parent knows which task runs and since when even
+    while finished outcomes wait here; and the journal, where those held outcomes are written, so
     that the parent finds them if we die before we send them (see ``_protocol``). ``alive``
     is a pipe whose write end only the parent holds: a watchdog thread exits the
     process when it reads end of file, which catches a parent that died while a long
@@ -123,7 +126,7 @@ def main(tasks: Connection, results: Connection, alive: Connection, block: mmap.
             raw = recv()
         except (EOFError, OSError):
             return
-        chunk_id, budget = unpack_header(raw)
+        chunk_id, budget, flags = unpack_header(raw)
         try:
             loaded = _loads(memoryview(raw)[header_size:])
             fn, seq = loaded[0], loaded[1]
@@ -139,16 +142,24 @@ def main(tasks: Connection, results: Connection, alive: Connection, block: mmap.
         else:
             bare = len(loaded) > 2
         del loaded
+        # Publish each task's start in the slot only for a job with a per-task
+        # timeout (the parent's deadline counts from it). Without one, a crash is
+        # pinned on the first task without an outcome (see `_reaper`): we count the
+        # chunk's tasks here and publish nothing per task.
+        timed = flags & CHUNK_TIMED
+        begun_before = begun
         started = clock()
         cpu_started = cpu_clock()
         last = len(seq) - 1
         now = started
+        k = -1
         for k in range(last + 1):
-            # Publish the start before running: time first, so that a parent reading
-            # the count sees a start time at least as recent as that task's.
-            slot[1] = now
-            begun += 1
-            slot[0] = begun
+            if timed:
+                # Publish the start before running: time first, so that a parent
+                # reading the count sees a start time at least as recent as that task's.
+                slot[1] = now
+                slot[0] = begun_before + k + 1
+            begin = now
             task = seq[k]
             # Drop our reference so that a big task is freed as soon as it is done.
             seq[k] = None
@@ -189,7 +200,7 @@ def main(tasks: Connection, results: Connection, alive: Connection, block: mmap.
             give_back = (
                 now - started > budget
                 and (k < last or poll(0))
-                and _really_over(now - started, now - slot[1], cpu_clock() - cpu_started, budget)
+                and _really_over(now - started, now - begin, cpu_clock() - cpu_started, budget)
             )
             if (
                 payload is None
@@ -235,6 +246,7 @@ def main(tasks: Connection, results: Connection, alive: Connection, block: mmap.
                 if stop:
                     return
                 break
+        begun = begun_before + k + 1  # tasks started in our life, the slot's count
         del seq, fn
 
 
