@@ -73,6 +73,8 @@ def exit_if_as(x: int, bad: int, form: str) -> object:
     is journaled) in its own form."""
     if x == bad:
         os._exit(1)
+    if form == "bigint":  # past 64 bits now and then: those travel pickled
+        return x + 2**70 if x % 7 == 0 else x
     return {"int": x, "float": x + 0.5, "str": str(x), "list": [x]}[form]
 
 

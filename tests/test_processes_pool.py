@@ -664,7 +664,7 @@ def test_expect_sizes_the_first_chunks_of_a_job(pool: ProcessPool) -> None:
     assert len(set(pids[:200])) == 1
 
 
-@pytest.mark.parametrize("form", ["int", "float", "str", "list"])
+@pytest.mark.parametrize("form", ["int", "bigint", "float", "str", "list"])
 def test_held_outcomes_of_every_form_survive_a_crash(pool: ProcessPool, form: str) -> None:
     # The journal holds ints and floats as array items, plain values and others as
     # pickled records: whichever it holds when the worker dies is read back, once.

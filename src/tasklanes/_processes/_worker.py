@@ -70,6 +70,8 @@ _OK_ARRAY = bytes([TAG_OK_ARRAY])
 _PLAIN = frozenset({int, float, bool, type(None), str, bytes, complex})
 _UNKNOWN = object()  # `_Journal.add` without the value: send records
 _NAN = float("nan")
+_INT64_MIN = -(2**63)
+_INT64_MAX = 2**63 - 1
 _HEAD = JOURNAL_HEADER.size
 _REC = RECORD_LEN.size
 _pack_rec = RECORD_LEN.pack
@@ -114,6 +116,8 @@ def main(tasks: Connection, results: Connection, alive: Connection, block: mmap.
     slot = memoryview(block)[:SLOT_BYTES].cast("d")
     held = _Journal(memoryview(block)[SLOT_BYTES:], out)
     add_number = held.add_number
+    ints = held.ints  # the journal's records area as int64 items, and its header
+    head = held.head
     clock = monotonic
     cpu_clock = thread_time
     begun = 0  # tasks started in this process's life, published in ``slot[0]``
@@ -172,24 +176,42 @@ def main(tasks: Connection, results: Connection, alive: Connection, block: mmap.
                 payload = _OTHER + _other_payload(_with_traceback(("error", seconds), exc))
             else:
                 now = clock()
-                data: bytes | None
                 payload = None
-                try:
-                    # An int or a float goes into the journal as is (no pickle): held.
-                    data = None if add_number(value, now) else dumps(value, _PROTOCOL)
-                except BaseException as exc:
-                    # A class of a task sent by value: cloudpickle can send it back.
-                    data = _result_by_value(value)
-                    if data is None:
-                        seconds = now - started if k == last else None
-                        payload = _OTHER + _other_payload(("bad_result", seconds, _describe(exc)))
-                if data is not None:
-                    if held.add(data, now, value):
-                        payload = None  # held: goes with the next flush
-                    else:  # too big to hold: goes alone, not copied (`_write_big`)
-                        payload = _OK_LAST + pack_seconds(now - started) if k == last else _OK
-                        big = data
-                    data = b""
+                count = held.count
+                if (
+                    type(value) is int
+                    and held.form == JOURNAL_INTS
+                    and count < FLUSH_COUNT
+                    and _INT64_MIN <= value <= _INT64_MAX
+                ):
+                    # The common case of trivial tasks, `held.add_number` inlined: an
+                    # int into the journal's array, then the count (it counts once
+                    # the item is whole).
+                    ints[count] = value
+                    if not count:
+                        held.since = now
+                    held.count = count = count + 1
+                    head[2] = count
+                else:
+                    data: bytes | None
+                    try:
+                        # An int or a float goes into the journal as is (no pickle).
+                        data = None if add_number(value, now) else dumps(value, _PROTOCOL)
+                    except BaseException as exc:
+                        # A class of a task sent by value: cloudpickle can send it back.
+                        data = _result_by_value(value)
+                        if data is None:
+                            seconds = now - started if k == last else None
+                            payload = _OTHER + _other_payload(
+                                ("bad_result", seconds, _describe(exc))
+                            )
+                    if data is not None:
+                        if held.add(data, now, value):
+                            payload = None  # held: goes with the next flush
+                        else:  # too big to hold: goes alone, not copied (`_write_big`)
+                            payload = _OK_LAST + pack_seconds(now - started) if k == last else _OK
+                            big = data
+                        data = b""
                 value = None
             task = None
             if forked:
