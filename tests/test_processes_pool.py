@@ -664,6 +664,54 @@ def test_expect_sizes_the_first_chunks_of_a_job(pool: ProcessPool) -> None:
     assert len(set(pids[:200])) == 1
 
 
+def test_the_tail_is_split_only_once_the_input_has_ended(pool: ProcessPool) -> None:
+    run(pool, [P(T.inc, i) for i in range(100)])  # both workers up and warm
+    heal(pool)
+    c = Collector()
+    job = pool.open_job(limit=2, timeout=None, deliver=c.deliver, on_settled=c.settled.set)
+    job.expect(1e-6)  # trivial tasks: full chunks hold 2048
+    before = pool.stats()["chunks"]
+    # A part of a lazy input, more to come: one full chunk, not split as a tail.
+    job.put(0, [P(T.inc, i) for i in range(1000)])
+    assert wait_for(lambda: len(c.outcomes) == 1000, 30)
+    assert pool.stats()["chunks"] - before == 1
+    # The last part: now the queue is the batch's tail, spread over the workers.
+    before = pool.stats()["chunks"]
+    job.put(1000, [P(T.inc, i) for i in range(1000, 2000)], last=True)
+    job.close_input()
+    assert c.settled.wait(30)
+    assert c.outcomes == {i: (True, i + 1) for i in range(2000)}
+    assert pool.stats()["chunks"] - before > 1
+
+
+def test_last_put_may_be_empty(pool: ProcessPool) -> None:
+    c = Collector()
+    job = pool.open_job(limit=2, timeout=None, deliver=c.deliver, on_settled=c.settled.set)
+    job.put(0, [P(T.inc, i) for i in range(10)])
+    job.put(10, [], last=True)
+    job.close_input()
+    assert c.settled.wait(30)
+    assert c.outcomes == {i: (True, i + 1) for i in range(10)}
+
+
+def test_recycling_with_deep_pipelines_respects_the_budget() -> None:
+    # Up to four chunks queued per worker: none may take a worker past its budget.
+    pool = ProcessPool(2, max_tasks_per_worker=700)
+    try:
+        run(pool, [P(T.inc, i) for i in range(100)])
+        c = Collector()
+        job = pool.open_job(limit=2, timeout=None, deliver=c.deliver, on_settled=c.settled.set)
+        job.expect(1e-6)
+        job.put(0, [P(T.getpid_after, 0.0) for _ in range(5000)], last=True)
+        job.close_input()
+        assert c.settled.wait(60)
+        pids = collections.Counter(c.outcomes[i][1] for i in range(5000))
+        assert max(pids.values()) <= 700, pids
+        assert pool.stats()["recycled"] >= 5
+    finally:
+        pool.close()
+
+
 @pytest.mark.parametrize("form", ["int", "bigint", "float", "str", "list"])
 def test_held_outcomes_of_every_form_survive_a_crash(pool: ProcessPool, form: str) -> None:
     # The journal holds ints and floats as array items, plain values and others as

@@ -340,7 +340,7 @@ class _CpuBatch:
             self._first_put(job, rest[0])
             self.outstanding += len(rest)
             self.put_all_at = time.monotonic()
-            job.put(first, rest)
+        job.put(first, rest, last=True)
         return True
 
     async def _fill(self) -> None:
@@ -362,12 +362,15 @@ class _CpuBatch:
         start, tasks = await pull(batch, want - self.outstanding, owed=self.outstanding > 0)
         # (With limiter=, the tasks pulled hold their limiters already: no worker
         # process waits for one; see `_control`.)
+        last = source.exhausted
         if tasks:
             if not start:
                 self._first_put(job, tasks[0])
             self.outstanding += len(tasks)
             self.put_times.add(start, len(tasks), time.monotonic())
-            job.put(start, tasks)
+            job.put(start, tasks, last=last)
+        elif last:
+            job.put(start, [], last=True)
 
     def _first_put(self, job: PoolJob, task: object) -> None:
         """Before the batch's first tasks go to the pool: if the lane has run this

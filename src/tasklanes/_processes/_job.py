@@ -110,6 +110,7 @@ class JobCore:
         "ewma",
         "holders",
         "input_closed",
+        "input_ended",
         "limit",
         "max_size",
         "on_gone",
@@ -152,6 +153,10 @@ class JobCore:
         self.taken = 0
         self.delivered = 0
         self.input_closed = False
+        # Shared: set by the putting thread (`put(last=True)`) before it queues the
+        # last segment: from then on the queue is the tail of the batch, which the
+        # dispatcher splits so that it spreads over the workers.
+        self.input_ended = False
         self.cancelled = False
         self.settled = False
         self.holders = 0  # workers holding chunks of this job
@@ -238,8 +243,14 @@ class PoolJob:
         self._queue = core.queue
         self._cancel_requested = False
 
-    def put(self, first: int, tasks: list[Any]) -> None:
+    def put(self, first: int, tasks: list[Any], last: bool = False) -> None:
         """Append `tasks` to this job's queue, with the indexes `first`, `first + 1`, ...
+
+        `last`: no task comes after these (the input has ended; `tasks` may then be
+        empty). Until then the pool sends full chunks; once the input has ended it
+        splits what is left into smaller chunks, so that the tail of the batch spreads
+        over the workers -- a queue that is short only because a lazy input is fed
+        piece by piece is not mistaken for the tail.
 
         Each task is a zero-argument callable that pickles. Pickling happens later, on
         the manager thread, in chunks; a task that does not pickle fails alone, with
@@ -247,6 +258,8 @@ class PoolJob:
         once the pool is closed, every task fails at once with the pool's closed error.
         The pool keeps `tasks` (the list itself) until they are sent: do not change it.
         """
+        if last:
+            self._core.input_ended = True
         if self._cancel_requested or not tasks:
             return
         segment = Segment(first, tasks)
