@@ -364,11 +364,18 @@ class _CpuBatch:
         # process waits for one; see `_control`.)
         last = source.exhausted
         if tasks:
-            if not start:
+            first_part = not start
+            if first_part:
                 self._first_put(job, tasks[0])
             self.outstanding += len(tasks)
             self.put_times.add(start, len(tasks), time.monotonic())
             job.put(start, tasks, last=last)
+            if first_part and not last and job.demand:
+                # The first part was sized before the pool knew the function: if it
+                # ran here before (a warm start, `_first_put`), the pool wants full
+                # chunks now. Pull all it asks for at once rather than after the
+                # first outcomes come back.
+                await self._fill()
         elif last:
             job.put(start, [], last=True)
 
