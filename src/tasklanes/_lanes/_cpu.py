@@ -44,9 +44,11 @@ __all__ = ["ProcessLane"]
 
 _SETTLED = object()
 #: Tasks kept queued in the pool beyond what it asks for, for a lazy input: enough
-#: that a worker finishing a chunk never waits for the event loop to refill.
+#: that a worker finishing a chunk never waits for the event loop to refill. And at
+#: most this many outstanding (queued or running): the memory bound of a lazy input
+#: (two workers' pipelines full of trivial tasks: 2 x 4 chunks of 2048).
 _MIN_QUEUED = 256
-_MAX_QUEUED = 8192
+_MAX_QUEUED = 16384
 #: Functions whose run time per task the lane remembers (to size the first chunks of
 #: their next batch); forgotten all at once past this many.
 _MAX_REMEMBERED = 256
