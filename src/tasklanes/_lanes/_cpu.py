@@ -237,6 +237,7 @@ class _CpuBatch:
         self.fn: object = None  # the function of the batch's first task, if any
         self.put_times = _PutTimes()  # a lazy input: when each part went to the pool
         self.put_all_at: float | None = None  # a list input: all handed over at once
+        self.told_last = False  # the pool knows the input has ended (`put(last=True)`)
         self.turnarounds = 0
         self.turnaround_total = 0.0
         self.turnaround_max = 0.0
@@ -343,6 +344,7 @@ class _CpuBatch:
             self.outstanding += len(rest)
             self.put_all_at = time.monotonic()
         job.put(first, rest, last=True)
+        self.told_last = True
         return True
 
     async def _fill(self) -> None:
@@ -378,8 +380,9 @@ class _CpuBatch:
                 # chunks now. Pull all it asks for at once rather than after the
                 # first outcomes come back.
                 await self._fill()
-        elif last:
+        elif last and not self.told_last:
             job.put(start, [], last=True)
+        self.told_last = last
 
     def _first_put(self, job: PoolJob, task: object) -> None:
         """Before the batch's first tasks go to the pool: if the lane has run this
