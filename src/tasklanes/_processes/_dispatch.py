@@ -19,7 +19,7 @@ import os
 import selectors
 from typing import Any
 
-from ._job import JobCore, size_for
+from ._job import PIPELINE_DEPTH, JobCore, size_for
 from ._log import log
 from ._pickling import dumps_task
 from ._protocol import CHUNK_TIMED
@@ -27,7 +27,7 @@ from ._results import ResultReader
 from ._wire import chunk_message, encode_chunk
 from ._workers import READY, RETIRING, Chunk, WorkerHandle
 
-__all__ = ["CHUNK_BUDGET_SECONDS", "PIPELINE_BELOW_SECONDS", "Dispatcher"]
+__all__ = ["CHUNK_BUDGET_SECONDS", "PIPELINE_BELOW_SECONDS", "PIPELINE_DEPTH", "Dispatcher"]
 
 CHUNK_BUDGET_SECONDS = 0.02
 """A worker that has spent this long on a chunk gives back the tasks it has not started."""
@@ -35,8 +35,6 @@ CHUNK_BUDGET_SECONDS = 0.02
 PIPELINE_BELOW_SECONDS = 0.002
 """Queue more chunks behind a running one only for tasks shorter than this."""
 
-PIPELINE_DEPTH = 4
-"""At most this many chunks in flight to one worker (the running one included)."""
 
 
 

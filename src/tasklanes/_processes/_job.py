@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "MAX_CHUNK",
+    "PIPELINE_DEPTH",
     "TARGET_CHUNK_SECONDS",
     "Delivered",
     "JobCore",
@@ -89,6 +90,10 @@ TARGET_CHUNK_SECONDS = 0.004
 """How long one chunk should take to run, once a job's task duration is known."""
 
 MAX_CHUNK = 2048
+
+PIPELINE_DEPTH = 4
+"""At most this many chunks in flight to one worker (the running one included), for
+short tasks (see `_dispatch`)."""
 
 
 def size_for(ewma: float) -> int:
@@ -328,14 +333,15 @@ class PoolJob:
     def demand(self) -> int:
         """How many more tasks the pool would like queued for this job right now.
 
-        A hint for a caller that feeds the job lazily: enough queued tasks to fill a
-        chunk for every worker the job may use, twice over. Zero when there are enough.
+        A hint for a caller that feeds the job lazily: enough queued tasks to fill the
+        pipeline of every worker the job may use (`PIPELINE_DEPTH` chunks each), so
+        that one refill keeps them all busy. Zero when there are enough.
         """
         core = self._core
         slots = min(core.limit, self._manager.max_workers)
         ewma = core.ewma
         size = 1 if ewma is None else size_for(ewma)
-        return max(0, 2 * slots * size - core.queued)
+        return max(0, PIPELINE_DEPTH * slots * size - core.queued)
 
     # Run time of the job's finished chunks, measured in the workers (read by the
     # lane for its stats once the job has settled).
