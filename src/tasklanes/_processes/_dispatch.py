@@ -36,8 +36,6 @@ PIPELINE_BELOW_SECONDS = 0.002
 """Queue more chunks behind a running one only for tasks shorter than this."""
 
 
-
-
 class Dispatcher(ResultReader):
     def _dispatch(self, now: float) -> None:
         jobs = self.jobs
