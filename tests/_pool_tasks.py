@@ -54,11 +54,27 @@ def exit_if(x: int, bad: int) -> int:
     return x
 
 
+def exit_if_negative(x: int) -> int:
+    """One argument (its chunks travel bare): exits the worker on a negative `x`."""
+    if x < 0:
+        os._exit(1)
+    return x
+
+
+def stall_if_negative(x: int) -> int:
+    """One argument: sleeps 30 s on a negative `x` (a task to time out)."""
+    if x < 0:
+        time.sleep(30)
+    return x
+
+
 def exit_if_as(x: int, bad: int, form: str) -> object:
     """`exit_if`, returning `x` as an int, a float, a str or a list: each travels (and
     is journaled) in its own form."""
     if x == bad:
         os._exit(1)
+    if form == "bigint":  # past 64 bits now and then: those travel pickled
+        return x + 2**70 if x % 7 == 0 else x
     return {"int": x, "float": x + 0.5, "str": str(x), "list": [x]}[form]
 
 

@@ -119,6 +119,36 @@ async def test_amap_window_stays_bounded_for_a_slow_consumer(scheduler: Schedule
         assert await it.__anext__() == 2
 
 
+async def test_run_all_pulls_a_lazy_input_ahead_at_most_a_bounded_amount(
+    scheduler: Scheduler,
+) -> None:
+    # A warm start (the lane knows `double`'s time) pulls the pool's whole demand at
+    # once; with the only worker stuck, what is pulled ahead stays bounded all the same.
+    from tasklanes._lanes._cpu import _MAX_QUEUED
+
+    await scheduler.run_all([call(T.double, i) for i in range(3000)], kind="cpu", limit=1)
+    pulled = 0
+    total = 4 * _MAX_QUEUED
+
+    def tasks() -> Iterator[object]:
+        nonlocal pulled
+        for i in range(total):
+            pulled += 1
+            yield call(T.sleep_return, 1.0, 2) if i == 1 else call(T.double, i)
+
+    seen: list[int] = []
+
+    async def watch() -> None:
+        await anyio.sleep(0.5)
+        seen.append(pulled)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(watch)
+        results = await scheduler.run_all(tasks(), kind="cpu", limit=1)
+    assert results == [2 * i for i in range(total)]
+    assert 0 < seen[0] <= _MAX_QUEUED + 256
+
+
 async def test_results_in_order(scheduler: Scheduler) -> None:
     results = await run_all(
         [call(T.double, i) for i in range(200)], kind="cpu", scheduler=scheduler

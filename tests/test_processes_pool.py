@@ -571,6 +571,48 @@ def test_crash_behind_held_outcomes_blames_only_the_running_task(pool: ProcessPo
     assert pool.stats()["crashed"] == 1
 
 
+@pytest.mark.parametrize("timeout", [None, 60.0])
+def test_bare_chunk_crash_in_the_middle_costs_one_task(
+    pool: ProcessPool, timeout: float | None
+) -> None:
+    # One argument per task: chunks travel bare. Untimed, the worker publishes no
+    # start per task, and the crash is pinned on the first task without an outcome
+    # once the pipe and the journal are read; timed, from the shared slot.
+    n, bad = 4000, 3333
+    tasks = [P(T.exit_if_negative, -1 if i == bad else i) for i in range(n)]
+    c = run(pool, tasks, timeout=timeout, runs=True)
+    assert [i for i in range(n) if not c.outcomes[i][0]] == [bad]
+    value = c.outcomes[bad][1]
+    assert isinstance(value, WorkerCrashed) and value.index == bad
+    assert all(c.outcomes[i] == (True, i) for i in range(n) if i != bad)
+    assert pool.stats()["crashed"] == 1
+
+
+def test_bare_chunk_timeout_kills_the_right_task(pool: ProcessPool) -> None:
+    n, slow = 4000, 3000
+    tasks = [P(T.stall_if_negative, -1 if i == slow else i) for i in range(n)]
+    c = run(pool, tasks, timeout=1.0, runs=True)
+    assert [i for i in range(n) if not c.outcomes[i][0]] == [slow]
+    value = c.outcomes[slow][1]
+    assert isinstance(value, TaskTimeout) and value.index == slow
+    assert all(c.outcomes[i] == (True, i) for i in range(n) if i != slow)
+    assert pool.stats()["timed_out"] == 1
+
+
+def test_timed_job_after_untimed_ones_times_out_the_right_task(pool: ProcessPool) -> None:
+    # Untimed chunks publish no start per task, yet the count of tasks started that
+    # a timed chunk publishes afterwards must still line up with the parent's.
+    for _ in range(2):
+        c = run(pool, [P(T.inc, i) for i in range(3000)])
+        assert c.outcomes == {i: (True, i + 1) for i in range(3000)}
+        tasks: list[Callable[[], object]] = [P(T.inc, i) for i in range(2000)]
+        tasks[1500] = P(T.sleep_then, 30.0, "never")
+        c = run(pool, tasks, timeout=1.0)
+        assert [i for i in range(2000) if not c.outcomes[i][0]] == [1500]
+        assert isinstance(c.outcomes[1500][1], TaskTimeout)
+        heal(pool)
+
+
 def test_a_job_with_runs_gets_bulk_successes_as_blocks(pool: ProcessPool) -> None:
     n = 5000
     c = run(pool, [P(T.inc, i) for i in range(n)], runs=True)
@@ -622,7 +664,55 @@ def test_expect_sizes_the_first_chunks_of_a_job(pool: ProcessPool) -> None:
     assert len(set(pids[:200])) == 1
 
 
-@pytest.mark.parametrize("form", ["int", "float", "str", "list"])
+def test_the_tail_is_split_only_once_the_input_has_ended(pool: ProcessPool) -> None:
+    run(pool, [P(T.inc, i) for i in range(100)])  # both workers up and warm
+    heal(pool)
+    c = Collector()
+    job = pool.open_job(limit=2, timeout=None, deliver=c.deliver, on_settled=c.settled.set)
+    job.expect(1e-6)  # trivial tasks: full chunks hold 2048
+    before = pool.stats()["chunks"]
+    # A part of a lazy input, more to come: one full chunk, not split as a tail.
+    job.put(0, [P(T.inc, i) for i in range(1000)])
+    assert wait_for(lambda: len(c.outcomes) == 1000, 30)
+    assert pool.stats()["chunks"] - before == 1
+    # The last part: now the queue is the batch's tail, spread over the workers.
+    before = pool.stats()["chunks"]
+    job.put(1000, [P(T.inc, i) for i in range(1000, 2000)], last=True)
+    job.close_input()
+    assert c.settled.wait(30)
+    assert c.outcomes == {i: (True, i + 1) for i in range(2000)}
+    assert pool.stats()["chunks"] - before > 1
+
+
+def test_last_put_may_be_empty(pool: ProcessPool) -> None:
+    c = Collector()
+    job = pool.open_job(limit=2, timeout=None, deliver=c.deliver, on_settled=c.settled.set)
+    job.put(0, [P(T.inc, i) for i in range(10)])
+    job.put(10, [], last=True)
+    job.close_input()
+    assert c.settled.wait(30)
+    assert c.outcomes == {i: (True, i + 1) for i in range(10)}
+
+
+def test_recycling_with_deep_pipelines_respects_the_budget() -> None:
+    # Up to four chunks queued per worker: none may take a worker past its budget.
+    pool = ProcessPool(2, max_tasks_per_worker=700)
+    try:
+        run(pool, [P(T.inc, i) for i in range(100)])
+        c = Collector()
+        job = pool.open_job(limit=2, timeout=None, deliver=c.deliver, on_settled=c.settled.set)
+        job.expect(1e-6)
+        job.put(0, [P(T.getpid_after, 0.0) for _ in range(5000)], last=True)
+        job.close_input()
+        assert c.settled.wait(60)
+        pids = collections.Counter(c.outcomes[i][1] for i in range(5000))
+        assert max(pids.values()) <= 700, pids
+        assert pool.stats()["recycled"] >= 5
+    finally:
+        pool.close()
+
+
+@pytest.mark.parametrize("form", ["int", "bigint", "float", "str", "list"])
 def test_held_outcomes_of_every_form_survive_a_crash(pool: ProcessPool, form: str) -> None:
     # The journal holds ints and floats as array items, plain values and others as
     # pickled records: whichever it holds when the worker dies is read back, once.

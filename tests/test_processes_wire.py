@@ -13,6 +13,7 @@ import pytest
 from tasklanes import call
 from tasklanes._processes._protocol import (
     CHUNK_HEADER,
+    CHUNK_TIMED,
     JOURNAL_HEADER,
     MANY_HEADER,
     RECORD_LEN,
@@ -38,10 +39,23 @@ P = functools.partial
 
 
 def test_encode_chunk_sends_a_shared_function_once() -> None:
-    fn, seq = pickle.loads(encode_chunk([P(T.inc, 1), P(T.inc, 2)]))
-    assert fn is T.inc and seq == [(1,), (2,)]
-    fn, seq = pickle.loads(encode_chunk([call(T.inc, 1), call(T.inc, 7)]))
-    assert fn is T.inc and seq == [(1,), (7,)]
+    fn, seq = pickle.loads(encode_chunk([P(T.sleep_then, 0, 2), P(T.sleep_then, 0, 4)]))
+    assert fn is T.sleep_then and seq == [(0, 2), (0, 4)]
+    fn, seq = pickle.loads(encode_chunk([call(T.sleep_then, 0, 2), call(T.sleep_then, 0, 8)]))
+    assert fn is T.sleep_then and seq == [(0, 2), (0, 8)]
+
+
+def test_encode_chunk_sends_single_arguments_bare() -> None:
+    # One argument each: the arguments themselves, no tuple each, and a flag.
+    assert pickle.loads(encode_chunk([P(T.inc, 1), P(T.inc, 2)])) == (T.inc, [1, 2], True)
+    assert pickle.loads(encode_chunk([call(T.inc, (1,)), call(T.inc, 7)])) == (
+        T.inc,
+        [(1,), 7],
+        True,
+    )
+    # Any other count of arguments in the chunk: tuples, as ever.
+    fn, seq = pickle.loads(encode_chunk([call(T.inc, 1), call(T.inc)]))
+    assert fn is T.inc and seq == [(1,), ()]
 
 
 def test_encode_chunk_mixed_tasks_travel_whole() -> None:
@@ -68,8 +82,12 @@ def test_chunk_message_is_a_frame_with_its_header() -> None:
     splitter = FrameSplitter()
     data, spans = splitter.feed(msg)
     [(start, end)] = spans
-    assert CHUNK_HEADER.unpack_from(data, start) == (42, 0.5)
+    assert CHUNK_HEADER.unpack_from(data, start) == (42, 0.5, 0)
     assert data[start + CHUNK_HEADER.size : end] == b"payload"
+    msg = chunk_message(7, 0.25, b"timed", CHUNK_TIMED)
+    data, [(start, end)] = FrameSplitter().feed(msg)
+    assert CHUNK_HEADER.unpack_from(data, start) == (7, 0.25, CHUNK_TIMED)
+    assert data[start + CHUNK_HEADER.size : end] == b"timed"
 
 
 def _payloads(splitter: FrameSplitter, data: bytes) -> list[bytes]:

@@ -44,9 +44,11 @@ __all__ = ["ProcessLane"]
 
 _SETTLED = object()
 #: Tasks kept queued in the pool beyond what it asks for, for a lazy input: enough
-#: that a worker finishing a chunk never waits for the event loop to refill.
+#: that a worker finishing a chunk never waits for the event loop to refill. And at
+#: most this many outstanding (queued or running): the memory bound of a lazy input
+#: (two workers' pipelines full of trivial tasks: 2 x 4 chunks of 2048).
 _MIN_QUEUED = 256
-_MAX_QUEUED = 8192
+_MAX_QUEUED = 16384
 #: Functions whose run time per task the lane remembers (to size the first chunks of
 #: their next batch); forgotten all at once past this many.
 _MAX_REMEMBERED = 256
@@ -235,6 +237,7 @@ class _CpuBatch:
         self.fn: object = None  # the function of the batch's first task, if any
         self.put_times = _PutTimes()  # a lazy input: when each part went to the pool
         self.put_all_at: float | None = None  # a list input: all handed over at once
+        self.told_last = False  # the pool knows the input has ended (`put(last=True)`)
         self.turnarounds = 0
         self.turnaround_total = 0.0
         self.turnaround_max = 0.0
@@ -340,7 +343,8 @@ class _CpuBatch:
             self._first_put(job, rest[0])
             self.outstanding += len(rest)
             self.put_all_at = time.monotonic()
-            job.put(first, rest)
+        job.put(first, rest, last=True)
+        self.told_last = True
         return True
 
     async def _fill(self) -> None:
@@ -362,12 +366,23 @@ class _CpuBatch:
         start, tasks = await pull(batch, want - self.outstanding, owed=self.outstanding > 0)
         # (With limiter=, the tasks pulled hold their limiters already: no worker
         # process waits for one; see `_control`.)
+        last = source.exhausted
         if tasks:
-            if not start:
+            first_part = not start
+            if first_part:
                 self._first_put(job, tasks[0])
             self.outstanding += len(tasks)
             self.put_times.add(start, len(tasks), time.monotonic())
-            job.put(start, tasks)
+            job.put(start, tasks, last=last)
+            if first_part and not last and job.demand:
+                # The first part was sized before the pool knew the function: if it
+                # ran here before (a warm start, `_first_put`), the pool wants full
+                # chunks now. Pull all it asks for at once rather than after the
+                # first outcomes come back.
+                await self._fill()
+        elif last and not self.told_last:
+            job.put(start, [], last=True)
+        self.told_last = last
 
     def _first_put(self, job: PoolJob, task: object) -> None:
         """Before the batch's first tasks go to the pool: if the lane has run this

@@ -52,6 +52,7 @@ class CloseInput:
 
     def run(self, m: Manager, now: float) -> None:
         self.job.input_closed = True
+        self.job.input_ended = True  # for a caller that never said `put(last=True)`
 
 
 class CancelJob:

@@ -5,9 +5,12 @@ measured in the worker; a job keeps a moving average of them and sizes its chunk
 last about `TARGET_CHUNK_SECONDS`. A chunk also carries a time budget: a worker that
 runs past it hands the unstarted rest back. Jobs share the workers round-robin, each
 within its own `limit`. When no job is waiting for a worker, a worker running short
-tasks gets a second chunk queued behind its current one, so that it never waits for a
-round trip. A worker with a task budget (`max_tasks_per_worker`) never gets a chunk
-bigger than what it has left, and retires once it has been sent its last task.
+tasks gets up to `PIPELINE_DEPTH` chunks queued, so that it never waits for a round
+trip (nor for the manager thread, on a busy machine). Once the job's input has ended
+(`PoolJob.put(last=True)`), the rest of its queue is the tail of the batch, split into
+smaller chunks so that it spreads over the workers. A worker with a task budget
+(`max_tasks_per_worker`) never gets a chunk bigger than what it has left, and retires
+once it has been sent its last task.
 """
 
 from __future__ import annotations
@@ -16,21 +19,21 @@ import os
 import selectors
 from typing import Any
 
-from ._job import JobCore, size_for
+from ._job import PIPELINE_DEPTH, JobCore, size_for
 from ._log import log
 from ._pickling import dumps_task
+from ._protocol import CHUNK_TIMED
 from ._results import ResultReader
 from ._wire import chunk_message, encode_chunk
 from ._workers import READY, RETIRING, Chunk, WorkerHandle
 
-__all__ = ["CHUNK_BUDGET_SECONDS", "PIPELINE_BELOW_SECONDS", "Dispatcher"]
+__all__ = ["CHUNK_BUDGET_SECONDS", "PIPELINE_BELOW_SECONDS", "PIPELINE_DEPTH", "Dispatcher"]
 
 CHUNK_BUDGET_SECONDS = 0.02
 """A worker that has spent this long on a chunk gives back the tasks it has not started."""
 
 PIPELINE_BELOW_SECONDS = 0.002
-"""Queue a second chunk behind a running one only for tasks shorter than this."""
-
+"""Queue more chunks behind a running one only for tasks shorter than this."""
 
 
 class Dispatcher(ResultReader):
@@ -51,19 +54,25 @@ class Dispatcher(ResultReader):
         for job in jobs:
             if job.queue and job.holders < job.limit and not job.cancelled:
                 return
-        for w in self.workers:
-            held = w.job
-            if (
-                held is not None
-                and len(w.inflight) == 1
-                and w.state is READY
-                and held.queue
-                and held.ewma is not None
-                and held.ewma < PIPELINE_BELOW_SECONDS
-                and not held.cancelled
-                and not held.singles
-            ):
-                self._send_chunk(w, held, now)
+        # Round by round, one chunk per worker each, so that the queue spreads evenly.
+        for _ in range(PIPELINE_DEPTH - 1):
+            sent = False
+            for w in self.workers:
+                held = w.job
+                if (
+                    held is not None
+                    and 0 < len(w.inflight) < PIPELINE_DEPTH
+                    and w.state is READY
+                    and held.queue
+                    and held.ewma is not None
+                    and held.ewma < PIPELINE_BELOW_SECONDS
+                    and not held.cancelled
+                    and not held.singles
+                ):
+                    self._send_chunk(w, held, now)
+                    sent = True
+            if not sent:
+                break
 
     def _next_job(self) -> JobCore | None:
         jobs = self.jobs
@@ -85,12 +94,13 @@ class Dispatcher(ResultReader):
             return 1  # nothing measured yet: a long task must not hold others back
         full = size_for(ewma)
         size = min(full, job.max_size * 4)
-        # Leave some for the other workers the job may use, so that the tail of a
-        # batch spreads out instead of landing on one worker -- but not in pieces
-        # worth less than a sixteenth of a chunk's time: each is a round trip.
-        slots = min(job.limit, self.max_workers)
-        share = -(-job.queued // slots)
-        size = max(1, min(size, max(share, full // 16)))
+        if job.input_ended:
+            # The tail: leave some for the other workers the job may use, so that it
+            # spreads out instead of landing on one worker -- but not in pieces worth
+            # less than a sixteenth of a chunk's time: each is a round trip.
+            slots = min(job.limit, self.max_workers)
+            share = -(-job.queued // (slots * PIPELINE_DEPTH // 2))
+            size = max(1, min(size, max(share, full // 16)))
         if size > job.max_size:
             job.max_size = size
         return size
@@ -120,7 +130,8 @@ class Dispatcher(ResultReader):
         stats = self.stats
         stats["chunks"] += 1
         stats["tasks"] += len(tasks)
-        self._write(w, chunk_message(chunk_id, CHUNK_BUDGET_SECONDS, payload))
+        flags = 0 if job.timeout is None else CHUNK_TIMED
+        self._write(w, chunk_message(chunk_id, CHUNK_BUDGET_SECONDS, payload, flags))
         if budget is not None:
             w.assigned += len(tasks)
             if w.assigned >= budget:

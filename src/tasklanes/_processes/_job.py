@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "MAX_CHUNK",
+    "PIPELINE_DEPTH",
     "TARGET_CHUNK_SECONDS",
     "Delivered",
     "JobCore",
@@ -90,6 +91,10 @@ TARGET_CHUNK_SECONDS = 0.004
 
 MAX_CHUNK = 2048
 
+PIPELINE_DEPTH = 4
+"""At most this many chunks in flight to one worker (the running one included), for
+short tasks (see `_dispatch`)."""
+
 
 def size_for(ewma: float) -> int:
     """Tasks per chunk for tasks of `ewma` seconds each."""
@@ -110,6 +115,7 @@ class JobCore:
         "ewma",
         "holders",
         "input_closed",
+        "input_ended",
         "limit",
         "max_size",
         "on_gone",
@@ -152,6 +158,10 @@ class JobCore:
         self.taken = 0
         self.delivered = 0
         self.input_closed = False
+        # Shared: set by the putting thread (`put(last=True)`) before it queues the
+        # last segment: from then on the queue is the tail of the batch, which the
+        # dispatcher splits so that it spreads over the workers.
+        self.input_ended = False
         self.cancelled = False
         self.settled = False
         self.holders = 0  # workers holding chunks of this job
@@ -238,8 +248,14 @@ class PoolJob:
         self._queue = core.queue
         self._cancel_requested = False
 
-    def put(self, first: int, tasks: list[Any]) -> None:
+    def put(self, first: int, tasks: list[Any], last: bool = False) -> None:
         """Append `tasks` to this job's queue, with the indexes `first`, `first + 1`, ...
+
+        `last`: no task comes after these (the input has ended; `tasks` may then be
+        empty). Until then the pool sends full chunks; once the input has ended it
+        splits what is left into smaller chunks, so that the tail of the batch spreads
+        over the workers -- a queue that is short only because a lazy input is fed
+        piece by piece is not mistaken for the tail.
 
         Each task is a zero-argument callable that pickles. Pickling happens later, on
         the manager thread, in chunks; a task that does not pickle fails alone, with
@@ -247,6 +263,8 @@ class PoolJob:
         once the pool is closed, every task fails at once with the pool's closed error.
         The pool keeps `tasks` (the list itself) until they are sent: do not change it.
         """
+        if last:
+            self._core.input_ended = True
         if self._cancel_requested or not tasks:
             return
         segment = Segment(first, tasks)
@@ -315,14 +333,15 @@ class PoolJob:
     def demand(self) -> int:
         """How many more tasks the pool would like queued for this job right now.
 
-        A hint for a caller that feeds the job lazily: enough queued tasks to fill a
-        chunk for every worker the job may use, twice over. Zero when there are enough.
+        A hint for a caller that feeds the job lazily: enough queued tasks to fill the
+        pipeline of every worker the job may use (`PIPELINE_DEPTH` chunks each), so
+        that one refill keeps them all busy. Zero when there are enough.
         """
         core = self._core
         slots = min(core.limit, self._manager.max_workers)
         ewma = core.ewma
         size = 1 if ewma is None else size_for(ewma)
-        return max(0, 2 * slots * size - core.queued)
+        return max(0, PIPELINE_DEPTH * slots * size - core.queued)
 
     # Run time of the job's finished chunks, measured in the workers (read by the
     # lane for its stats once the job has settled).

@@ -58,13 +58,15 @@ _by_value: dict[int, object] = {}
 _MAX_REMEMBERED = 4096
 
 
-def dumps_chunk(fn: object, seq: list[Any]) -> bytes:
-    """Pickle a chunk, `(fn, seq)` (see `_protocol`), for a worker process.
+def dumps_chunk(fn: object, seq: list[Any], bare: bool = False) -> bytes:
+    """Pickle a chunk, `(fn, seq)` -- `(fn, seq, True)` when `bare`: `seq` holds each
+    task's one argument itself, not a tuple of them (see `_protocol`) -- for a worker
+    process.
 
     Raises `TypeError` naming the `interactive` extra when the chunk can only travel
     by value and `cloudpickle` is not installed.
     """
-    obj = (fn, seq)
+    obj = (fn, seq, True) if bare else (fn, seq)
     if fn is not None and _by_value.get(id(fn)) is fn:
         return _by_value_dumps(obj, None)
     try:

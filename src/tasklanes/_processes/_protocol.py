@@ -8,13 +8,17 @@ and parses frames itself.
 
 Parent -> worker:
 
-* a *chunk*: ``CHUNK_HEADER`` (chunk id, time budget in seconds) followed by the pickle
+* a *chunk*: ``CHUNK_HEADER`` (chunk id, time budget in seconds, flags: ``CHUNK_TIMED``
+  when the job has a per-task timeout) followed by the pickle
   of ``(fn, seq)``. When every task of the chunk calls the same function with
   positional arguments only (``call(f, x)``, ``functools.partial(f, x)``: the common
   case of a batch), ``fn`` is that function and ``seq`` the list of argument tuples:
   the function is pickled once and the worker calls ``fn(*args)``. Otherwise ``fn`` is
-  None and ``seq`` the list of tasks. Pickling one list is several times cheaper per
-  task than pickling tasks one by one, and this form cheaper again. No indices travel:
+  None and ``seq`` the list of tasks. When every task of such a chunk has exactly one
+  argument, the pickle is ``(fn, args, True)`` instead, ``args`` the list of the
+  arguments themselves (a *bare* chunk: no tuple per task to pickle, load and unpack;
+  the worker calls ``fn(arg)``). Pickling one list is several times cheaper per
+  task than pickling tasks one by one, and these forms cheaper again. No indices travel:
   the parent knows which tasks it put in which chunk. The header is outside the pickle
   so that a worker can hand back a chunk it has not started without unpickling it.
 
@@ -59,10 +63,14 @@ knows which task each outcome belongs to.
 
 Besides the pipes, each worker shares two blocks of memory with the parent:
 
-* the *slot*, two doubles the worker sets before it starts each task (the start
-  time, then how many tasks it has started). Outcomes may be held in the worker, so
-  the parent reads the slot to learn which task runs and since when: that names the
-  task to fail when the worker dies, and the start its timeout counts from;
+* the *slot*, two doubles the worker sets before it starts each task of a chunk
+  flagged ``CHUNK_TIMED`` (the start time, then how many tasks it has started in its
+  life). Outcomes may be held in the worker, so the parent reads the slot to learn
+  which task runs and since when: the start its timeout counts from, and the task to
+  fail when it overruns. Without a timeout the worker skips these stores: when it
+  dies, the task that was running is the first without an outcome once its pipe is
+  drained and its journal read (it runs its tasks in order, and every finished one
+  is in one or the other);
 * the *journal*, where the worker writes each held outcome as it finishes (the
   records of the next ``TAG_OK_MANY`` message). It sends them as one message later,
   then starts a new epoch of the journal. If the worker dies (a crash, or killed for a
@@ -81,6 +89,7 @@ import struct
 
 __all__ = [
     "CHUNK_HEADER",
+    "CHUNK_TIMED",
     "FRAME_HEADER",
     "FRAME_HEADER_LONG",
     "JOURNAL_BYTES",
@@ -104,7 +113,10 @@ __all__ = [
 
 FRAME_HEADER = struct.Struct("!i")
 FRAME_HEADER_LONG = struct.Struct("!Q")
-CHUNK_HEADER = struct.Struct("<qd")
+CHUNK_HEADER = struct.Struct("<qdB")
+#: A chunk header flag: the job has a per-task timeout; the worker publishes each
+#: task's start in its slot.
+CHUNK_TIMED = 1
 
 SECONDS = struct.Struct("<d")
 # TAG_OK_MANY's header: the chunk's run time (NaN: the chunk goes on), how many

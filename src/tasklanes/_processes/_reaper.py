@@ -156,12 +156,15 @@ class Reaper(Dispatcher):
             self.spawn_failures += 1
             self.spawn_error = worker_exit_error(exitcode)
         # The task that was running takes the blame for a crash; every task after it
-        # runs again elsewhere. (Outcomes it held were read from its journal above, so
-        # the running task is normally the first without an outcome. If none was
+        # runs again elsewhere. Outcomes it held were read from its journal above, and
+        # it runs its tasks in order, so the running task is the first without an
+        # outcome -- all a job without a timeout goes by (its worker publishes no
+        # start per task); with a timeout, its slot says the same. (If none was
         # running, the worker died between tasks, or loading a chunk: the first task
         # without an outcome takes the blame, so that a chunk that kills every worker
         # cannot loop forever.)
-        blame = max(w.running_offset(), 0)
+        timed = w.job is not None and w.job.timeout is not None
+        blame = max(w.running_offset(), 0) if timed else 0
         blamed: int | None = None
         position = 0
         for chunk in w.inflight:

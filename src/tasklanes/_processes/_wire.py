@@ -48,11 +48,14 @@ _HEAD = JOURNAL_HEADER.size
 
 
 def encode_chunk(tasks: list[Callable[[], object]]) -> bytes:
-    """Pickle a chunk's tasks as `(fn, seq)` (see `_protocol`).
+    """Pickle a chunk's tasks as `(fn, seq)` or `(fn, seq, True)` (see `_protocol`).
 
     When every task calls the same function with positional arguments only, `fn` is
-    that function (pickled once) and `seq` the argument tuples; otherwise `fn` is
-    None and `seq` the tasks. Raises whatever pickling raises.
+    that function (pickled once) and `seq` the argument tuples -- or, when every task
+    has exactly one argument, the arguments themselves, with a third item `True` (a
+    *bare* chunk: cheaper to pickle and to load than a tuple each, and the worker calls
+    `fn(arg)`); otherwise `fn` is None and `seq` the tasks. Raises whatever pickling
+    raises.
     """
     first = tasks[0]
     args: list[tuple[Any, ...]] = []
@@ -64,7 +67,7 @@ def encode_chunk(tasks: list[Callable[[], object]]) -> bytes:
                 break
             append(t.args)
         else:
-            return dumps_chunk(fn, args)
+            return _dumps_args(fn, args)
     elif type(first) is Call:
         fn = first.fn
         for t in tasks:
@@ -72,13 +75,22 @@ def encode_chunk(tasks: list[Callable[[], object]]) -> bytes:
                 break
             append(t.args)
         else:
-            return dumps_chunk(fn, args)
+            return _dumps_args(fn, args)
     return dumps_chunk(None, tasks)
 
 
-def chunk_message(chunk_id: int, budget: float, payload: bytes) -> bytes:
-    """The framed message that carries a chunk to a worker."""
-    return frame(CHUNK_HEADER.pack(chunk_id, budget) + payload)
+def _dumps_args(fn: object, args: list[tuple[Any, ...]]) -> bytes:
+    try:
+        # One argument each (the common `call(f, x)`): send the arguments bare.
+        bare = [arg for (arg,) in args]
+    except ValueError:
+        return dumps_chunk(fn, args)
+    return dumps_chunk(fn, bare, True)
+
+
+def chunk_message(chunk_id: int, budget: float, payload: bytes, flags: int = 0) -> bytes:
+    """The framed message that carries a chunk to a worker (`flags`: `CHUNK_TIMED`)."""
+    return frame(CHUNK_HEADER.pack(chunk_id, budget, flags) + payload)
 
 
 class FrameSplitter:

@@ -5,9 +5,10 @@ task's outcome back. Quick successes are held for up to ``FLUSH_SECONDS`` and se
 together (one write, and one wake-up of the parent, for many tasks: most of the cost
 of a tiny task);
 a failure, the end of a chunk, or a task that ran long sends at once. Before each
-task the worker publishes how many tasks it has started in a shared slot, which is
-what lets the parent name the task that was running when the worker dies or
-overruns its timeout. Held outcomes are written to a journal in shared memory as
+task of a job with a per-task timeout the worker publishes how many tasks it has
+started, and when, in a shared slot: what lets the parent time that task and name it
+when it overruns. A worker that dies is blamed on the first task without an outcome,
+once its pipe and journal are read. Held outcomes are written to a journal in shared memory as
 they finish, so a worker that dies before sending them loses none: the parent reads
 them from the journal.
 
@@ -32,6 +33,7 @@ from typing import Any
 
 from ._protocol import (
     CHUNK_HEADER,
+    CHUNK_TIMED,
     FRAME_HEADER,
     FRAME_HEADER_LONG,
     JOURNAL_FLOATS,
@@ -68,6 +70,8 @@ _OK_ARRAY = bytes([TAG_OK_ARRAY])
 _PLAIN = frozenset({int, float, bool, type(None), str, bytes, complex})
 _UNKNOWN = object()  # `_Journal.add` without the value: send records
 _NAN = float("nan")
+_INT64_MIN = -(2**63)
+_INT64_MAX = 2**63 - 1
 _HEAD = JOURNAL_HEADER.size
 _REC = RECORD_LEN.size
 _pack_rec = RECORD_LEN.pack
@@ -85,9 +89,10 @@ def main(tasks: Connection, results: Connection, alive: Connection, block: mmap.
 
     ``tasks`` carries chunks from the parent, ``results`` carries messages back (written
     with raw ``os.write`` calls). ``block`` is memory shared with the parent: its slot,
-    two doubles where we store each task's start time, then how many tasks we have
-    started, before we run it, so the parent knows which task runs even while finished
-    outcomes wait here; and the journal, where those held outcomes are written, so
+    two doubles where, for a job with a per-task timeout (a chunk flagged
+    ``CHUNK_TIMED``), we store each task's start time, then how many tasks we have
+    started, before we run it, so the parent knows which task runs and since when even
+    while finished outcomes wait here; and the journal, where those held outcomes are written, so
     that the parent finds them if we die before we send them (see ``_protocol``). ``alive``
     is a pipe whose write end only the parent holds: a watchdog thread exits the
     process when it reads end of file, which catches a parent that died while a long
@@ -111,6 +116,8 @@ def main(tasks: Connection, results: Connection, alive: Connection, block: mmap.
     slot = memoryview(block)[:SLOT_BYTES].cast("d")
     held = _Journal(memoryview(block)[SLOT_BYTES:], out)
     add_number = held.add_number
+    ints = held.ints  # the journal's records area as int64 items, and its header
+    head = held.head
     clock = monotonic
     cpu_clock = thread_time
     begun = 0  # tasks started in this process's life, published in ``slot[0]``
@@ -123,53 +130,88 @@ def main(tasks: Connection, results: Connection, alive: Connection, block: mmap.
             raw = recv()
         except (EOFError, OSError):
             return
-        chunk_id, budget = unpack_header(raw)
+        chunk_id, budget, flags = unpack_header(raw)
         try:
-            fn, seq = _loads(memoryview(raw)[header_size:])
+            loaded = _loads(memoryview(raw)[header_size:])
+            fn, seq = loaded[0], loaded[1]
         except BaseException as exc:
             _send_other(out, _with_traceback(("unloadable", chunk_id), exc))
             continue
         del raw
+        # One call per task, `fn(item)`: a bare chunk's items are the arguments
+        # themselves; a chunk of tasks runs each through `_run_task`.
+        if fn is None:
+            fn = _run_task
+            bare = True
+        else:
+            bare = len(loaded) > 2
+        del loaded
+        # Publish each task's start in the slot only for a job with a per-task
+        # timeout (the parent's deadline counts from it). Without one, a crash is
+        # pinned on the first task without an outcome (see `_reaper`): we count the
+        # chunk's tasks here and publish nothing per task.
+        timed = flags & CHUNK_TIMED
+        begun_before = begun
         started = clock()
         cpu_started = cpu_clock()
         last = len(seq) - 1
         now = started
+        k = -1
         for k in range(last + 1):
-            # Publish the start before running: time first, so that a parent reading
-            # the count sees a start time at least as recent as that task's.
-            slot[1] = now
-            begun += 1
-            slot[0] = begun
+            if timed:
+                # Publish the start before running: time first, so that a parent
+                # reading the count sees a start time at least as recent as that task's.
+                slot[1] = now
+                slot[0] = begun_before + k + 1
+            begin = now
             task = seq[k]
             # Drop our reference so that a big task is freed as soon as it is done.
             seq[k] = None
             payload: bytes | None
             try:
-                value = task() if fn is None else fn(*task)
+                value = fn(task) if bare else fn(*task)
             except BaseException as exc:
                 now = clock()
                 seconds = now - started if k == last else None
                 payload = _OTHER + _other_payload(_with_traceback(("error", seconds), exc))
             else:
                 now = clock()
-                data: bytes | None
                 payload = None
-                try:
-                    # An int or a float goes into the journal as is (no pickle): held.
-                    data = None if add_number(value, now) else dumps(value, _PROTOCOL)
-                except BaseException as exc:
-                    # A class of a task sent by value: cloudpickle can send it back.
-                    data = _result_by_value(value)
-                    if data is None:
-                        seconds = now - started if k == last else None
-                        payload = _OTHER + _other_payload(("bad_result", seconds, _describe(exc)))
-                if data is not None:
-                    if held.add(data, now, value):
-                        payload = None  # held: goes with the next flush
-                    else:  # too big to hold: goes alone, not copied (`_write_big`)
-                        payload = _OK_LAST + pack_seconds(now - started) if k == last else _OK
-                        big = data
-                    data = b""
+                count = held.count
+                if (
+                    type(value) is int
+                    and held.form == JOURNAL_INTS
+                    and count < FLUSH_COUNT
+                    and _INT64_MIN <= value <= _INT64_MAX
+                ):
+                    # The common case of trivial tasks, `held.add_number` inlined: an
+                    # int into the journal's array, then the count (it counts once
+                    # the item is whole).
+                    ints[count] = value
+                    if not count:
+                        held.since = now
+                    held.count = count = count + 1
+                    head[2] = count
+                else:
+                    data: bytes | None
+                    try:
+                        # An int or a float goes into the journal as is (no pickle).
+                        data = None if add_number(value, now) else dumps(value, _PROTOCOL)
+                    except BaseException as exc:
+                        # A class of a task sent by value: cloudpickle can send it back.
+                        data = _result_by_value(value)
+                        if data is None:
+                            seconds = now - started if k == last else None
+                            payload = _OTHER + _other_payload(
+                                ("bad_result", seconds, _describe(exc))
+                            )
+                    if data is not None:
+                        if held.add(data, now, value):
+                            payload = None  # held: goes with the next flush
+                        else:  # too big to hold: goes alone, not copied (`_write_big`)
+                            payload = _OK_LAST + pack_seconds(now - started) if k == last else _OK
+                            big = data
+                        data = b""
                 value = None
             task = None
             if forked:
@@ -180,7 +222,7 @@ def main(tasks: Connection, results: Connection, alive: Connection, block: mmap.
             give_back = (
                 now - started > budget
                 and (k < last or poll(0))
-                and _really_over(now - started, now - slot[1], cpu_clock() - cpu_started, budget)
+                and _really_over(now - started, now - begin, cpu_clock() - cpu_started, budget)
             )
             if (
                 payload is None
@@ -226,7 +268,13 @@ def main(tasks: Connection, results: Connection, alive: Connection, block: mmap.
                 if stop:
                     return
                 break
+        begun = begun_before + k + 1  # tasks started in our life, the slot's count
         del seq, fn
+
+
+def _run_task(task: Callable[[], Any]) -> Any:
+    """Run a task of a chunk that is not bare (mixed functions, keyword arguments)."""
+    return task()
 
 
 class _Journal:
@@ -423,6 +471,8 @@ def _with_traceback(head: tuple[object, ...], exc: BaseException) -> tuple[objec
     tb = exc.__traceback__
     if tb is not None and tb.tb_next is not None:
         tb = tb.tb_next  # skip the frame of our own loop
+        if tb.tb_frame.f_code is _run_task.__code__ and tb.tb_next is not None:
+            tb = tb.tb_next  # and of `_run_task`
     try:
         text = "".join(traceback.format_exception(type(exc), exc, tb))
     except BaseException:

@@ -137,7 +137,8 @@ class WorkerHandle:
 
     def running_offset(self) -> int:
         """Which of its tasks without an outcome yet is running: 0 for the first,
-        more when finished outcomes wait in its buffer; -1 when none runs."""
+        more when finished outcomes wait in its buffer; -1 when none runs. Only for a
+        job with a per-task timeout: the worker publishes no start for the others."""
         return int(self.slot[0]) - self.parsed - 1
 
     def locate(self, offset: int) -> tuple[Chunk, int] | None:
