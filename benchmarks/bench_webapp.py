@@ -19,7 +19,7 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 
-from tasklanes import offload
+from tasklanes import Scheduler, offload
 
 BURN_N = int(os.environ.get("BENCH_BURN_N", "300000"))
 
@@ -33,11 +33,21 @@ def burn_offloaded(n: int) -> int:
 
 @offload(kind="cpu")
 def burn_offloaded_niced(n: int) -> int:
-    """The same work at a lower priority (nice 10) in the worker:
+    """The same work at a lower priority (nice 10, or ``BENCH_NICE``) in the worker:
     ``benchmarks/proto_web_nice.py`` measures what that does to /ping's tail.
     ``burn_offloaded`` sets the priority back, as both share the pool's workers
     (raising it again needs root, as in the benchmark's container)."""
-    os.setpriority(os.PRIO_PROCESS, 0, 10)
+    os.setpriority(os.PRIO_PROCESS, 0, int(os.environ.get("BENCH_NICE", "10")))
+    return burn(n)
+
+
+#: A pool that leaves one core to the server's event loop (``/offload_spare``).
+_SPARE = Scheduler(cpu_limit=max(1, (os.cpu_count() or 2) - 1))
+
+
+@offload(kind="cpu", scheduler=_SPARE)
+def burn_offloaded_spare(n: int) -> int:
+    """The same work on a pool of one worker fewer than the cores."""
     return burn(n)
 
 
@@ -61,6 +71,10 @@ async def offloaded_niced(request: Request) -> PlainTextResponse:
     return PlainTextResponse(str(await burn_offloaded_niced(BURN_N)))
 
 
+async def offloaded_spare(request: Request) -> PlainTextResponse:
+    return PlainTextResponse(str(await burn_offloaded_spare(BURN_N)))
+
+
 app = Starlette(
     routes=[
         Route("/ping", ping),
@@ -68,5 +82,6 @@ app = Starlette(
         Route("/thread", thread),
         Route("/offload", offloaded),
         Route("/offload_nice", offloaded_niced),
+        Route("/offload_spare", offloaded_spare),
     ]
 )

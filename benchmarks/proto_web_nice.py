@@ -1,13 +1,14 @@
 """Issue 14, web case: does lowering the cpu workers' priority keep /ping's tail short?
 
-    python benchmarks/proto_web_nice.py [--rounds 3] [--probes 100]
+    python benchmarks/proto_web_nice.py [--rounds 3] [--probes 100]   (BENCH_NICE=5: another niceness)
 
 Same server and load as ``run.py``'s web group (uvicorn + Starlette, 4 clients looping
 on a 50 ms CPU route), alternating: no load, ``@offload(kind="cpu")``, and the same
 offloaded function in workers that called ``os.nice(10)`` once (``/offload_nice`` in
 ``bench_webapp.py``). With two busy workers on two cores, the server's event loop
 competes with them for the CPU; a nicer worker yields to it. Prototype only: the
-pool does not nice its workers today.
+pool does not nice its workers today. A fourth mode runs the same function on a
+``Scheduler(cpu_limit=cores - 1)``: one core left to the server.
 """
 
 from __future__ import annotations
@@ -26,6 +27,9 @@ sys.path.insert(0, str(HERE))
 
 import run as R  # noqa: E402  (puts src/ on the path for the server too)
 
+#: The niceness of the niced route's workers (``BENCH_NICE``, read by ``bench_webapp``).
+NICE = int(os.environ.get("BENCH_NICE", "10"))
+
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -43,7 +47,8 @@ def main() -> int:
         cwd=str(HERE), env=dict(os.environ, BENCH_BURN_N=str(burn_n)),
     )
     modes = {"no load": None, '@offload(kind="cpu")': "offload",
-             "@offload, workers niced (+10)": "offload_nice"}
+             f"@offload, workers niced (+{NICE})": "offload_nice",
+             "@offload, cpu_limit=cores-1": "offload_spare"}
     lat: dict[str, list[float]] = {k: [] for k in modes}
     heavy: dict[str, float] = dict.fromkeys(modes, 0.0)
     try:
