@@ -26,18 +26,17 @@ BURN_N = int(os.environ.get("BENCH_BURN_N", "300000"))
 
 @offload(kind="cpu")
 def burn_offloaded(n: int) -> int:
-    if os.getpriority(os.PRIO_PROCESS, 0) != 0:
-        os.setpriority(os.PRIO_PROCESS, 0, 0)
     return burn(n)
 
 
-@offload(kind="cpu")
+#: A pool whose workers run at a lower priority (``cpu_worker_nice``, 10 or
+#: ``BENCH_NICE``): they yield the cores to the server's event loop (``/offload_nice``).
+_NICE = Scheduler(cpu_worker_nice=int(os.environ.get("BENCH_NICE", "10")))
+
+
+@offload(kind="cpu", scheduler=_NICE)
 def burn_offloaded_niced(n: int) -> int:
-    """The same work at a lower priority (nice 10, or ``BENCH_NICE``) in the worker:
-    ``benchmarks/proto_web_nice.py`` measures what that does to /ping's tail.
-    ``burn_offloaded`` sets the priority back, as both share the pool's workers
-    (raising it again needs root, as in the benchmark's container)."""
-    os.setpriority(os.PRIO_PROCESS, 0, int(os.environ.get("BENCH_NICE", "10")))
+    """The same work on workers at a lower priority."""
     return burn(n)
 
 

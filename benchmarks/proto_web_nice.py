@@ -7,7 +7,7 @@ on a 50 ms CPU route), alternating: no load, ``@offload(kind="cpu")``, and the s
 offloaded function in workers that called ``os.nice(10)`` once (``/offload_nice`` in
 ``bench_webapp.py``). With two busy workers on two cores, the server's event loop
 competes with them for the CPU; a nicer worker yields to it. Prototype only: the
-pool does not nice its workers today. A fourth mode runs the same function on a
+pool lowers its workers' priority only when asked (`Scheduler(cpu_worker_nice=...)`). A fourth mode runs the same function on a
 ``Scheduler(cpu_limit=cores - 1)``: one core left to the server.
 """
 

@@ -188,3 +188,8 @@ def sha256_hex(data: bytes) -> str:
     import hashlib
 
     return hashlib.sha256(data).hexdigest()
+
+
+def pid_and_niceness(_: int) -> tuple[int, int]:
+    """This worker's pid and scheduling niceness."""
+    return os.getpid(), os.getpriority(os.PRIO_PROCESS, 0)

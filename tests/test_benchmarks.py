@@ -45,13 +45,14 @@ def expected_cases() -> set[str]:
     if have("joblib"):
         cases.add("cpu.warm_vs_fresh")
     # Issue 14's floor group.
-    cases |= {"floor.io.gen", "floor.io.list", "floor.io.sleep10ms", "floor.cpu.warm_gen",
+    cases |= {"floor.io.gen", "floor.io.list", "floor.io.sleep10ms", "floor.io.gen_script",
+              "floor.io.list_script", "floor.cpu.warm_gen",
               "floor.cpu.warm_list", "floor.cpu.warm_amap", "floor.cpu.oneshot", "floor.cpu.oneshot_heavy",
               "floor.cpu.big_result", "floor.cpu.big_result_mem"}
     if have("distributed"):
         cases.add("floor.dask")
     if have("uvicorn") and have("httpx") and have("starlette"):
-        cases.add("web.offload_p99")
+        cases |= {"web.offload_p99", "web.offload_nice_p99"}
     return cases
 
 
@@ -105,6 +106,8 @@ def test_quick_run_has_every_case_with_positive_figures(quick_run: tuple[Path, s
         modes = res["web"]["modes"]
         ratio = modes['@offload(kind="cpu")']["p99_ms"] / modes["no load"]["p99_ms"]
         assert cases["web.offload_p99"]["targets"][0]["ratio"] == pytest.approx(ratio)
+        niced = modes["@offload, cpu_worker_nice=10"]["p99_ms"] / modes["no load"]["p99_ms"]
+        assert cases["web.offload_nice_p99"]["targets"][0]["ratio"] == pytest.approx(niced)
     # The crash case: tasklanes delivers every other task.
     assert cases["cpu.crash"]["results"]["tasklanes"]["median"] == 39
     for lane in ("io", "blocking", "cpu"):
@@ -114,7 +117,7 @@ def test_quick_run_has_every_case_with_positive_figures(quick_run: tuple[Path, s
     if have("uvicorn") and have("httpx") and have("starlette"):
         modes = res["web"]["modes"]
         assert set(modes) == {"no load", "inline in the async route", "asyncio.to_thread",
-                              '@offload(kind="cpu")'}
+                              '@offload(kind="cpu")', "@offload, cpu_worker_nice=10"}
         assert all(positive(m["median_ms"]) and positive(m["p99_ms"]) for m in modes.values())
 
 

@@ -484,3 +484,33 @@ def test_recycling_arguments_are_checked() -> None:
 
     with ThreadPoolExecutor(1) as executor, pytest.raises(ValueError, match="cpu_executor"):
         Scheduler(cpu_executor=executor, cpu_max_tasks_per_worker=5)
+
+
+@pytest.mark.parametrize("method", [None, "forkserver"])
+async def test_workers_run_at_the_lower_priority_asked_for(method: str | None) -> None:
+    mine = os.getpriority(os.PRIO_PROCESS, 0)
+    # Recycled after 2 tasks: the replacements are lowered too.
+    with Scheduler(
+        cpu_limit=2, cpu_worker_nice=7, cpu_max_tasks_per_worker=2, mp_context=method
+    ) as sched:
+        seen = await run_all(
+            [call(T.pid_and_niceness, i) for i in range(8)], kind="cpu", scheduler=sched
+        )
+    assert {nice for _, nice in seen} == {min(mine + 7, 19)}
+    assert len({pid for pid, _ in seen}) >= 4
+    with Scheduler(cpu_limit=1) as sched:  # by default, the parent's priority
+        [(_, nice)] = await run_all([call(T.pid_and_niceness, 0)], kind="cpu", scheduler=sched)
+    assert nice == mine
+
+
+def test_worker_nice_is_checked() -> None:
+    with pytest.raises(ValueError, match="cpu_worker_nice"):
+        Scheduler(cpu_worker_nice=20)
+    with pytest.raises(ValueError, match="cpu_worker_nice"):
+        Scheduler(cpu_worker_nice=-1)
+    with pytest.raises(TypeError, match="cpu_worker_nice"):
+        Scheduler(cpu_worker_nice=2.5)  # type: ignore[arg-type]
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(1) as executor, pytest.raises(ValueError, match="cpu_executor"):
+        Scheduler(cpu_executor=executor, cpu_worker_nice=5)

@@ -95,6 +95,11 @@ class Scheduler:
     many tasks, or whose memory exceeds the limit after a chunk of tasks, is replaced
     once its current work is over. No task is lost or run twice;
     ``stats()["cpu"].recycled`` counts replacements.
+    ``cpu_worker_nice`` (0 to 19, default 0) lowers the default pool's worker
+    processes' scheduling priority by that much (Unix ``nice``): a server that
+    offloads CPU work to them keeps its own event loop answering quickly when the
+    workers fill every core (see docs/performance.md, "The web server"). Work of other
+    programs on the machine then also comes before the workers'.
     ``advice`` (default on) warns, with a [KindWarning][tasklanes.KindWarning], when
     work seems to be on the wrong lane: an io task that holds the event loop longer
     than ``advice_threshold`` seconds, a blocking task that mostly computes (see
@@ -110,6 +115,7 @@ class Scheduler:
         mp_context: BaseContext | str | None = None,
         cpu_max_tasks_per_worker: int | None = None,
         cpu_max_worker_memory: int | None = None,
+        cpu_worker_nice: int = 0,
         advice: bool = True,
         advice_threshold: float = ADVICE_THRESHOLD,
     ) -> None:
@@ -141,6 +147,20 @@ class Scheduler:
                     f"{name} recycles tasklanes' own worker processes; it does not apply "
                     "with cpu_executor (configure recycling on that executor instead)"
                 )
+        if isinstance(cpu_worker_nice, bool) or not isinstance(cpu_worker_nice, int):
+            raise TypeError(
+                f"cpu_worker_nice must be an int from 0 to 19, got {type(cpu_worker_nice).__name__}"
+            )
+        if not 0 <= cpu_worker_nice <= 19:
+            raise ValueError(
+                "cpu_worker_nice must be from 0 (the parent's priority) to 19 (the lowest), "
+                f"got {cpu_worker_nice}"
+            )
+        if cpu_worker_nice and cpu_executor is not None:
+            raise ValueError(
+                "cpu_worker_nice sets the priority of tasklanes' own worker processes; it "
+                "does not apply with cpu_executor"
+            )
         if isinstance(mp_context, str):
             import multiprocessing
 
@@ -162,6 +182,7 @@ class Scheduler:
         self._cpu_executor = cpu_executor
         self._mp_context = mp_context
         self._cpu_recycling = (cpu_max_tasks_per_worker, cpu_max_worker_memory)
+        self._cpu_worker_nice = cpu_worker_nice
         self._lanes: dict[str, Lane] = {}
         self._auto: AutoRouter | None = None  # kind="auto": its decisions, on first use
         self._lock = threading.Lock()
@@ -221,6 +242,7 @@ class Scheduler:
             mp_context(self._mp_context),
             max_tasks_per_worker=max_tasks,
             max_worker_memory=max_memory,
+            worker_nice=self._cpu_worker_nice,
         )
 
     def _resolve(

@@ -64,11 +64,13 @@ class ProcessLane(LaneBase):
         *,
         max_tasks_per_worker: int | None = None,
         max_worker_memory: int | None = None,
+        worker_nice: int = 0,
     ) -> None:
         super().__init__()
         self.capacity = capacity
         self._context = mp_context
         self._recycling = (max_tasks_per_worker, max_worker_memory)
+        self._worker_nice = worker_nice
         self.check_task = CachedCheck(self._check)
         # id(fn) -> (fn, seconds per task in its last batch); fn kept so its id stays.
         self.task_seconds: dict[int, tuple[object, float]] = {}
@@ -106,6 +108,7 @@ class ProcessLane(LaneBase):
                 self._context,
                 max_tasks_per_worker=max_tasks,
                 max_worker_memory=max_memory,
+                worker_nice=self._worker_nice,
             )
         )
 

@@ -40,10 +40,13 @@ class Manager(Delivery):
         max_tasks_per_worker: int | None,
         max_worker_memory: int | None,
         zygote: Zygote | None = None,
+        *,
+        worker_nice: int = 0,
     ) -> None:
         super().__init__(
             max_workers, ctx, stats, max_tasks_per_worker, max_worker_memory, zygote
         )
+        self.worker_nice = worker_nice  # for the spawner: see `_workers.lower_priority`
         self.selector.register(self.wakeup.r, selectors.EVENT_READ, (self._on_wake, None))
         self.spawner = Spawner(self)
         # Daemon, so that it never holds up interpreter exit; the pool's atexit hook

@@ -61,6 +61,9 @@ class ProcessPool:
     `max_tasks_per_worker` and `max_worker_memory` (bytes of resident memory, checked
     after each chunk of tasks) recycle workers: one that reaches either limit finishes
     what it holds, exits, and a fresh one takes its place. No task is lost or run twice.
+
+    `worker_nice` (0-19) lowers each worker's scheduling priority by that much below
+    this process's own, as each starts (see `_workers.lower_priority`).
     """
 
     def __init__(
@@ -70,6 +73,7 @@ class ProcessPool:
         *,
         max_tasks_per_worker: int | None = None,
         max_worker_memory: int | None = None,
+        worker_nice: int = 0,
     ) -> None:
         if max_workers < 1:
             raise ValueError(f"max_workers must be >= 1, got {max_workers}")
@@ -79,6 +83,7 @@ class ProcessPool:
         self._ctx = mp_context
         self._max_tasks_per_worker = max_tasks_per_worker
         self._max_worker_memory = max_worker_memory
+        self._worker_nice = worker_nice
         self._lock = threading.Lock()
         self._state = PoolState.NEW
         self._manager: Manager | None = None
@@ -205,6 +210,7 @@ class ProcessPool:
                 self._max_tasks_per_worker,
                 self._max_worker_memory,
                 zygote,
+                worker_nice=self._worker_nice,
             )
         except BaseException:
             if zygote is not None:

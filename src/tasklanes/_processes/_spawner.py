@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 from ._commands import SpawnFailed, WorkerStarted
 from ._log import log
-from ._workers import WorkerHandle, spawn_worker
+from ._workers import WorkerHandle, lower_priority, spawn_worker
 
 if TYPE_CHECKING:
     from ._manager import Manager
@@ -52,6 +52,8 @@ class Spawner:
                 continue
             try:
                 worker = spawn_worker(m.ctx, m.alive_reader(), m.parent_fds(), m.zygote)
+                if m.worker_nice:
+                    lower_priority(worker.pid, m.worker_nice)
             except Exception as exc:
                 m.submit(SpawnFailed(exc))
                 continue

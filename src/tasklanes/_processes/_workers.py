@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 from . import _worker
 from ._context import WORKER_NAME, start_process, worker_target
 from ._job import JobCore
+from ._log import log
 from ._protocol import JOURNAL_BYTES
 from ._shared import SLOT_BYTES, SharedBlock
 from ._wire import FrameSplitter
@@ -187,6 +188,27 @@ def spawn_worker(
     os.set_blocking(result_r.fileno(), False)
     block.started()
     return WorkerHandle(proc, task_w, result_r, block)
+
+
+def lower_priority(pid: int, nice: int) -> None:
+    """Lower worker `pid`'s scheduling priority `nice` steps below this process's.
+
+    Done from here, the parent, once the worker has started: lowering the priority
+    of one's own child needs no privilege, and the worker's code stays unaware of it.
+    The worker may have begun its first task meanwhile; from now on it yields to
+    processes of higher priority (this one's event loop first) when the cores are
+    busy. Where it cannot be done (no ``os.setpriority``, a sandbox), the worker
+    keeps the parent's priority and a record says so.
+    """
+    try:
+        mine = os.getpriority(os.PRIO_PROCESS, 0)
+        os.setpriority(os.PRIO_PROCESS, pid, min(mine + nice, 19))
+    except (AttributeError, OSError) as exc:
+        log.warning(
+            "could not lower a worker's priority: %s",
+            exc,
+            extra={"pid": pid, "nice": nice},
+        )
 
 
 def _start_process(
