@@ -24,8 +24,10 @@ from fastapi.responses import JSONResponse
 
 from tasklanes import Scheduler, TaskTimeout, call, offload, run_all
 
-# The app's own scheduler: its capacities, and closed with the app.
-scheduler = Scheduler(blocking_limit=16, cpu_limit=2)
+# The app's own scheduler: its capacities, and closed with the app. Its worker processes
+# run at a lower priority (cpu_worker_nice): when they fill every core, the server's
+# event loop still gets one as soon as a request comes in.
+scheduler = Scheduler(blocking_limit=16, cpu_limit=2, cpu_worker_nice=10)
 
 
 @offload(limit=4, timeout=5, scheduler=scheduler)  # kind="blocking"; a pool of 4 connections

@@ -98,8 +98,8 @@ class Scheduler:
     ``cpu_worker_nice`` (0 to 19, default 0) lowers the default pool's worker
     processes' scheduling priority by that much (Unix ``nice``): a server that
     offloads CPU work to them keeps its own event loop answering quickly when the
-    workers fill every core (see docs/performance.md, "The web server"). Work of other
-    programs on the machine then also comes before the workers'.
+    workers fill every core (docs/scheduler.md). Work of other programs on the
+    machine then also comes before the workers'.
     ``advice`` (default on) warns, with a [KindWarning][tasklanes.KindWarning], when
     work seems to be on the wrong lane: an io task that holds the event loop longer
     than ``advice_threshold`` seconds, a blocking task that mostly computes (see
