@@ -861,26 +861,24 @@ class ControlledSource:
 
     def emit_ok_many(self, lane_indexes: Sequence[int], values: list[Any]) -> None:
         direct_end = self.direct_end
-        if direct_end and not self.attempt and lane_indexes:
-            last = lane_indexes[-1] if type(lane_indexes) is range else max(lane_indexes)
-            if last < direct_end:  # first attempts, each under its own index
-                self.in_flight -= len(values)
-                if self.keep_tasks:
-                    for index in lane_indexes:
-                        del self.tasks[index]
-                self.forward_ok_many(lane_indexes, values)
-                event = self._event
-                if event is not None and (self.wake_on_ok or self.in_flight == 0):
-                    self._event = None
-                    event.set()
-                return
-        if self.holds or self.attempt or self.lazy_end or direct_end:
+        indexes: Sequence[int]
+        if (
+            direct_end
+            and not self.attempt
+            and lane_indexes
+            # First attempts, each under its own index: nothing to translate.
+            and (lane_indexes[-1] if type(lane_indexes) is range else max(lane_indexes))
+            < direct_end
+        ):
+            indexes = lane_indexes
+        elif self.holds or self.attempt or self.lazy_end or direct_end:
             for lane_index, value in zip(lane_indexes, values, strict=True):
                 self.emit(lane_index, True, value)
             return
-        pop = self.real.pop
-        indexes = [pop(lane_index) for lane_index in lane_indexes]
-        self.in_flight -= len(indexes)
+        else:
+            pop = self.real.pop
+            indexes = [pop(lane_index) for lane_index in lane_indexes]
+        self.in_flight -= len(values)
         if self.keep_tasks:
             for index in indexes:
                 del self.tasks[index]
