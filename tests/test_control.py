@@ -802,3 +802,50 @@ def test_lazy_admission_shared_by_two_loops_in_two_threads(concurrency: int) -> 
     assert run_on_asyncio_and_trio(main, 120) == []
     assert gauge.started == 2 * 2300 and gauge.peak <= concurrency
     assert lim.held == 0 and lim.waiting == 0
+
+
+async def test_a_refusal_ends_lazy_admission_for_every_io_worker() -> None:
+    # Lazy admission on the io lane: tasks 0 and 1 are admitted as they start, task 2
+    # is refused (two of the four permits are held outside the batch), and the rest
+    # wait. Two permits freed at once let one worker take tasks 2 and 3, admitted,
+    # into the shared buffer; the worker of task 1, suspended all along, then starts
+    # task 3. It must not admit it a second time (a worker that kept the lazy
+    # admission it saw before the refusal did: a permit too many, never released).
+    lim = Limiter(concurrency=4)
+    lim.try_acquire()
+    lim.try_acquire()
+    first = [anyio.Event(), anyio.Event()]
+    rest = anyio.Event()
+    ran: list[int] = []
+
+    async def task(i: int) -> int:
+        ran.append(i)
+        await (first[i].wait() if i < 2 else rest.wait())
+        return i
+
+    results: list[list[int]] = []
+
+    async def wait_until(predicate: Any) -> None:
+        with anyio.fail_after(10):
+            while not predicate():
+                await anyio.sleep(0.005)
+
+    async def batch() -> None:
+        results.append(await run_all([call(task, i) for i in range(6)], limit=3, limiter=lim))
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(batch)
+        await wait_until(lambda: ran == [0, 1] and lim.held == 4)
+        await anyio.sleep(0.05)  # task 2 refused meanwhile, none started
+        assert ran == [0, 1]
+        lim.release()
+        lim.release()
+        await wait_until(lambda: 2 in ran)
+        await anyio.sleep(0.05)
+        first[1].set()
+        await wait_until(lambda: 3 in ran)
+        first[0].set()
+        rest.set()
+    assert results == [list(range(6))]
+    assert sorted(ran) == list(range(6))  # each ran once
+    assert lim.held == 0 and lim.waiting == 0

@@ -468,7 +468,10 @@ class _IoBatch:
                     break
                 task = pop()
                 index = self.top - len(ready)
-                if admit is not None and not admit():
+                # Lazy admission: re-read it, as another worker may have ended it (a
+                # refusal, `_refused`) while this one awaited its task; the tasks in
+                # `ready` are then already admitted, and must not be admitted again.
+                if admit is not None and (admit := self.admit) is not None and not admit():
                     self._refused(index, task)
                     continue
                 try:
