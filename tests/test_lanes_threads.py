@@ -120,6 +120,8 @@ def test_pool_close_joins_its_threads() -> None:
             self.running: dict[object, float] = {}
             self.inbox = None
             self.cancelled = False
+            self.refused = False  # read by a serving thread before it looks at `ready`
+            self.admit = False
             self.serving = 1
 
     pool.offer(FakeJob(), 1)  # type: ignore[arg-type]
