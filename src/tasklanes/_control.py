@@ -759,7 +759,7 @@ class ControlledSource:
     def emit(self, lane_index: int, ok: bool, value: Any) -> None:
         if lane_index < self.direct_end:  # a first attempt under its own index
             if ok:
-                self._direct_ok(lane_index, value)
+                self._succeeded(lane_index, value)
                 return
             index = lane_index
         elif lane_index < self.lazy_end:  # admitted by the lane as it started it
@@ -800,9 +800,10 @@ class ControlledSource:
             self._event = None
             event.set()
 
-    def _direct_ok(self, index: int, value: Any) -> None:
-        """A first attempt's success under its own index (`direct_end`): nothing to
-        translate, release or count as a retry; straight to the caller's `emit_ok`."""
+    def _succeeded(self, index: int, value: Any) -> None:
+        """A success under its real index, with nothing left to release: to the
+        caller's `emit_ok`, and wake a lane that waits for room or for the end (a
+        first attempt under its own index, `direct_end`, comes straight here)."""
         if self.keep_tasks:
             del self.tasks[index]
         self.in_flight -= 1
@@ -815,7 +816,7 @@ class ControlledSource:
     def emit_ok(self, lane_index: int, value: Any) -> None:
         """One success (the io lane's hot path): `emit(lane_index, True, value)`."""
         if lane_index < self.direct_end:
-            self._direct_ok(lane_index, value)
+            self._succeeded(lane_index, value)
             return
         if lane_index < self.lazy_end and self.lazy_io:  # admitted as it started
             self.lazy_held -= 1
@@ -850,14 +851,7 @@ class ControlledSource:
             if held is not None:
                 for limiter in held:
                     limiter.release()
-        if self.keep_tasks:
-            del self.tasks[index]
-        self.in_flight -= 1
-        self.forward_ok(index, value)
-        event = self._event
-        if event is not None and (self.wake_on_ok or self.in_flight == 0):
-            self._event = None
-            event.set()
+        self._succeeded(index, value)
 
     def emit_ok_many(self, lane_indexes: Sequence[int], values: list[Any]) -> None:
         direct_end = self.direct_end
