@@ -76,6 +76,7 @@ class Batch:
         "filled",
         "limit",
         "loop",
+        "map_fn",
         "progress",
         "results",
         "scope",
@@ -140,6 +141,10 @@ class Batch:
         #: that pays per hand-over (a Dask cluster's fetches) may then hand its
         #: successes over in fewer, larger lots. Failures still come at once.
         self.streams = True
+        #: Not None: the source's tasks are the items of ``amap(map_fn, items)``, each
+        #: meaning ``map_fn(item)``. Only a lane with ``maps_items = True`` (the cpu
+        #: lane on its own pool) is given such a batch: it then builds no task per item.
+        self.map_fn: Callable[[Any], Any] | None = None
 
     def _emit_ok_one(self, index: int, value: Any) -> None:
         self.emit(index, True, value)
@@ -416,6 +421,7 @@ class _Stream:
         self.batch: Batch | None = None
         self.outcome: BaseException | None = None
         self.done = False
+        self.map_fn: Callable[[Any], Any] | None = None  # see `Batch.map_fn`
 
     def start(self) -> None:
         import anyio
@@ -452,6 +458,7 @@ class _Stream:
             self.emit_ok_many, controls=self.controls,
         )  # fmt: skip
         self.batch.widen = self.widen
+        self.batch.map_fn = self.map_fn
         loop.spawn_background(self.run)
 
     def widen(self, n: int) -> None:
@@ -541,6 +548,21 @@ class _Stream:
         self.release()
 
 
+class _ItemsPass:
+    """The check of an ``amap`` item on a lane that maps items itself: none (the
+    function was checked once; an item that does not pickle fails alone, later).
+    ``check_many`` too, so a bulk pull skips even the call per item."""
+
+    def __call__(self, task: object, index: int) -> None:
+        pass
+
+    def check_many(self, tasks: Sequence[Any], start: int) -> None:
+        pass
+
+
+_ITEMS_PASS = _ItemsPass()
+
+
 class BatchIterator(Generic[T_co]):
     """The ``async for`` side of ``as_completed`` and ``amap``.
 
@@ -570,12 +592,20 @@ class BatchIterator(Generic[T_co]):
         with_index: bool,
         progress: Progress | None = None,
         controls: Controls | None = None,
+        map_fn: Callable[[Any], Any] | None = None,
     ) -> None:
-        check = lane.check_task if controls is None else controls.check(lane.check_task)
+        if map_fn is not None:
+            # `amap` on a lane that maps items itself: `tasks` are the items, and
+            # `map_fn` was checked already (an item's pickling fails it alone).
+            assert controls is None and getattr(lane, "maps_items", False)
+            check: Callable[[object, int], None] = _ITEMS_PASS
+        else:
+            check = lane.check_task if controls is None else controls.check(lane.check_task)
         source = Source(tasks, check)  # checks a list before anything runs
         self._stream = _Stream(
             lane, source, limit, timeout, return_exceptions, ordered, progress, controls
         )
+        self._stream.map_fn = map_fn
         self._with_index = with_index
         self._closed = False
 

@@ -360,6 +360,20 @@ class Scheduler:
         # A limiter= callable gets the item: the task is Call(fn, (item,), {}).
         controls = _controls(limiter, rate, retry, per_item=_item_of)
         lane.check_task(_probe_task(fn), 0)  # a wrong fn fails now, not per item
+        if controls is None and getattr(lane, "maps_items", False):
+            # The cpu lane on its own pool takes the items as they are, with `fn` beside
+            # them: no `Call` built per item here, none unpacked when a chunk is pickled.
+            return BatchIterator(
+                lane,
+                _items(items),
+                call_limit,
+                seconds,
+                bool(return_exceptions),
+                ordered=bool(ordered),
+                with_index=False,
+                progress=_progress(progress),
+                map_fn=fn,
+            )
         return BatchIterator(
             lane,
             _map_tasks(fn, items),
@@ -574,6 +588,18 @@ def _probe_task(fn: Callable[[Any], Any]) -> object:
     from ._call import Call
 
     return Call(fn, (None,), {})
+
+
+def _items(items: Iterable[Any] | AsyncIterable[Any]) -> Iterable[Any] | AsyncIterable[Any]:
+    """`amap`'s items as a lazy input, as `_map_tasks` makes them (a list too is read
+    as the results are consumed, not checked or handed over whole)."""
+    if isinstance(items, AsyncIterable):
+        return items
+    if isinstance(items, (str, bytes)) or not isinstance(items, Iterable):
+        raise TypeError(
+            f"amap() needs an iterable or async iterable of items, got {type(items).__name__}"
+        )
+    return iter(items)
 
 
 def _map_tasks(

@@ -56,6 +56,9 @@ _MAX_REMEMBERED = 256
 
 class ProcessLane(LaneBase):
     kind = "cpu"
+    #: ``amap`` hands this lane the items themselves with ``batch.map_fn``: the pool
+    #: sends them to the workers as they are (`_wire.encode_items`), no `Call` each.
+    maps_items = True
 
     def __init__(
         self,
@@ -163,6 +166,7 @@ class ProcessLane(LaneBase):
             on_settled=lambda: inbox.put(_SETTLED),
             on_gone=on_gone,
             runs=True,
+            map_fn=batch.map_fn,
         )
 
     def _close_job(self, runner: _CpuBatch) -> None:
@@ -392,7 +396,9 @@ class _CpuBatch:
         function before, tell the pool how long its tasks took (a warm start: full
         chunks at once instead of growing from one task)."""
         kind = type(task)
-        if kind is Call:
+        if self.batch.map_fn is not None:
+            self.fn = self.batch.map_fn  # an amap item (`Batch.map_fn`)
+        elif kind is Call:
             self.fn = task.fn  # type: ignore[attr-defined]
         elif kind is functools.partial:
             self.fn = task.func  # type: ignore[attr-defined]

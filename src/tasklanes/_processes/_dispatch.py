@@ -19,12 +19,13 @@ import os
 import selectors
 from typing import Any
 
+from .._call import Call
 from ._job import PIPELINE_DEPTH, JobCore, size_for
 from ._log import log
 from ._pickling import dumps_task
 from ._protocol import CHUNK_TIMED
 from ._results import ResultReader
-from ._wire import chunk_message, encode_chunk
+from ._wire import chunk_message, encode_chunk, encode_items
 from ._workers import READY, RETIRING, Chunk, WorkerHandle
 
 __all__ = ["CHUNK_BUDGET_SECONDS", "PIPELINE_BELOW_SECONDS", "PIPELINE_DEPTH", "Dispatcher"]
@@ -150,14 +151,18 @@ class Dispatcher(ResultReader):
         with `TypeError`, and the others go back to the front of the queue (in runs of
         consecutive indexes, each sent as a chunk of its own next). None then.
         """
+        map_fn = job.map_fn
         try:
+            if map_fn is not None:
+                return encode_items(map_fn, tasks)
             return encode_chunk(tasks)
         except Exception as exc:
             error: Exception = exc
         bad = []
         for k, task in enumerate(tasks):
             try:
-                dumps_task(task)
+                # An amap item is the task `map_fn(item)`: pickled as that `Call`.
+                dumps_task(task if map_fn is None else Call(map_fn, (task,), {}))
             except Exception as exc:
                 index = first + k
                 failure = TypeError(f"task {index} could not be pickled: {exc!r}")

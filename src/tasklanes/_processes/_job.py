@@ -117,6 +117,7 @@ class JobCore:
         "input_closed",
         "input_ended",
         "limit",
+        "map_fn",
         "max_size",
         "on_gone",
         "on_settled",
@@ -142,8 +143,12 @@ class JobCore:
         deliver: Callable[[list[Delivered]], None],
         on_settled: Callable[[], None],
         runs: bool = False,
+        map_fn: Callable[[Any], Any] | None = None,
     ) -> None:
         self.limit = limit
+        #: Not None: the job's tasks are the items of ``amap(map_fn, items)`` themselves,
+        #: each meaning ``map_fn(item)`` (no `Call` per item; see `_wire.encode_items`).
+        self.map_fn = map_fn
         self.timeout = timeout
         self.deliver = deliver
         self.on_settled = on_settled

@@ -29,6 +29,7 @@ import multiprocessing
 import threading
 from collections.abc import Callable
 from multiprocessing.context import BaseContext
+from typing import Any
 
 from ._commands import OpenJob
 from ._context import default_context, refuse_while_importing_main
@@ -109,6 +110,7 @@ class ProcessPool:
         on_settled: Callable[[], None],
         on_gone: Callable[[int], None] | None = None,
         runs: bool = False,
+        map_fn: Callable[[Any], Any] | None = None,
     ) -> PoolJob:
         """Open a job; starts the pool on first use (without waiting for it).
 
@@ -121,13 +123,15 @@ class ProcessPool:
         `on_gone(index)` (optional) is called from the manager thread when the worker
         killed for task `index`'s timeout has been reaped (`limiter=` holds a killed
         task's limiters until then).
+        `map_fn` (optional): the tasks put are not callables but items, each run as
+        ``map_fn(item)`` (``amap`` on the cpu lane: no task object per item).
         """
         if limit < 1:
             raise ValueError(f"limit must be >= 1, got {limit}")
         if timeout is not None and timeout <= 0:
             raise ValueError(f"timeout must be > 0, got {timeout}")
         refuse_while_importing_main()  # a worker re-running an unguarded script: say so
-        core = JobCore(limit, timeout, deliver, on_settled, runs)
+        core = JobCore(limit, timeout, deliver, on_settled, runs, map_fn)
         core.on_gone = on_gone
         # The check and the queuing of the job are one step under the lock, which
         # close() takes too: a close() from another thread comes either before (we

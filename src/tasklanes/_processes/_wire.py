@@ -33,6 +33,7 @@ __all__ = [
     "decode_array",
     "decode_many",
     "encode_chunk",
+    "encode_items",
     "iter_records",
     "read_journal",
 ]
@@ -77,6 +78,13 @@ def encode_chunk(tasks: list[Callable[[], object]]) -> bytes:
         else:
             return _dumps_args(fn, args)
     return dumps_chunk(None, tasks)
+
+
+def encode_items(fn: object, items: list[Any]) -> bytes:
+    """Pickle a chunk of ``amap(fn, items)``'s items as a bare chunk ``(fn, items, True)``:
+    what `encode_chunk` makes of ``[call(fn, item) for item in items]``, without
+    building (or walking) a `Call` per item."""
+    return dumps_chunk(fn, items, True)
 
 
 def _dumps_args(fn: object, args: list[tuple[Any, ...]]) -> bytes:
