@@ -403,6 +403,7 @@ class _Stream:
         ordered: bool,
         progress: Progress | None,
         controls: Controls | None = None,
+        bare: bool = False,
     ) -> None:
         self.lane = lane
         self.controls = controls
@@ -412,7 +413,11 @@ class _Stream:
         self.return_exceptions = return_exceptions
         self.ordered = ordered
         self.progress = progress
-        self.ready: deque[tuple[int, bool, Any]] = deque()
+        #: What the consumer takes next: ``(index, ok, value)`` each, or with `bare`
+        #: (``amap``, whose loop yields values only) the values alone, which a block of
+        #: successes extends in one C-level step, without a tuple per result.
+        self.bare = bare
+        self.ready: deque[Any] = deque()
         self.reorder: dict[int, tuple[Any, Any]] = {}  # index -> (ok or _BLOCK, value)
         self.next_index = 0  # ordered: the next index to hand out
         self.window = max(2 * limit, 16)
@@ -475,9 +480,9 @@ class _Stream:
         if self.progress is None and type(indexes) is range and len(indexes) == len(values):
             first = indexes.start
             if not self.ordered:
-                self.ready.extend(zip(indexes, repeat(True), values))
+                self.ready.extend(values if self.bare else zip(indexes, repeat(True), values))
             elif first == self.next_index:
-                self.ready.extend(zip(indexes, repeat(True), values))
+                self.ready.extend(values if self.bare else zip(indexes, repeat(True), values))
                 self.next_index += len(values)
                 self._drain()
             else:
@@ -495,10 +500,13 @@ class _Stream:
             first = self.next_index
             ok, value = reorder.pop(first)
             if ok is _BLOCK:
-                self.ready.extend(zip(range(first, first + len(value)), repeat(True), value))
+                if self.bare:
+                    self.ready.extend(value)
+                else:
+                    self.ready.extend(zip(range(first, first + len(value)), repeat(True), value))
                 self.next_index = first + len(value)
             else:
-                self.ready.append((first, ok, value))
+                self.ready.append(value if self.bare else (first, ok, value))
                 self.next_index = first + 1
 
     async def run(self) -> None:
@@ -530,7 +538,7 @@ class _Stream:
             self.reorder[index] = (ok, value)
             self._drain()
         else:
-            self.ready.append((index, ok, value))
+            self.ready.append(value if self.bare else (index, ok, value))
         self.wake()
 
     def wake(self) -> None:
@@ -603,7 +611,8 @@ class BatchIterator(Generic[T_co]):
             check = lane.check_task if controls is None else controls.check(lane.check_task)
         source = Source(tasks, check)  # checks a list before anything runs
         self._stream = _Stream(
-            lane, source, limit, timeout, return_exceptions, ordered, progress, controls
+            lane, source, limit, timeout, return_exceptions, ordered, progress, controls,
+            bare=not with_index,
         )
         self._stream.map_fn = map_fn
         self._with_index = with_index
@@ -619,6 +628,20 @@ class BatchIterator(Generic[T_co]):
         await self.aclose()
 
     async def __anext__(self) -> T_co:
+        stream = self._stream
+        if stream.ready and not self._closed:
+            # The common case of a busy loop, kept to a minimum (it runs per result):
+            # an outcome is buffered already. (`ready` fills only once the batch has
+            # started, so `stream.batch` is set.)
+            item = stream.ready.popleft()
+            stream.batch.source.release()  # type: ignore[union-attr]
+            if self._with_index:
+                return (item[0], item[2])  # type: ignore[return-value]
+            return item  # type: ignore[no-any-return]
+        return await self._wait_next()
+
+    async def _wait_next(self) -> T_co:
+        """`__anext__` when nothing is buffered: start the batch, or wait for it."""
         import anyio  # loaded by now (the caller runs a loop): a dictionary look-up
 
         stream = self._stream
@@ -646,11 +669,11 @@ class BatchIterator(Generic[T_co]):
                 with anyio.CancelScope(shield=True):
                     await self.aclose()
             raise
-        index, _ok, value = stream.ready.popleft()
+        item = stream.ready.popleft()
         stream.release()
         if self._with_index:
-            return (index, value)  # type: ignore[return-value]
-        return value  # type: ignore[no-any-return]
+            return (item[0], item[2])  # type: ignore[return-value]
+        return item  # type: ignore[no-any-return]
 
     async def aclose(self) -> None:
         """Stop the batch and wait until its work has stopped."""
