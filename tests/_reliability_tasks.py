@@ -95,6 +95,11 @@ def probe(d: str, index: int, action: str, arg: float = 0.0) -> Any:
         _write(base / f"end-{index}", "end")
 
 
+def probe_item(item: tuple[str, int, str, float]) -> Any:
+    """`probe` for `amap`, whose function takes one item: ``(d, index, action, arg)``."""
+    return probe(*item)
+
+
 def started(d: str | Path) -> dict[int, int]:
     """index -> pid of every task that started."""
     out = {}

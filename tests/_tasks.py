@@ -36,6 +36,12 @@ def double(x: int) -> int:
     return 2 * x
 
 
+def fail_on_bad(x: str) -> str:
+    if x == "bad":
+        raise ValueError("bad")
+    return x
+
+
 def sleep_return(seconds: float, value: object) -> object:
     time.sleep(seconds)
     return value

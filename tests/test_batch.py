@@ -227,6 +227,23 @@ def test_unordered_stream_takes_blocks_as_they_come() -> None:
     assert list(s.ready) == [(5, True, "a"), (6, True, "b"), (0, True, "c")]
 
 
+def test_a_bare_stream_buffers_values_alone_in_order() -> None:
+    # amap's stream (no index to yield): values only, blocks and single outcomes alike.
+    from tasklanes._batch import _Stream
+    from tasklanes._tasks import Source
+
+    for ordered in (True, False):
+        s = _Stream(None, Source([], lambda task, index: None), 2, None, True, ordered, None, bare=True)  # type: ignore[arg-type]
+        s.emit_ok_many(range(2, 4), ["c", "d"])
+        s.emit(1, True, "b")
+        s.emit_ok_many(range(0, 1), ["a"])
+        error = ValueError("e")
+        s.emit(4, False, error)  # return_exceptions: a failure is a value too
+        s.emit_ok_many([5], ["f"])
+        want = ["a", "b", "c", "d", error, "f"] if ordered else ["c", "d", "b", "a", error, "f"]
+        assert list(s.ready) == want
+
+
 def test_a_gate_that_tells_its_room_is_pulled_in_bulk() -> None:
     from tasklanes._tasks import Source
 

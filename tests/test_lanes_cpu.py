@@ -6,7 +6,7 @@ import collections
 import os
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import anyio
@@ -97,6 +97,93 @@ async def test_amap_of_tiny_tasks_keeps_the_pool_fed(scheduler: Scheduler, order
         assert got == [2 * i for i in range(6000)]
     chunks = scheduler._lanes["cpu"].pool_stats()["chunks"] - before  # type: ignore[attr-defined]
     assert chunks < 600  # a 16-task window made about 2000
+
+
+@pytest.mark.parametrize("ordered", [True, False])
+async def test_amap_sends_the_items_themselves_with_no_task_built_each(
+    scheduler: Scheduler, monkeypatch: pytest.MonkeyPatch, ordered: bool
+) -> None:
+    # The cpu lane's own pool takes amap's items as they are (`Batch.map_fn`): the
+    # generic path, a `Call` per item, must not be taken, for any kind of input.
+    import tasklanes._scheduler as S
+
+    def no_tasks(*args: object) -> None:
+        raise AssertionError("amap built a task per item")
+
+    monkeypatch.setattr(S, "_map_tasks", no_tasks)
+
+    async def agen() -> AsyncIterator[int]:
+        for i in range(500):
+            yield i
+
+    want = [2 * i for i in range(500)]
+    for items in (list(range(500)), range(500), iter(range(500)), agen()):
+        got = [x async for x in scheduler.amap(T.double, items, kind="cpu", ordered=ordered)]
+        assert (got if ordered else sorted(got)) == want
+    # A tuple item stays one argument.
+    got = [x async for x in scheduler.amap(PT.identity, [(1, 2), (3,)], kind="cpu")]
+    assert got == [(1, 2), (3,)]
+
+
+async def test_amap_items_fail_crash_and_time_out_one_by_one(
+    scheduler: Scheduler, tmp_path: Path
+) -> None:
+    # On the item path, as with tasks: a crash costs the one item it ran (none lost,
+    # none run twice), a timeout kills only its own, an error or an item that does
+    # not pickle fails alone, naming its index.
+    import threading
+
+    from tasklanes import TaskTimeout as Timeout
+
+    from . import _reliability_tasks as RT
+
+    d = str(tmp_path)
+    plan = {7: ("crash", 0.0), 40: ("hang", 60.0), 55: ("raise", 0.0)}
+    items: list[object] = [(d, i, *plan.get(i, ("ok", 0.0))) for i in range(300)]
+    items[90] = threading.Lock()  # does not pickle
+    with anyio.fail_after(50):
+        got = [
+            x
+            async for x in scheduler.amap(
+                RT.probe_item, items, kind="cpu", timeout=3, return_exceptions=True
+            )
+        ]
+    assert isinstance(got[7], WorkerCrashed)
+    assert isinstance(got[40], Timeout)
+    assert isinstance(got[55], ValueError) and "boom 55" in str(got[55])
+    assert isinstance(got[90], TypeError) and "task 90 could not be pickled" in str(got[90])
+    for i, value in enumerate(got):
+        if i not in (7, 40, 55, 90):
+            assert value == i * 10
+    assert sorted(RT.started(d)) == [i for i in range(300) if i != 90]
+    assert not RT.prefixed(d, "dup-")  # none ran twice
+
+
+async def test_amap_of_items_raises_the_first_failure_as_itself(scheduler: Scheduler) -> None:
+    with pytest.raises(ValueError, match="bad") as info:
+        async for _ in scheduler.amap(T.fail_on_bad, ["ok", "ok", "bad"], kind="cpu"):
+            pass
+    assert any("task 2" in note for note in info.value.__notes__)
+
+
+async def test_leaving_an_amap_of_items_kills_its_running_workers(
+    scheduler: Scheduler, tmp_path: Path
+) -> None:
+    from . import _reliability_tasks as RT
+
+    d = str(tmp_path)
+    items = [(d, 0, "ok", 0.0)] + [(d, i, "hang", 60.0) for i in range(1, 50)]
+    with anyio.fail_after(30):
+        async with scheduler.amap(RT.probe_item, items, kind="cpu", ordered=False) as it:
+            assert await it.__anext__() == 0
+            while len(RT.started(d)) < 2:  # a hanging item runs
+                await anyio.sleep(0.01)
+    # Left: no item of it runs any more, and the rest never start.
+    pids = {pid for i, pid in RT.started(d).items() if i >= 1}  # hanging items' workers
+    assert not [pid for pid in pids if pid_running(pid)]
+    count = len(RT.started(d))
+    await anyio.sleep(0.3)
+    assert len(RT.started(d)) == count
 
 
 async def test_amap_window_stays_bounded_for_a_slow_consumer(scheduler: Scheduler) -> None:

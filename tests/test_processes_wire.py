@@ -28,6 +28,7 @@ from tasklanes._processes._wire import (
     decode_array,
     decode_many,
     encode_chunk,
+    encode_items,
     iter_records,
     read_journal,
 )
@@ -56,6 +57,14 @@ def test_encode_chunk_sends_single_arguments_bare() -> None:
     # Any other count of arguments in the chunk: tuples, as ever.
     fn, seq = pickle.loads(encode_chunk([call(T.inc, 1), call(T.inc)]))
     assert fn is T.inc and seq == [(1,), ()]
+
+
+def test_encode_items_is_the_bare_chunk_of_the_same_calls() -> None:
+    # amap's items on the cpu lane: the chunk `call(fn, item)` each would make, built
+    # without any `Call` (a tuple item stays one argument).
+    items = [1, (2,), "x"]
+    assert encode_items(T.inc, items) == encode_chunk([call(T.inc, x) for x in items])
+    assert pickle.loads(encode_items(T.inc, items)) == (T.inc, items, True)
 
 
 def test_encode_chunk_mixed_tasks_travel_whole() -> None:
