@@ -68,6 +68,20 @@ def stall_if_negative(x: int) -> int:
     return x
 
 
+def mixed_forms(x: int) -> object:
+    """One argument (bare chunks): mostly ints, now and then a str, a float, an int
+    past 64 bits, or an error -- each breaks a worker's run of held ints."""
+    if x % 101 == 7:
+        raise ValueError(x)
+    if x % 97 == 3:
+        return str(x)
+    if x % 89 == 5:
+        return x + 0.5
+    if x % 83 == 2:
+        return x + 2**70
+    return x
+
+
 def exit_if_as(x: int, bad: int, form: str) -> object:
     """`exit_if`, returning `x` as an int, a float, a str or a list: each travels (and
     is journaled) in its own form."""

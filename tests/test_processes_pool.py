@@ -725,6 +725,26 @@ def test_held_outcomes_of_every_form_survive_a_crash(pool: ProcessPool, form: st
     assert pool.stats()["crashed"] == 1
 
 
+def test_a_run_of_int_results_broken_by_other_outcomes_keeps_every_one(
+    pool: ProcessPool,
+) -> None:
+    # The worker's tight loop holds int results one after another; a str, a float, a
+    # big int or an error leaves it mid-chunk and is handled as that task's: every
+    # outcome arrives once, in its own form, with the right index.
+    n = 6000
+    c = run(pool, [P(T.mixed_forms, i) for i in range(n)])
+    for i in range(n):
+        if i % 101 == 7:
+            ok, exc = c.outcomes[i]
+            assert not ok and isinstance(exc, ValueError) and exc.args == (i,), i
+        else:
+            assert c.outcomes[i] == (True, T.mixed_forms(i)), i
+    # A crash in such a run: the held ints before it come back, the rest still run.
+    c = run(pool, [P(T.exit_if_negative, -1 if i == 4321 else i) for i in range(n)])
+    assert [i for i in range(n) if not c.outcomes[i][0]] == [4321]
+    assert all(c.outcomes[i] == (True, i) for i in range(n) if i != 4321)
+
+
 # Python 3.12+ warns about fork() in a process with threads (the pool's own threads).
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")
 @pytest.mark.skipif(sys.platform != "linux", reason="the fork start method: Linux here")

@@ -69,6 +69,7 @@ _OK_ARRAY = bytes([TAG_OK_ARRAY])
 # that sharing one pickle's memo between tasks' values changes nothing the caller sees.
 _PLAIN = frozenset({int, float, bool, type(None), str, bytes, complex})
 _UNKNOWN = object()  # `_Journal.add` without the value: send records
+_HELD = object()  # a task's int result, stored in the journal by the tight loop already
 _NAN = float("nan")
 _INT64_MIN = -(2**63)
 _INT64_MAX = 2**63 - 1
@@ -151,13 +152,19 @@ def main(tasks: Connection, results: Connection, alive: Connection, block: mmap.
         # pinned on the first task without an outcome (see `_reaper`): we count the
         # chunk's tasks here and publish nothing per task.
         timed = flags & CHUNK_TIMED
+        # The tight loop below (quick int successes held one after another) serves a
+        # chunk without a per-task timeout (nothing to publish per task), while the
+        # journal holds ints.
+        quick = not timed
         begun_before = begun
         started = clock()
         cpu_started = cpu_clock()
+        over_at = started + budget
         last = len(seq) - 1
         now = started
         k = -1
-        for k in range(last + 1):
+        while k < last:
+            k += 1
             if timed:
                 # Publish the start before running: time first, so that a parent
                 # reading the count sees a start time at least as recent as that task's.
@@ -170,15 +177,50 @@ def main(tasks: Connection, results: Connection, alive: Connection, block: mmap.
             payload: bytes | None
             try:
                 value = fn(task) if bare else fn(*task)
+                if quick and held.form == JOURNAL_INTS:
+                    # The common case of trivial tasks, in a tight loop: each int result
+                    # goes into the journal's array (so a crash loses none), then the
+                    # next task runs at once, until a result is not an int, a task
+                    # raises (both: handled below as task `k`'s, as ever), the chunk
+                    # ends, or the held outcomes are due to be sent (then `value` is
+                    # `_HELD`: stored already; the flush and budget checks below run).
+                    while type(value) is int and _INT64_MIN <= value <= _INT64_MAX:
+                        now = clock()
+                        count = held.count
+                        if count >= FLUSH_COUNT:
+                            break
+                        ints[count] = value
+                        if not count:
+                            held.since = now
+                        held.count = count = count + 1
+                        head[2] = count
+                        value = _HELD
+                        if forked:
+                            os._exit(0)  # as below: a forked child leaves our loop
+                        if (
+                            k == last
+                            or now > over_at
+                            or now - held.since >= FLUSH_SECONDS
+                            or count >= FLUSH_COUNT
+                        ):
+                            break
+                        k += 1
+                        begin = now
+                        task = seq[k]
+                        seq[k] = None
+                        value = fn(task) if bare else fn(*task)
             except BaseException as exc:
                 now = clock()
                 seconds = now - started if k == last else None
                 payload = _OTHER + _other_payload(_with_traceback(("error", seconds), exc))
             else:
-                now = clock()
                 payload = None
+                if value is not _HELD:  # (else: held by the tight loop, `now` read)
+                    now = clock()
                 count = held.count
-                if (
+                if value is _HELD:
+                    pass
+                elif (
                     type(value) is int
                     and held.form == JOURNAL_INTS
                     and count < FLUSH_COUNT
