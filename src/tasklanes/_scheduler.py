@@ -1,4 +1,8 @@
-"""The Scheduler: the one owner of threads, processes and capacities."""
+"""The Scheduler: the one owner of threads, processes and capacities.
+
+One file past 500 lines on purpose: most of it is the public methods' signatures and
+argument checks, which mirror `_api` one to one and read best side by side.
+"""
 
 from __future__ import annotations
 

@@ -15,6 +15,10 @@ loop (``run_all_sync`` in a plain script: no anyio, no asyncio to import and sta
 It is the same batch runner (`_CpuBatch`): the same hand-over, delivery and figures;
 only the waits differ, on a queue instead of the loop (Ctrl-C, a ``KeyboardInterrupt``
 in that wait, cancels the job like a cancelled caller).
+
+One file past 500 lines on purpose: the lane and its batch runner share the hand-over
+(list, lazy input, items of `amap`) and the delivery; apart, each would reach into
+the other's state.
 """
 
 from __future__ import annotations

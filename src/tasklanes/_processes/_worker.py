@@ -18,6 +18,10 @@ it), so that a long task never keeps short ones waiting while another worker idl
 
 Keep this module import-light: the forkserver preloads it, and every import here is
 paid by every worker started with the spawn method.
+
+One file past 500 lines on purpose: it is all a worker process imports (one module
+for the forkserver to preload), and its main loop is one function so that its hot
+path reads locals only.
 """
 
 from __future__ import annotations
