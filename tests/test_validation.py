@@ -9,7 +9,7 @@ from typing import Any
 import anyio
 import pytest
 
-from tasklanes import Call, call, run_all
+from tasklanes import Call, amap, call, run_all
 
 from . import _tasks as T
 
@@ -72,6 +72,21 @@ async def test_coroutine_on_a_sync_lane_suggests_io(kind: str) -> None:
 async def test_async_function_on_a_sync_lane_suggests_io(kind: str) -> None:
     with pytest.raises(TypeError, match="kind='io'"):
         await run_all([call(coro_record, 1)], kind=kind)
+
+
+@pytest.mark.parametrize("kind", ["blocking", "cpu"])
+async def test_an_offload_function_on_a_sync_lane_is_refused_up_front(kind: str) -> None:
+    # Its call makes a coroutine: a worker would hand back (or fail to pickle) that
+    # instead of running the function. The hint names the plain function.
+    tasks: list[Any] = [call(T.offloaded_square, 2), functools.partial(T.offloaded_square, 3)]
+    for task in tasks:
+        with pytest.raises(TypeError, match=r"offloaded_square.__wrapped__"):
+            await run_all([task], kind=kind)
+    with pytest.raises(TypeError, match=r"offloaded_square.__wrapped__"):
+        [r async for r in amap(T.offloaded_square, [1, 2], kind=kind)]
+    # The plain function behind it runs there, and the wrapper itself on any lane.
+    assert await run_all([call(T.offloaded_square.__wrapped__, 4)], kind=kind) == [16]
+    assert await run_all([call(T.offloaded_square, 5)], kind="io") == [25]
 
 
 async def test_closure_on_cpu_runs_by_value() -> None:

@@ -129,7 +129,7 @@ def check_io_task(task: object, index: int) -> None:
             "an awaitable, or a zero-argument callable that returns one (e.g. call(fetch, url))"
         )
     fn = unwrap_callable(task)
-    if _is_async_function(fn):
+    if _is_async_function(fn) or _calls_async_object(task):
         return
     # A named plain function, a builtin or a class is sync code: awaiting it is
     # impossible and running it on the loop would freeze every other task. A lambda
@@ -166,6 +166,49 @@ def check_sync_task(task: object, index: int, kind: str) -> None:
             f"task {index} ({describe(task)}) calls an async function, which kind={kind!r} "
             "cannot await: use kind='io' for async code"
         )
+    if _calls_async_object(task):
+        target = _called_object(task)
+        # An object whose ``__call__`` is async, an `@offload` function above all:
+        # `unwrap_callable` sees through it to the plain function it checks, but
+        # calling the object makes a coroutine, which a worker would return (or fail
+        # to pickle) instead of running the function.
+        name = getattr(target, "__qualname__", type(target).__name__)
+        plain = (
+            f"its plain function ({name}.__wrapped__)"
+            if hasattr(target, "__wrapped__")
+            else "a plain function"
+        )
+        raise TypeError(
+            f"task {index} ({describe(task)}) calls {name}, whose call returns an "
+            f"awaitable (an @offload function?), which kind={kind!r} cannot await: give "
+            f"{plain} here, or await it with kind='io'"
+        )
+
+
+_PLAIN_FUNCTIONS = (FunctionType, BuiltinFunctionType, type)
+
+
+def _calls_async_object(task: object) -> bool:
+    """Whether the task first calls an object whose ``__call__`` is async (an
+    `@offload` function): calling it makes a coroutine, whatever it wraps."""
+    target = _called_object(task)
+    if isinstance(target, _PLAIN_FUNCTIONS) or not callable(target):
+        return False
+    return _is_async_function(type(target).__call__)
+
+
+def _called_object(task: object) -> object:
+    """What a task calls first, through `call` and `functools.partial` (not through
+    wrappers that run the task themselves, as `unwrap_callable` goes)."""
+    obj = task
+    for _ in range(20):  # as `unwrap_callable`: never loop forever on a cycle
+        if type(obj) is Call:
+            obj = obj.fn
+        elif isinstance(obj, functools.partial):
+            obj = obj.func
+        else:
+            break
+    return obj
 
 
 
