@@ -137,6 +137,7 @@ SYNC_ON_IO = r"task 1 .* is a sync callable, which kind='io' cannot await: use k
 NOT_IO = r"task 1 .* is not a task for kind='io': give a coroutine, an awaitable, or a zero-argument callable"
 AWAITABLE_ON = r"task 1 .* is a coroutine or awaitable, which kind='{}' cannot run: use kind='io'"
 ASYNC_ON = r"task 1 .* calls an async function, which kind='{}' cannot await: use kind='io'"
+OFFLOADED_ON = r"whose call returns an awaitable \(an @offload function\?\), which kind='{}' cannot await: give its plain function \(offloaded_square.__wrapped__\)"
 NOT_CALLABLE = r"task 1 .* is not a task for kind='{}': give a zero-argument callable"
 NO_PICKLE = r"task 1 calls .*<(?:locals|lambda)>.*, which cannot be sent to a worker process: kind='cpu' needs a module-level function"
 NO_CLOUDPICKLE = r"task 1 calls '.*', (a lambda|a function defined inside another function): it can reach a worker process only by value, which needs cloudpickle: pip install 'tasklanes\[interactive\]'"
@@ -184,6 +185,7 @@ ROWS: list[Row] = [
             Row(f"{kind}: async_fn", batch(kind, async_fn), TypeError, ASYNC_ON.format(kind)),
             Row(f"{kind}: partial(async_fn)", batch(kind, functools.partial(async_fn)), TypeError, ASYNC_ON.format(kind)),
             Row(f"{kind}: bound async method", batch(kind, Thing().amethod), TypeError, ASYNC_ON.format(kind)),
+            Row(f"{kind}: call(offloaded_fn)", batch(kind, call(T.offloaded_square, 1)), TypeError, OFFLOADED_ON.format(kind)),
             Row(f"{kind}: 5", batch(kind, 5), TypeError, NOT_CALLABLE.format(kind)),
             Row(f"{kind}: None", batch(kind, None), TypeError, NOT_CALLABLE.format(kind)),
             Row(f"{kind}: 'ls -l'", batch(kind, "ls -l"), TypeError, NOT_CALLABLE.format(kind)),
@@ -212,6 +214,7 @@ ROWS: list[Row] = [
     Row("amap(fn, 'abc')", lambda c: c.sched.amap(T.square, "abc", "cpu"), TypeError, "amap.. needs an iterable or async iterable of items, got str"),
     Row("amap(sync_fn) on io", lambda c: c.sched.amap(T.square, [1]), TypeError, "is a sync callable, which kind='io' cannot await"),
     Row("amap(async_fn) on cpu", lambda c: c.sched.amap(io_canary, [1], "cpu"), TypeError, "calls an async function, which kind='cpu' cannot await"),
+    Row("amap(offloaded_fn) on cpu", lambda c: c.sched.amap(T.offloaded_square, [1], "cpu"), TypeError, OFFLOADED_ON.format("cpu")),
     Row("amap(lambda) on cpu without cloudpickle", without_cloudpickle(lambda c: c.sched.amap(lambda x: x, [1], "cpu")), TypeError, r"a lambda: .*tasklanes\[interactive\]"),
     Row("amap(timeout=-1)", lambda c: c.sched.amap(T.square, [1], "cpu", timeout=-1), ValueError, TIMEOUT_VALUE),
     # -- call
