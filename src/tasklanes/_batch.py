@@ -30,7 +30,7 @@ from ._tasks import Source
 if TYPE_CHECKING:
     import anyio
 
-    from ._backend import LoopHandle
+    from ._backend import LoopHandle, TaskScope
     from ._control import Controls
     from ._progress import Progress
 
@@ -118,7 +118,9 @@ class Batch:
         self.error: BaseException | None = None
         #: Set once the batch wants no more tasks started: lanes check it before pulling.
         self.stopping = False
-        self.scope: anyio.CancelScope | None = None
+        #: ``anyio.CancelScope``, or on asyncio the io lane's `TaskScope`: what
+        #: `stop` cancels.
+        self.scope: anyio.CancelScope | TaskScope | None = None
         #: ``limiter=``/``rate=``/``retry=`` of the call (see ``_control``), or None.
         self.controls = controls
         #: The lane asks for `n` tasks in flight at once: an iterator batch widens its
@@ -175,11 +177,27 @@ _BLOCK: Any = object()
 
 
 async def run_batch(lane: Lane, batch: Batch) -> None:
-    """Run ``batch`` on ``lane``; raise the batch's failure, if any, after cleanup."""
-    import anyio
+    """Run ``batch`` on ``lane``; raise the batch's failure, if any, after cleanup.
 
+    The batch's cancel scope is asyncio's own (`TaskScope`) for a lane that runs on
+    asyncio's primitives alone (``native_asyncio``: the io lane, without controls),
+    so that such a batch never loads anyio's asyncio backend; anyio's otherwise.
+    """
+    scope: Any
+    if (
+        batch.controls is None
+        and getattr(lane, "native_asyncio", False)
+        and batch.loop.backend == "asyncio"
+    ):
+        from ._backend import TaskScope
+
+        scope = TaskScope()
+    else:
+        import anyio
+
+        scope = anyio.CancelScope()
     try:
-        with anyio.CancelScope() as scope:
+        with scope:
             batch.scope = scope
             if batch.stopping:  # failed before it started (e.g. by its input)
                 scope.cancel()

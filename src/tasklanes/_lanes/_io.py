@@ -24,18 +24,22 @@ from __future__ import annotations
 from collections import deque
 from itertools import repeat
 from types import CoroutineType
-from typing import Any
-
-import anyio
+from typing import TYPE_CHECKING, Any
 
 from .._advice import Advisor
-from .._backend import worker_group
+from .._backend import helper_group, worker_group
 from .._batch import Batch
 from .._errors import TaskTimeout
 from .._loop_lag import sample_loop_lag
 from .._stats import LaneStats, Tally, record, record_all
 from .._tasks import CachedCheck, check_io_task, close_if_coroutine, describe
 from ._base import Deadlines, LaneBase, Outcome, classify, count, pull, watch
+
+if TYPE_CHECKING:
+    import anyio
+
+# anyio is imported only by a batch with a timeout (its workers' cancel scopes): on
+# asyncio, a batch without one runs on asyncio's own primitives (see `run_batch`).
 
 __all__ = ["IoLane"]
 
@@ -82,12 +86,13 @@ class _Slots:
     thousand times per batch). A freed slot goes straight to the longest waiter.
     """
 
-    __slots__ = ("free", "users", "waiters")
+    __slots__ = ("event", "free", "users", "waiters")
 
-    def __init__(self, capacity: int) -> None:
+    def __init__(self, capacity: int, event: Any) -> None:
         self.free = capacity
         self.users = 0  # batches using it (under the lane's lock)
-        self.waiters: deque[anyio.Event] = deque()
+        self.waiters: deque[Any] = deque()  # events (the loop's own: `LoopHandle.event`)
+        self.event = event
 
     def try_take(self) -> bool:
         if self.free > 0 and not self.waiters:
@@ -101,7 +106,7 @@ class _Slots:
         Cancellation: a waiter that is cancelled holds nothing afterwards (a slot
         handed to it as it was cancelled goes to the next waiter).
         """
-        event = anyio.Event()
+        event = self.event()
         self.waiters.append(event)
         try:
             await event.wait()
@@ -121,6 +126,8 @@ class _Slots:
 
 class IoLane(LaneBase):
     kind = "io"
+    #: A batch without controls needs nothing of anyio on asyncio (see `run_batch`).
+    native_asyncio = True
     fills_results = True  # stores successes in ``batch.results`` (see `_IoBatch._work_plain`)
     advisor: Advisor | None = None  # set by the Scheduler (kind advice)
 
@@ -148,13 +155,13 @@ class IoLane(LaneBase):
         runs = self.runs()
         return sum(run.running for run in runs), sum(run.waiting for run in runs)
 
-    def _open_slots(self, key: object) -> _Slots:
+    def _open_slots(self, key: object, event: Any) -> _Slots:
         # One per event loop, dropped when its last batch leaves: no loop is kept
         # alive by the lane.
         with self._lock:
             slots = self._slots.get(key)
             if slots is None:
-                slots = self._slots[key] = _Slots(self.capacity)
+                slots = self._slots[key] = _Slots(self.capacity, event)
             slots.users += 1
             return slots
 
@@ -168,7 +175,7 @@ class IoLane(LaneBase):
         key = batch.loop.key
         runner = _IoBatch(self, batch)
         self.open_run(runner)
-        slots = runner.slots = self._open_slots(key)
+        slots = runner.slots = self._open_slots(key, batch.loop.event)
         try:
             await runner.run()
         finally:
@@ -209,7 +216,7 @@ class _IoBatch:
         else:
             self.chunk = max(1, min(_PULL_CHUNK, batch.limit // 8))
         self.pulling = False  # a worker is pulling the next chunk
-        self.pulled: anyio.Event | None = None  # set when that pull ends
+        self.pulled: Any = None  # an event (`LoopHandle.event`) set when that pull ends
         self.tally = Tally()
         #: Run times of tasks timed one by one, for the percentiles, from every worker:
         #: appended by the hot loops, bucketed in bulk when a worker merges the tally
@@ -243,19 +250,18 @@ class _IoBatch:
             if advisor is None
             else advisor.watch_loop(key, batch.loop.call_soon_threadsafe, _RUNNER_CODES)
         )
+        loop = batch.loop
         try:
-            async with anyio.create_task_group() as outer:
+            # The helpers (watchdog, lag sampler) run until the workers are done.
+            async with helper_group(loop.backend) as start:
                 if batch.timeout is not None:
-                    outer.start_soon(
-                        watch, self.deadlines, self._expired, batch.loop.clock, batch.timeout
-                    )
+                    start(watch, self.deadlines, self._expired, loop.clock, batch.timeout)
                 if sampling:
-                    outer.start_soon(sample_loop_lag, stats, batch.loop.clock)
-                async with worker_group(batch.loop.backend) as spawn:
+                    start(sample_loop_lag, stats, loop.clock, loop.sleep)
+                async with worker_group(loop.backend) as spawn:
                     self.spawn = spawn
                     await self._refill()
                     self._grow()
-                outer.cancel_scope.cancel()
         finally:
             # Tasks pulled and never started (the batch stopped): they never run.
             for task in self.ready:
@@ -305,7 +311,7 @@ class _IoBatch:
             if not self.pulling:
                 break
             if self.pulled is None:  # made only when someone waits: most pulls don't
-                self.pulled = anyio.Event()
+                self.pulled = self.batch.loop.event()
             await self.pulled.wait()
         self.pulling = True
         try:
@@ -544,6 +550,8 @@ class _IoBatch:
         keep = times.append
         index = -1
         more = True
+        import anyio
+
         try:
             while more:
                 # A cancel scope costs ~14 us to create: only workers that may time out
