@@ -74,6 +74,7 @@ class Batch:
         "emit_ok_many",
         "error",
         "filled",
+        "halt",
         "limit",
         "loop",
         "progress",
@@ -121,6 +122,9 @@ class Batch:
         #: ``anyio.CancelScope``, or on asyncio the io lane's `TaskScope`: what
         #: `stop` cancels.
         self.scope: anyio.CancelScope | TaskScope | None = None
+        #: Set by a lane whose workers only look for their next task where the input
+        #: ends (the io lane's list path): `stop` calls it to end the input there.
+        self.halt: Callable[[], None] | None = None
         #: ``limiter=``/``rate=``/``retry=`` of the call (see ``_control``), or None.
         self.controls = controls
         #: The lane asks for `n` tasks in flight at once: an iterator batch widens its
@@ -159,6 +163,8 @@ class Batch:
 
     def stop(self) -> None:
         self.stopping = True
+        if self.halt is not None:
+            self.halt()
         if self.scope is not None:
             self.scope.cancel()
 
