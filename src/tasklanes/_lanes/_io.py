@@ -58,7 +58,7 @@ _TRIVIAL = 20e-6
 _BLOCK_MAX = 64  # the most tasks timed by one clock read
 #: A list-path worker timing tasks one by one turns its clock stamps into run times
 #: every this many tasks (see `_IoBatch._lap`).
-_LAP = 64
+_LAP = 128
 
 
 class _NoScope:
@@ -277,6 +277,10 @@ class _IoBatch:
                 close_if_coroutine(task)
             self.ready.clear()
             self._halt()
+            # The batch holds `_halt` and so this runner: break the cycle, so that
+            # the list path's copy of the input goes now, not at a collection.
+            self.batch.halt = None
+            self.it = None
             if sampling:
                 self.lane.release_lag_sampler(key)
             if watching is not None:
@@ -612,9 +616,9 @@ class _IoBatch:
                     for index, task in islice(it, _LAP):
                         try:
                             if coros or type(task) is CoroutineType:
-                                value = await task
+                                results[index] = await task
                             else:
-                                value = await _awaitable(index, task)
+                                results[index] = await _awaitable(index, task)
                         except Exception as exc:
                             now = clock()
                             self._lap(stamps)
@@ -625,7 +629,6 @@ class _IoBatch:
                         except BaseException:
                             self.tally.cancelled += 1  # the batch or its caller was cancelled
                             raise
-                        results[index] = value
                         keep(clock())
                     else:
                         ran = len(stamps) - 1
@@ -639,9 +642,9 @@ class _IoBatch:
                     for index, task in islice(it, block):
                         try:
                             if coros or type(task) is CoroutineType:
-                                value = await task
+                                results[index] = await task
                             else:
-                                value = await _awaitable(index, task)
+                                results[index] = await _awaitable(index, task)
                         except Exception as exc:
                             now = clock()
                             self._timed(now - last, n + 1, quick, n)
@@ -653,7 +656,6 @@ class _IoBatch:
                         except BaseException:
                             self.tally.cancelled += 1
                             raise
-                        results[index] = value
                         n += 1
                     else:
                         now = clock()
