@@ -221,3 +221,31 @@ async def test_a_per_task_timeout_on_a_native_caller(anyio_backend: Backend) -> 
     results = await run_all([task(i) for i in range(6)], timeout=0.1, return_exceptions=True)
     assert isinstance(results[2], TaskTimeout) and results[2].index == 2
     assert [r for i, r in enumerate(results) if i != 2] == [0, 1, 3, 4, 5]
+
+
+async def test_tasks_with_their_own_anyio_scopes_under_fail_fast(anyio_backend: Backend) -> None:
+    # The tasks' own cancel scopes keep their meaning: a scope that times out inside
+    # a task is that task's business, and the batch's cancellation still reaches
+    # tasks waiting inside theirs.
+    cancelled: list[int] = []
+
+    async def task(i: int) -> str:
+        if i == 0:
+            with anyio.move_on_after(0.01):
+                await anyio.sleep(5)
+            return "moved on"
+        if i == 1:
+            await anyio.sleep(0.1)
+            raise LookupError(i)
+        try:
+            with anyio.move_on_after(10):
+                await anyio.sleep(5)
+        except BaseException:
+            cancelled.append(i)
+            raise
+        return "slept"
+
+    with pytest.raises(LookupError):
+        await run_all([task(i) for i in range(6)])
+    assert sorted(cancelled) == [2, 3, 4, 5]
+    assert await run_all([task(0), task(0)]) == ["moved on", "moved on"]
