@@ -12,6 +12,9 @@ caller wants done with the outcomes:
 Fail-fast is the same for every lane: the first failure calls ``batch.fail``, which
 cancels the batch's cancel scope; the lane then stops its work exactly as it would
 for a cancelled caller, and the failure is raised once the lane has cleaned up.
+
+One file, over 500 lines: `Batch`, `run_batch` and its three consumers share the
+batch's life cycle (its scope, `stop`, `_end`), which reads best in one place.
 """
 
 from __future__ import annotations

@@ -15,8 +15,18 @@ timeouts add one entry in the batch's deadline heap: the watchdog cancels only t
 overrunning worker's long-lived cancel scope; that worker reports ``TaskTimeout`` and
 carries on under a fresh scope.
 
+``run_all`` on a list (no timeout, controls or progress) takes the *list path*
+(`_IoBatch._take_list`, `_IoBatch._work_list`): no buffer, the workers share one
+``enumerate`` over the list as a hand-written loop would, and a task timed on its own
+costs one clock stamp.
+
 Capacity (``io_limit``) is per event loop: a worker holds one slot of its loop for
 its whole life, so the slot costs one acquire per worker, not per task.
+
+One file, over 500 lines: the worker loops, the shared buffer, its refill and the
+pool's growth all read and write one `_IoBatch`'s state and are tuned together (a
+change to one hot loop's bookkeeping is a change to the others'); split, that class
+would be spread over modules.
 """
 
 from __future__ import annotations
