@@ -33,7 +33,6 @@ import threading
 import time
 import warnings
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from enum import Enum
 from types import CodeType, FrameType
 from typing import Literal
@@ -140,19 +139,47 @@ def thread_times(native_id: int, ident: int | None = None) -> tuple[float, float
 # -- the advice itself -------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
 class Advice:
-    """One piece of advice: which function, where, what was seen, which kind fits."""
+    """One piece of advice: which function, where, what was seen, which kind fits.
 
-    lane: Literal["io", "blocking"]
-    suggest: Literal["blocking", "cpu"]
-    function: str  # qualified name
-    filename: str | None
-    lineno: int | None
-    module: str | None
-    seconds: float  # how long the loop was held / the task ran
-    cpu_share: float  # CPU time over wall time during those seconds
-    seen: str | None = None  # "file:line: source" where the loop was seen held
+    A plain class, not a dataclass: `_advice` is imported with the io lane, and
+    ``dataclasses`` (its import and the class it builds) would cost a one-shot
+    script a millisecond or two for a record made only when advice is given.
+    """
+
+    __slots__ = (
+        "cpu_share",
+        "filename",
+        "function",
+        "lane",
+        "lineno",
+        "module",
+        "seconds",
+        "seen",
+        "suggest",
+    )
+
+    def __init__(
+        self,
+        lane: Literal["io", "blocking"],
+        suggest: Literal["blocking", "cpu"],
+        function: str,  # qualified name
+        filename: str | None,
+        lineno: int | None,
+        module: str | None,
+        seconds: float,  # how long the loop was held / the task ran
+        cpu_share: float,  # CPU time over wall time during those seconds
+        seen: str | None = None,  # "file:line: source" where the loop was seen held
+    ) -> None:
+        self.lane = lane
+        self.suggest = suggest
+        self.function = function
+        self.filename = filename
+        self.lineno = lineno
+        self.module = module
+        self.seconds = seconds
+        self.cpu_share = cpu_share
+        self.seen = seen
 
     @property
     def where(self) -> str:

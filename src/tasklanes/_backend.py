@@ -16,15 +16,18 @@ from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
-import anyio
-
-from ._inbox import Inbox
+# anyio is imported where it is used: an io batch on asyncio runs on asyncio's own
+# primitives (`TaskScope`, `helper_group`, ``LoopHandle.event``/``sleep``) and never
+# loads it, nor anyio's asyncio backend (~25 ms of sockets and streams modules a
+# one-shot script would pay for nothing).
 
 T = TypeVar("T")
 
 __all__ = [
     "LoopHandle",
+    "TaskScope",
     "current_backend",
+    "helper_group",
     "run_in_fresh_thread",
     "run_sync",
     "worker_group",
@@ -57,10 +60,12 @@ class LoopHandle:
 
     ``key`` identifies the loop (io capacity is per loop), ``clock`` reads the loop's
     monotonic clock, ``call_soon_threadsafe`` runs a callback on the loop from any
-    thread (a no-op once the loop has closed: nobody is left to tell).
+    thread (a no-op once the loop has closed: nobody is left to tell). ``event()``
+    makes an event and ``sleep(seconds)`` sleeps, the loop's own on asyncio (anyio's
+    would load its asyncio backend) and anyio's on trio.
     """
 
-    __slots__ = ("_spawn", "backend", "call_soon_threadsafe", "clock", "key")
+    __slots__ = ("_spawn", "backend", "call_soon_threadsafe", "clock", "event", "key", "sleep")
 
     def __init__(self) -> None:
         self.backend = current_backend()
@@ -79,6 +84,11 @@ class LoopHandle:
             def spawn(fn: Callable[[], Coroutine[Any, Any, None]]) -> None:
                 trio.lowlevel.spawn_system_task(fn)
 
+            import anyio
+
+            self.event: Callable[[], Any] = anyio.Event
+            self.sleep: Callable[[float], Coroutine[Any, Any, None]] = anyio.sleep
+
         else:
             loop = asyncio.get_running_loop()
             self.key = loop
@@ -94,6 +104,9 @@ class LoopHandle:
                 # asyncio keeps only weak references to tasks: hold it until it ends.
                 _background.add(task)
                 task.add_done_callback(_background.discard)
+
+            self.event = asyncio.Event
+            self.sleep = asyncio.sleep
 
         # Deadlines are only ever compared with each other and slept on relatively,
         # so one process-wide monotonic clock serves every loop and every thread,
@@ -151,6 +164,104 @@ async def worker_group(
             yield spawn_asyncio
 
 
+@asynccontextmanager
+async def helper_group(
+    backend: str,
+) -> AsyncIterator[Callable[..., None]]:
+    """A task group for a batch's helpers (its watchdog, the loop-lag sampler): they
+    run until the block ends, then are cancelled, and the block waits for them.
+
+    On asyncio a native ``TaskGroup`` (anyio's would load its asyncio backend); the
+    helpers are cancelled one by one, as a cancel scope around them would be.
+    """
+    if backend == "trio":
+        import anyio
+
+        async with anyio.create_task_group() as group:
+
+            def start_trio(fn: Callable[..., Coroutine[Any, Any, None]], *args: Any) -> None:
+                group.start_soon(fn, *args)
+
+            yield start_trio
+            group.cancel_scope.cancel()
+        return
+    started: list[asyncio.Task[Any]] = []
+    async with asyncio.TaskGroup() as tg:
+
+        def start(fn: Callable[..., Coroutine[Any, Any, None]], *args: Any) -> None:
+            started.append(tg.create_task(fn(*args)))
+
+        try:
+            yield start
+        finally:
+            for task in started:
+                task.cancel()
+
+
+class TaskScope:
+    """A cancel scope for asyncio made of the host task's own ``cancel``/``uncancel``,
+    as ``asyncio.timeout`` is, without a deadline: ``cancel()`` stops what the host
+    task awaits inside the ``with`` block, and the block swallows that cancellation
+    only, never one that someone else asked for meanwhile (``uncancel`` counts them).
+
+    It stands in for ``anyio.CancelScope`` around an io batch on asyncio, which would
+    load anyio's asyncio backend. What it lacks: shielding (nothing in an io batch
+    without controls shields), and re-delivery (anyio cancels again at each await of
+    a task that swallowed the cancellation; here the host awaits only tasklanes' own
+    code, which lets it through, and the workers are cancelled by their task group).
+    It is cancelled from the loop's thread only. The host task is never cancelled
+    from inside itself: a `cancel()` from the host (a failure noticed while it pulls
+    tasks) is delivered from a callback, at the host's next ``await``, if the block
+    has not ended by then.
+    """
+
+    __slots__ = ("_active", "_baseline", "_called", "_delivered", "_task")
+
+    def __init__(self) -> None:
+        self._task: asyncio.Task[Any] | None = None
+        self._baseline = 0
+        self._active = False
+        self._called = False
+        self._delivered = False
+
+    def __enter__(self) -> TaskScope:
+        task = asyncio.current_task()
+        assert task is not None
+        self._task = task
+        self._baseline = task.cancelling()
+        self._active = True
+        if self._called:
+            self._deliver()
+        return self
+
+    def cancel(self) -> None:
+        if self._called:
+            return
+        self._called = True
+        if self._active:
+            self._deliver()
+
+    def _deliver(self) -> None:
+        task = self._task
+        if not self._active or self._delivered or task is None:
+            return
+        if task is asyncio.current_task():
+            # From the host itself: a cancel() now would be raised at whatever it
+            # awaits next, maybe after the block. Deliver it once it has yielded.
+            asyncio.get_running_loop().call_soon(self._deliver)
+            return
+        self._delivered = True
+        task.cancel("tasklanes: the batch stopped")
+
+    def __exit__(self, et: type[BaseException] | None, exc: object, tb: object) -> bool:
+        self._active = False
+        if self._delivered:
+            assert self._task is not None
+            if self._task.uncancel() <= self._baseline and et is not None:
+                return issubclass(et, asyncio.CancelledError)
+        return False
+
+
 def in_event_loop() -> bool:
     try:
         current_backend()
@@ -181,6 +292,8 @@ def run_sync(async_fn: Callable[..., Coroutine[Any, Any, T]], *args: Any) -> T:
     async def main() -> None:
         box.append(await async_fn(*args))
 
+    import anyio
+
     anyio.run(main)
     return box[0]
 
@@ -194,6 +307,10 @@ async def run_in_fresh_thread(fn: Callable[[], T]) -> T:
     Cancellation: shielded. ``fn`` cannot be stopped from outside, and returning
     before it ends would leave its thread behind.
     """
+    import anyio
+
+    from ._inbox import Inbox
+
     inbox = Inbox(LoopHandle())
     outcome: list[Any] = []
 

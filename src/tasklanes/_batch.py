@@ -14,8 +14,9 @@ cancels the batch's cancel scope; the lane then stops its work exactly as it wou
 for a cancelled caller, and the failure is raised once the lane has cleaned up.
 
 One file past 500 lines on purpose: `Batch` is the contract between the lanes and
-its three consumers, and each consumer is a few lines of that contract; split, every
-change to the hand-over (bulk successes, `map_fn`) would touch three modules.
+its three consumers, and `run_batch` and each consumer share the batch's life cycle
+(its scope, `stop`, `_end`) in a few lines of that contract; split, every change to
+the hand-over (bulk successes, `map_fn`, `halt`) would touch several modules.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from ._tasks import Source
 if TYPE_CHECKING:
     import anyio
 
-    from ._backend import LoopHandle
+    from ._backend import LoopHandle, TaskScope
     from ._control import Controls
     from ._progress import Progress
 
@@ -78,6 +79,7 @@ class Batch:
         "emit_ok_many",
         "error",
         "filled",
+        "halt",
         "limit",
         "loop",
         "map_fn",
@@ -123,7 +125,12 @@ class Batch:
         self.error: BaseException | None = None
         #: Set once the batch wants no more tasks started: lanes check it before pulling.
         self.stopping = False
-        self.scope: anyio.CancelScope | None = None
+        #: ``anyio.CancelScope``, or on asyncio the io lane's `TaskScope`: what
+        #: `stop` cancels.
+        self.scope: anyio.CancelScope | TaskScope | None = None
+        #: Set by a lane whose workers only look for their next task where the input
+        #: ends (the io lane's list path): `stop` calls it to end the input there.
+        self.halt: Callable[[], None] | None = None
         #: ``limiter=``/``rate=``/``retry=`` of the call (see ``_control``), or None.
         self.controls = controls
         #: The lane asks for `n` tasks in flight at once: an iterator batch widens its
@@ -166,6 +173,8 @@ class Batch:
 
     def stop(self) -> None:
         self.stopping = True
+        if self.halt is not None:
+            self.halt()
         if self.scope is not None:
             self.scope.cancel()
 
@@ -184,11 +193,27 @@ _BLOCK: Any = object()
 
 
 async def run_batch(lane: Lane, batch: Batch) -> None:
-    """Run ``batch`` on ``lane``; raise the batch's failure, if any, after cleanup."""
-    import anyio
+    """Run ``batch`` on ``lane``; raise the batch's failure, if any, after cleanup.
 
+    The batch's cancel scope is asyncio's own (`TaskScope`) for a lane that runs on
+    asyncio's primitives alone (``native_asyncio``: the io lane, without controls),
+    so that such a batch never loads anyio's asyncio backend; anyio's otherwise.
+    """
+    scope: Any
+    if (
+        batch.controls is None
+        and getattr(lane, "native_asyncio", False)
+        and batch.loop.backend == "asyncio"
+    ):
+        from ._backend import TaskScope
+
+        scope = TaskScope()
+    else:
+        import anyio
+
+        scope = anyio.CancelScope()
     try:
-        with anyio.CancelScope() as scope:
+        with scope:
             batch.scope = scope
             if batch.stopping:  # failed before it started (e.g. by its input)
                 scope.cancel()

@@ -8,9 +8,7 @@ The samples go into a histogram merged into the lane's figures (`loop_lag`).
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
-import anyio
+from collections.abc import Awaitable, Callable
 
 from ._stats import LaneStats, record
 
@@ -20,8 +18,12 @@ PERIOD = 0.1
 _MERGE_EVERY = 10  # samples: about once a second
 
 
-async def sample_loop_lag(stats: LaneStats, clock: Callable[[], float]) -> None:
-    """Sample the loop's lag until cancelled (the batch that started it ends).
+async def sample_loop_lag(
+    stats: LaneStats, clock: Callable[[], float], sleep: Callable[[float], Awaitable[object]]
+) -> None:
+    """Sample the loop's lag until cancelled (the batch that started it ends), sleeping
+    with ``sleep`` (the loop's own, `LoopHandle.sleep`: anyio's would load its asyncio
+    backend).
 
     Cancellation: this is how it stops; the samples so far are merged on the way out.
     """
@@ -32,7 +34,7 @@ async def sample_loop_lag(stats: LaneStats, clock: Callable[[], float]) -> None:
     try:
         while True:
             asked = clock() + PERIOD
-            await anyio.sleep(PERIOD)
+            await sleep(PERIOD)
             lag = max(clock() - asked, 0.0)
             record(hist, lag)
             count += 1

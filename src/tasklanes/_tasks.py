@@ -343,8 +343,12 @@ class Source:
         #: Types that always pass ``check`` (the io lane's coroutines): a bulk pull of
         #: nothing else skips the per-task check.
         self.trusted: frozenset[type] = getattr(check, "trusted", frozenset())
+        #: A list input whose tasks are all of the ``trusted`` types (checked at once).
+        self.all_trusted = False
         if isinstance(tasks, (list, tuple)):
-            if not self.trusted or not set(map(type, tasks)) <= self.trusted:
+            if self.trusted and set(map(type, tasks)) <= self.trusted:
+                self.all_trusted = True
+            else:
                 self._check_all(tasks, check)
             self._sequence = tasks
             self.size = len(tasks)

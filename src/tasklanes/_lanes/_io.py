@@ -15,27 +15,42 @@ timeouts add one entry in the batch's deadline heap: the watchdog cancels only t
 overrunning worker's long-lived cancel scope; that worker reports ``TaskTimeout`` and
 carries on under a fresh scope.
 
+``run_all`` on a list (no timeout, controls or progress) takes the *list path*
+(`_IoBatch._take_list`, `_IoBatch._work_list`): no buffer, the workers share one
+``enumerate`` over the list as a hand-written loop would, and a task timed on its own
+costs one clock stamp.
+
 Capacity (``io_limit``) is per event loop: a worker holds one slot of its loop for
 its whole life, so the slot costs one acquire per worker, not per task.
+
+One file, over 500 lines: the worker loops, the shared buffer, its refill and the
+pool's growth all read and write one `_IoBatch`'s state and are tuned together (a
+change to one hot loop's bookkeeping is a change to the others'); split, that class
+would be spread over modules.
 """
 
 from __future__ import annotations
 
 from collections import deque
-from itertools import repeat
+from itertools import islice, repeat
+from operator import sub
 from types import CoroutineType
-from typing import Any
-
-import anyio
+from typing import TYPE_CHECKING, Any
 
 from .._advice import Advisor
-from .._backend import worker_group
+from .._backend import helper_group, worker_group
 from .._batch import Batch
 from .._errors import TaskTimeout
 from .._loop_lag import sample_loop_lag
 from .._stats import LaneStats, Tally, record, record_all
 from .._tasks import CachedCheck, check_io_task, close_if_coroutine, describe
 from ._base import Deadlines, LaneBase, Outcome, classify, count, pull, watch
+
+if TYPE_CHECKING:
+    import anyio
+
+# anyio is imported only by a batch with a timeout (its workers' cancel scopes): on
+# asyncio, a batch without one runs on asyncio's own primitives (see `run_batch`).
 
 __all__ = ["IoLane"]
 
@@ -51,6 +66,9 @@ _PULL_CHUNK = 256
 #: a clock read and a histogram entry cost about as much as such a task.
 _TRIVIAL = 20e-6
 _BLOCK_MAX = 64  # the most tasks timed by one clock read
+#: A list-path worker timing tasks one by one turns its clock stamps into run times
+#: every this many tasks (see `_IoBatch._lap`).
+_LAP = 128
 
 
 class _NoScope:
@@ -82,12 +100,13 @@ class _Slots:
     thousand times per batch). A freed slot goes straight to the longest waiter.
     """
 
-    __slots__ = ("free", "users", "waiters")
+    __slots__ = ("event", "free", "users", "waiters")
 
-    def __init__(self, capacity: int) -> None:
+    def __init__(self, capacity: int, event: Any) -> None:
         self.free = capacity
         self.users = 0  # batches using it (under the lane's lock)
-        self.waiters: deque[anyio.Event] = deque()
+        self.waiters: deque[Any] = deque()  # events (the loop's own: `LoopHandle.event`)
+        self.event = event
 
     def try_take(self) -> bool:
         if self.free > 0 and not self.waiters:
@@ -101,7 +120,7 @@ class _Slots:
         Cancellation: a waiter that is cancelled holds nothing afterwards (a slot
         handed to it as it was cancelled goes to the next waiter).
         """
-        event = anyio.Event()
+        event = self.event()
         self.waiters.append(event)
         try:
             await event.wait()
@@ -121,6 +140,8 @@ class _Slots:
 
 class IoLane(LaneBase):
     kind = "io"
+    #: A batch without controls needs nothing of anyio on asyncio (see `run_batch`).
+    native_asyncio = True
     fills_results = True  # stores successes in ``batch.results`` (see `_IoBatch._work_plain`)
     advisor: Advisor | None = None  # set by the Scheduler (kind advice)
 
@@ -148,13 +169,13 @@ class IoLane(LaneBase):
         runs = self.runs()
         return sum(run.running for run in runs), sum(run.waiting for run in runs)
 
-    def _open_slots(self, key: object) -> _Slots:
+    def _open_slots(self, key: object, event: Any) -> _Slots:
         # One per event loop, dropped when its last batch leaves: no loop is kept
         # alive by the lane.
         with self._lock:
             slots = self._slots.get(key)
             if slots is None:
-                slots = self._slots[key] = _Slots(self.capacity)
+                slots = self._slots[key] = _Slots(self.capacity, event)
             slots.users += 1
             return slots
 
@@ -168,7 +189,7 @@ class IoLane(LaneBase):
         key = batch.loop.key
         runner = _IoBatch(self, batch)
         self.open_run(runner)
-        slots = runner.slots = self._open_slots(key)
+        slots = runner.slots = self._open_slots(key, batch.loop.event)
         try:
             await runner.run()
         finally:
@@ -208,8 +229,12 @@ class _IoBatch:
             self.chunk = source.size
         else:
             self.chunk = max(1, min(_PULL_CHUNK, batch.limit // 8))
+        #: The list path (`_take_list`): ``enumerate`` over the whole list input, shared
+        #: by the workers, and whether its tasks are all coroutine objects.
+        self.it: Any = None
+        self.coros = False
         self.pulling = False  # a worker is pulling the next chunk
-        self.pulled: anyio.Event | None = None  # set when that pull ends
+        self.pulled: Any = None  # an event (`LoopHandle.event`) set when that pull ends
         self.tally = Tally()
         #: Run times of tasks timed one by one, for the percentiles, from every worker:
         #: appended by the hot loops, bucketed in bulk when a worker merges the tally
@@ -243,30 +268,68 @@ class _IoBatch:
             if advisor is None
             else advisor.watch_loop(key, batch.loop.call_soon_threadsafe, _RUNNER_CODES)
         )
+        loop = batch.loop
         try:
-            async with anyio.create_task_group() as outer:
+            # The helpers (watchdog, lag sampler) run until the workers are done.
+            async with helper_group(loop.backend) as start:
                 if batch.timeout is not None:
-                    outer.start_soon(
-                        watch, self.deadlines, self._expired, batch.loop.clock, batch.timeout
-                    )
+                    start(watch, self.deadlines, self._expired, loop.clock, batch.timeout)
                 if sampling:
-                    outer.start_soon(sample_loop_lag, stats, batch.loop.clock)
-                async with worker_group(batch.loop.backend) as spawn:
+                    start(sample_loop_lag, stats, loop.clock, loop.sleep)
+                async with worker_group(loop.backend) as spawn:
                     self.spawn = spawn
-                    await self._refill()
+                    if not self._take_list():
+                        await self._refill()
                     self._grow()
-                outer.cancel_scope.cancel()
         finally:
             # Tasks pulled and never started (the batch stopped): they never run.
             for task in self.ready:
                 close_if_coroutine(task)
             self.ready.clear()
+            self._halt()
+            # The batch holds `_halt` and so this runner: break the cycle, so that
+            # the list path's copy of the input goes now, not at a collection.
+            self.batch.halt = None
+            self.it = None
             if sampling:
                 self.lane.release_lag_sampler(key)
             if watching is not None:
                 watching.close()
             self._bucket()
             stats.merge(self.tally)
+
+    def _take_list(self) -> bool:
+        """The list path: take a list input whole, for `_work_list`; False (pull as
+        usual) unless this is ``run_all`` on a list without timeout, controls or
+        progress, the common case.
+
+        The workers then share one ``enumerate`` over the list, as a hand-written
+        loop would: a task costs a ``next`` on it, not a ``pop``, an index computed
+        from the buffer's length and a check of ``batch.stopping``; a batch that
+        stops ends the iterator instead (`_halt`, through ``batch.halt``).
+        """
+        batch = self.batch
+        if batch.timeout is not None or self.controlled or self.results is None:
+            return False
+        if batch.stopping:
+            return False
+        source = batch.source
+        tasks = source.take_rest()
+        if tasks is None:
+            return False
+        self.results += repeat(None, len(tasks))
+        self.coros = source.all_trusted  # the io lane trusts coroutine objects alone
+        self.it = enumerate(tasks, source.pulled - len(tasks))
+        self.worker = self._work_list
+        batch.halt = self._halt
+        return True
+
+    def _halt(self) -> None:
+        """The list path's input ends here (the batch stops): close the tasks left."""
+        it = self.it
+        if it is not None:
+            for _, task in it:
+                close_if_coroutine(task)
 
     def _grow(self) -> None:
         """Make sure a worker is on its way while tasks wait, up to ``limit``.
@@ -305,7 +368,7 @@ class _IoBatch:
             if not self.pulling:
                 break
             if self.pulled is None:  # made only when someone waits: most pulls don't
-                self.pulled = anyio.Event()
+                self.pulled = self.batch.loop.event()
             await self.pulled.wait()
         self.pulling = True
         try:
@@ -381,7 +444,7 @@ class _IoBatch:
         run tasks (then it calls `_leave` when it ends), False if none are left."""
         batch = self.batch
         self.starting -= 1
-        if batch.stopping or (not self.ready and not await self._refill()):
+        if batch.stopping or (self.it is None and not self.ready and not await self._refill()):
             return False
         # Running means the workers before this one have suspended: tasks wait on
         # something, so start as many more workers as there are (up to ``limit``).
@@ -525,6 +588,125 @@ class _IoBatch:
             if len(times) >= _BUCKET_EVERY:
                 self._bucket()
 
+    async def _work_list(self) -> None:
+        """The worker of the list path (`_take_list`): `_work_plain` without a buffer.
+
+        The tasks come from the shared ``enumerate``, with their indexes, a lap at a
+        time (``islice``: it reads no task ahead); no ``stopping`` check (a batch that
+        stops ends the iterator) and, when the list holds coroutine objects alone, no
+        type check. Tasks are timed as in `_work_plain`, with nothing counted per task:
+
+        * one by one (tasks of `_TRIVIAL` or more), laps of `_LAP` tasks: a task
+          costs one clock read appended to ``stamps``, and `_lap` turns the stamps
+          into run times in bulk (the worker goes from one task straight to the
+          next: a run time is the difference of two stamps), then says whether they
+          were quick enough to be timed in blocks;
+        * in blocks (quicker tasks), a lap is one block, timed by one clock read.
+
+        A lap that runs short has met the end of the input. A failure ends its lap
+        (it is timed alone, as `_work_plain` times it), and the next starts at one.
+        """
+        if not await self._admit():
+            return
+        clock = self.batch.loop.clock
+        results = self.results
+        assert results is not None
+        it = self.it
+        coros = self.coros
+        stamps: list[float] = []
+        keep = stamps.append
+        block = 1  # tasks per clock read
+        n = 0  # tasks run in the current block
+        quick = 0.0  # the mean of the last block that was quick
+        last = clock()  # the start of the current block (blocks of more than one)
+        keep(last)
+        try:
+            while True:
+                if block == 1:
+                    for index, task in islice(it, _LAP):
+                        try:
+                            if coros or type(task) is CoroutineType:
+                                results[index] = await task
+                            else:
+                                results[index] = await _awaitable(index, task)
+                        except Exception as exc:
+                            now = clock()
+                            self._lap(stamps)
+                            self._timed(now - stamps[0], 1, quick, 0)
+                            stamps[0] = now
+                            self._finish(index, False, exc)
+                            break
+                        except BaseException:
+                            self.tally.cancelled += 1  # the batch or its caller was cancelled
+                            raise
+                        keep(clock())
+                    else:
+                        ran = len(stamps) - 1
+                        quick = self._lap(stamps)
+                        if ran < _LAP:
+                            return  # the input has ended
+                        if quick:
+                            block = 2
+                            last = stamps[0]
+                else:
+                    for index, task in islice(it, block):
+                        try:
+                            if coros or type(task) is CoroutineType:
+                                results[index] = await task
+                            else:
+                                results[index] = await _awaitable(index, task)
+                        except Exception as exc:
+                            now = clock()
+                            self._timed(now - last, n + 1, quick, n)
+                            n = 0
+                            block = 1
+                            stamps[0] = now
+                            self._finish(index, False, exc)
+                            break
+                        except BaseException:
+                            self.tally.cancelled += 1
+                            raise
+                        n += 1
+                    else:
+                        now = clock()
+                        ran = n
+                        if n:
+                            each = self._timed(now - last, n, quick, n)
+                            n = 0
+                        if ran < block:
+                            return  # the input has ended
+                        last = now
+                        if each < _TRIVIAL:
+                            quick = each
+                            block = block + block if block < _BLOCK_MAX else _BLOCK_MAX
+                        else:
+                            block = 1
+                            stamps[0] = now
+        finally:
+            self._leave()
+            if block == 1:
+                self._lap(stamps)
+            elif n:  # the tasks run since the last read (the batch stopped)
+                self._timed(clock() - last, n, quick, n)
+            if len(self.times) >= _BUCKET_EVERY:
+                self._bucket()
+
+    def _lap(self, stamps: list[float]) -> float:
+        """Turn a list-path worker's clock stamps (one per task, after the one its
+        first task started at) into run times in `times`, keeping the last stamp as
+        the next task's start; return their mean if it is under `_TRIVIAL` (time the
+        next tasks in blocks), else 0."""
+        k = len(stamps) - 1
+        if k <= 0:
+            return 0.0
+        times = self.times
+        times += map(sub, islice(stamps, 1, None), stamps)
+        mean = (stamps[-1] - stamps[0]) / k
+        del stamps[:-1]
+        if len(times) >= _FLUSH_EVERY:
+            self._flush()
+        return mean if mean < _TRIVIAL else 0.0
+
     async def _work(self, worker: _Worker) -> None:
         """Run tasks until the input ends (a batch with a timeout).
 
@@ -544,6 +726,8 @@ class _IoBatch:
         keep = times.append
         index = -1
         more = True
+        import anyio
+
         try:
             while more:
                 # A cancel scope costs ~14 us to create: only workers that may time out
@@ -697,4 +881,8 @@ def _time_block(hist: dict[int, int], elapsed: float, n: int, quick: float) -> f
 
 
 # The frames that await a task: the advice watchdog looks just inside them.
-_RUNNER_CODES = (_IoBatch._work.__code__, _IoBatch._work_plain.__code__)
+_RUNNER_CODES = (
+    _IoBatch._work.__code__,
+    _IoBatch._work_plain.__code__,
+    _IoBatch._work_list.__code__,
+)
