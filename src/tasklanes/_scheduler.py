@@ -364,23 +364,12 @@ class Scheduler:
         # A limiter= callable gets the item: the task is Call(fn, (item,), {}).
         controls = _controls(limiter, rate, retry, per_item=_item_of)
         lane.check_task(_probe_task(fn), 0)  # a wrong fn fails now, not per item
-        if controls is None and getattr(lane, "maps_items", False):
-            # The cpu lane on its own pool takes the items as they are, with `fn` beside
-            # them: no `Call` built per item here, none unpacked when a chunk is pickled.
-            return BatchIterator(
-                lane,
-                _items(items),
-                call_limit,
-                seconds,
-                bool(return_exceptions),
-                ordered=bool(ordered),
-                with_index=False,
-                progress=_progress(progress),
-                map_fn=fn,
-            )
+        # The cpu lane on its own pool takes the items as they are, with `fn` beside
+        # them: no `Call` built per item here, none unpacked when a chunk is pickled.
+        maps_items = controls is None and getattr(lane, "maps_items", False)
         return BatchIterator(
             lane,
-            _map_tasks(fn, items),
+            _items(items) if maps_items else _map_tasks(fn, items),
             call_limit,
             seconds,
             bool(return_exceptions),
@@ -388,6 +377,7 @@ class Scheduler:
             with_index=False,
             progress=_progress(progress),
             controls=controls,
+            map_fn=fn if maps_items else None,
         )
 
     def run_all_sync(
