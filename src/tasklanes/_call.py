@@ -81,9 +81,11 @@ def call_each(fn: Callable[[Any], T], items: Iterable[Any]) -> Iterator[Call[T]]
         yield task
 
 
-def unwrap_callable(obj: object) -> object:
+def unwrap_callable(obj: object, *, through_wrappers: bool = True) -> object:
     """The function a task finally calls: through ``Call``, ``functools.partial`` and
-    ``offload`` wrappers. Used only to check a task against its kind."""
+    (with `through_wrappers`) ``offload`` wrappers. Without them, the object the task
+    calls first (an ``offload`` wrapper's call makes a coroutine, whatever it wraps).
+    Used only to check a task against its kind."""
     import functools
 
     for _ in range(20):  # a cycle of wrappers is absurd, but never loop forever
@@ -91,7 +93,7 @@ def unwrap_callable(obj: object) -> object:
             obj = obj.fn
         elif isinstance(obj, functools.partial):
             obj = obj.func
-        elif hasattr(obj, "__tasklanes_wrapped__"):
+        elif through_wrappers and hasattr(obj, "__tasklanes_wrapped__"):
             obj = obj.__tasklanes_wrapped__
         else:
             break

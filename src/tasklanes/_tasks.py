@@ -167,7 +167,7 @@ def check_sync_task(task: object, index: int, kind: str) -> None:
             "cannot await: use kind='io' for async code"
         )
     if _calls_async_object(task):
-        target = _called_object(task)
+        target = unwrap_callable(task, through_wrappers=False)
         # An object whose ``__call__`` is async, an `@offload` function above all:
         # `unwrap_callable` sees through it to the plain function it checks, but
         # calling the object makes a coroutine, which a worker would return (or fail
@@ -191,25 +191,10 @@ _PLAIN_FUNCTIONS = (FunctionType, BuiltinFunctionType, type)
 def _calls_async_object(task: object) -> bool:
     """Whether the task first calls an object whose ``__call__`` is async (an
     `@offload` function): calling it makes a coroutine, whatever it wraps."""
-    target = _called_object(task)
+    target = unwrap_callable(task, through_wrappers=False)
     if isinstance(target, _PLAIN_FUNCTIONS) or not callable(target):
         return False
     return _is_async_function(type(target).__call__)
-
-
-def _called_object(task: object) -> object:
-    """What a task calls first, through `call` and `functools.partial` (not through
-    wrappers that run the task themselves, as `unwrap_callable` goes)."""
-    obj = task
-    for _ in range(20):  # as `unwrap_callable`: never loop forever on a cycle
-        if type(obj) is Call:
-            obj = obj.fn
-        elif isinstance(obj, functools.partial):
-            obj = obj.func
-        else:
-            break
-    return obj
-
 
 
 def check_cpu_task(task: object, index: int, *, strict_pickle: bool = True) -> None:
